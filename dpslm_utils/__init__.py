@@ -1,0 +1,66 @@
+"""dpslm_utils: the DP-SLM pipeline, one stage per module.
+
+    audio (16 kHz) -> WavLMEncoder (layer-11 features, 50 Hz) -> dpdp / DPDPQuantizer (units)
+        -> deduplicate -> UnitLM (log-likelihood, continuations)
+                       -> ELLAV (WavTokenizer codes, 40 Hz) -> WavTokenizer (24 kHz speech)
+
+Every public name below is importable from the package itself (``from dpslm_utils import dpdp``).
+Names are imported lazily, so ``import dpslm_utils`` stays fast and loads a stage only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # registry.py: the official files and the valid (k, λ) pairs
+    "VALID_COMBINATIONS": "registry",
+    "VALID_LAMBDAS": "registry",
+    "CODEBOOK_SIZES": "registry",
+    "check_combination": "registry",
+    # checkpoints.py: download + verify + cache, the random-tiny switch
+    "CheckpointError": "checkpoints",
+    "cache_dir": "checkpoints",
+    "download": "checkpoints",
+    "weights_mode": "checkpoints",
+    "using_random_weights": "checkpoints",
+    # audio.py
+    "load_audio": "audio",
+    "as_waveform": "audio",
+    "to_mono": "audio",
+    "resample": "audio",
+    "example_audio": "audio",
+    # wavlm.py
+    "WavLMEncoder": "wavlm",
+    # codebooks.py
+    "load_codebook": "codebooks",
+    "train_codebook": "codebooks",
+    # quantize.py (not dpdp.py: a submodule named like the dpdp function would shadow it)
+    "dpdp": "quantize",
+    "dpdp_batch": "quantize",
+    "DPDPQuantizer": "quantize",
+    "deduplicate": "quantize",
+    "bitrate": "quantize",
+    # ulm.py, ellav.py (on the shared decoder in transformer.py)
+    "UnitLM": "ulm",
+    "ELLAV": "ellav",
+    # wavtokenizer.py
+    "WavTokenizer": "wavtokenizer",
+    # pipeline.py
+    "DPSLM": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dpslm_utils' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

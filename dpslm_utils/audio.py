@@ -1,0 +1,116 @@
+"""Audio in: read files, check waveforms, make them mono, resample, and find example recordings.
+
+Waveforms are float32 tensors ``[channels, samples]`` in [-1, 1]. torchaudio 2.9 no longer reads
+files itself, so files are read with soundfile (wav, flac, ogg, ...); torchaudio is used for
+resampling only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+from .registry import OFFICIAL_EXAMPLES
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+BUNDLED_EXAMPLES: dict[str, str] = {
+    "librispeech": "mister_quilter.flac",
+    "manufacture": "manufacture.flac",
+    "manufelture": "manufelture.flac",
+}
+"""The project's own espeak-ng recordings (see data/README.md), standing in for the official examples."""
+
+_INT_SCALE = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
+
+
+def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Read an audio file: ``(wav: FloatTensor[channels, samples] in [-1, 1], sample_rate)``.
+
+    Integer PCM is scaled to float; every format libsndfile reads works (wav, flac, ogg, ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        data, sr = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile's errors do not name the file
+        raise ValueError(f"cannot read audio file {path}: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def as_waveform(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Return ``wav`` as a float32 tensor ``[channels, samples]``, checked.
+
+    Accepts ``[samples]`` or ``[channels, samples]``, float or integer PCM (int8/16/32, scaled to
+    [-1, 1]). Raises ValueError for empty audio, other shapes, and NaN or infinite samples.
+    """
+    if isinstance(wav, np.ndarray):
+        wav = torch.from_numpy(wav)
+    if not isinstance(wav, torch.Tensor):
+        raise TypeError(f"expected a waveform tensor or numpy array, got {type(wav).__name__}")
+    if wav.dtype in _INT_SCALE:
+        wav = wav.float() / _INT_SCALE[wav.dtype]
+    elif wav.dtype == torch.uint8:
+        wav = (wav.float() - 128.0) / 128.0
+    elif not wav.is_floating_point():
+        raise TypeError(f"unsupported waveform dtype {wav.dtype}; use float or int8/16/32 PCM")
+    wav = wav.float()
+    if wav.dim() == 1:
+        wav = wav.unsqueeze(0)
+    if wav.dim() != 2:
+        raise ValueError(f"expected a waveform of shape [samples] or [channels, samples], got {list(wav.shape)}")
+    if wav.shape[-1] == 0:
+        raise ValueError("the waveform is empty (0 samples)")
+    if not torch.isfinite(wav).all():
+        raise ValueError("the waveform contains NaN or infinite samples")
+    return wav
+
+
+def to_mono(wav: torch.Tensor) -> torch.Tensor:
+    """Average the channels: ``[channels, samples]`` (or ``[samples]``) -> ``[1, samples]``."""
+    wav = as_waveform(wav)
+    return wav.mean(dim=0, keepdim=True)
+
+
+def resample(wav: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
+    """``torchaudio.functional.resample`` with default settings (identity when the rates match)."""
+    for name, rate in (("sample_rate", sample_rate), ("target_rate", target_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+            raise ValueError(f"{name} must be a positive integer number of Hz, got {rate!r}")
+    if sample_rate == target_rate:
+        return wav
+    return torchaudio.functional.resample(wav, int(sample_rate), int(target_rate))
+
+
+def example_audio(name: str = "librispeech", official: bool = True) -> tuple[torch.Tensor, int]:
+    """An example recording ``(wav [1, samples], sample_rate)`` by name.
+
+    ``"librispeech"`` (LibriSpeech dev-clean 1272-128104-0000, "Mister Quilter is the apostle of the
+    middle classes ..."), ``"manufacture"`` and ``"manufelture"`` (a word / non-word pair). With
+    ``official=True`` the original project's recording is used when it is cached or can be
+    downloaded; otherwise (or with ``official=False``) the project's own espeak-ng recording of the
+    same words from ``data/``. A line is printed saying which one you got.
+    """
+    from .checkpoints import CheckpointError, download
+
+    if name not in BUNDLED_EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; choose from {sorted(BUNDLED_EXAMPLES)}")
+    if official:
+        try:
+            path = download(OFFICIAL_EXAMPLES[name], progress=False)
+            wav, sr = load_audio(path)
+            print(f"[dpslm] example {name!r}: the official recording {path.name}")
+            return to_mono(wav), sr
+        except CheckpointError:
+            pass
+    path = DATA_DIR / BUNDLED_EXAMPLES[name]
+    wav, sr = load_audio(path)
+    reason = " (the official one could not be fetched)" if official else ""
+    print(f"[dpslm] example {name!r}: bundled espeak-ng recording data/{path.name}{reason}")
+    return to_mono(wav), sr

@@ -1,0 +1,179 @@
+"""Download, verify and cache the official files; the one switch to random tiny weights.
+
+Every loader in this package has the same two entry points:
+
+* ``Class.from_checkpoint(path)`` reads an official file (always ``torch.load(weights_only=True)``);
+* ``Class.from_pretrained(...)`` = registry lookup + :func:`pretrained_path` + ``from_checkpoint``.
+
+:func:`pretrained_path` is where the ``DPSLM_WEIGHTS`` switch lives. With ``DPSLM_WEIGHTS=random-tiny``
+it does not download anything: it asks the caller's writer to build a small, seeded, random model of
+the real architecture and to save it *in the official file format*, and hands that file to the very
+same ``from_checkpoint`` code that reads the real release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .registry import RemoteFile
+
+WEIGHTS_ENV = "DPSLM_WEIGHTS"
+CACHE_ENV = "DPSLM_CACHE"
+WEIGHT_MODES = ("pretrained", "random-tiny")
+RANDOM_WEIGHTS_MESSAGE = "RANDOM WEIGHTS (DPSLM_WEIGHTS=random-tiny): outputs carry no meaning"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be downloaded, verified or read."""
+
+
+def weights_mode() -> str:
+    """``"pretrained"`` (default) or ``"random-tiny"``, from the ``DPSLM_WEIGHTS`` environment variable."""
+    mode = os.environ.get(WEIGHTS_ENV, "").strip() or "pretrained"
+    if mode not in WEIGHT_MODES:
+        raise ValueError(f"{WEIGHTS_ENV}={mode!r} is not understood; use one of {list(WEIGHT_MODES)}")
+    return mode
+
+
+def using_random_weights() -> bool:
+    """True when loaders build small random models instead of downloading the released ones."""
+    return weights_mode() == "random-tiny"
+
+
+def cache_dir() -> Path:
+    """``$DPSLM_CACHE`` if set, else the platform's user cache directory + ``/dpslm``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "dpslm" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "dpslm"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpslm"
+
+
+def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _matches(remote: RemoteFile, digest: str) -> bool:
+    return remote.sha256 is None or digest.startswith(remote.sha256)
+
+
+def download(remote: RemoteFile, progress: bool = True) -> Path:
+    """Return the verified local copy of ``remote``, downloading it into :func:`cache_dir` if needed.
+
+    A cached file whose SHA-256 does not match is deleted and fetched again. Downloads go to a
+    temporary file in the cache directory that is renamed only once it is complete and verified, so
+    an interrupted or failed download never leaves a half-written file under the final name.
+    """
+    target = cache_dir() / remote.filename
+    if target.is_file():
+        if _matches(remote, sha256_of(target)):
+            return target
+        print(f"cached {target} is corrupt (SHA-256 mismatch); downloading it again", file=sys.stderr)
+        target.unlink()
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the cache directory {target.parent}: {e}") from e
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{remote.filename}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with _progress_bar(total, remote.filename, progress) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if not _matches(remote, digest.hexdigest()):
+            raise CheckpointError(
+                f"downloaded {remote.url} but its SHA-256 {digest.hexdigest()} does not start with "
+                f"{remote.sha256}; the file was discarded"
+            )
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"could not download {remote.url} ({e}).\n"
+            f"Without network access, download it elsewhere and place it at:\n    {target}\n"
+            f"(or set {CACHE_ENV} to the folder that holds it), or run offline with random weights: "
+            f"{WEIGHTS_ENV}=random-tiny"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int | None, name: str, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not enabled) as bar:
+        yield bar
+
+
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+
+
+def require_keys(checkpoint: Any, keys: tuple[str, ...], path: str | os.PathLike, family: str) -> None:
+    """Raise a CheckpointError unless ``checkpoint`` is a dict holding ``keys`` (the family's layout)."""
+    found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in keys):
+        raise CheckpointError(
+            f"{path} is not a {family} checkpoint: expected a dict with keys {list(keys)}, found {found}"
+        )
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def pretrained_path(remote: RemoteFile, write_random_tiny: Callable[[Path], None]) -> Iterator[Path]:
+    """Yield the path of the checkpoint a ``from_pretrained`` call should read.
+
+    Pretrained mode: the verified, cached download of ``remote``. Random-tiny mode:
+    ``write_random_tiny(path)`` writes a seeded random checkpoint in the same official format to a
+    temporary file, which is removed again after the caller has loaded it.
+    """
+    if not using_random_weights():
+        yield download(remote)
+        return
+    with tempfile.TemporaryDirectory(prefix="dpslm-random-tiny-") as tmp:
+        path = Path(tmp) / remote.filename
+        write_random_tiny(path)
+        print(f"[dpslm] {remote.filename}: {RANDOM_WEIGHTS_MESSAGE}")
+        yield path
