@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up, then run every test and execute every notebook (random tiny weights, CPU, offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pytest tests
+DPSLM_WEIGHTS=random-tiny MPLBACKEND=Agg .venv/bin/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks

@@ -1,0 +1,25 @@
+"""Shared test helpers: fixture paths and an isolated cache per test session."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_fixture(name: str):
+    """Load ``tests/fixtures/<name>`` the way the fixture README prescribes."""
+    return torch.load(FIXTURES / name, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's real cache: every test sees an empty DPSLM_CACHE of its own."""
+    monkeypatch.setenv("DPSLM_CACHE", str(tmp_path_factory.mktemp("dpslm-cache")))
+
+
+@pytest.fixture
+def random_tiny(monkeypatch):
+    """Run the test with DPSLM_WEIGHTS=random-tiny."""
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
