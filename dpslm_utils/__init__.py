@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "WavTokenizer": "wavtokenizer",
     # pipeline.py
     "DPSLM": "pipeline",
+    "UnitEncoder": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS)

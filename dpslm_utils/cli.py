@@ -1,0 +1,317 @@
+"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score} ...`` (also the ``dpslm`` script).
+
+``encode`` scales past one GPU by running the same command under
+``torchrun --nproc-per-node N -m dpslm_utils encode ...``: every rank takes every N-th file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from . import registry
+from .audio import example_audio, load_audio, to_mono
+from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+
+# -- helpers shared by the commands ---------------------------------------------------------------
+
+
+def find_audio(in_dir: Path) -> list[Path]:
+    """Every audio file under ``in_dir``, sorted (so all ranks agree on the order)."""
+    if not in_dir.is_dir():
+        raise SystemExit(f"error: {in_dir} is not a directory")
+    return sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def shard(items: Sequence, rank: int, world_size: int) -> list:
+    """The items rank ``rank`` of ``world_size`` processes handles: every world_size-th, from ``rank``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    return list(items[rank::world_size])
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to {out_dir}: {e.strerror or e}") from e
+
+
+def units_text(units: torch.Tensor) -> str:
+    """Deduplicated units as the text the originals use: ``"u12 u7 u300"``."""
+    return " ".join(f"u{u}" for u in units.tolist())
+
+
+def save_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
+    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
+
+
+def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
+    wav, sr = load_audio(path)
+    return to_mono(wav), sr
+
+
+def _say_if_random() -> None:
+    if using_random_weights():
+        print(f"NOTE: {RANDOM_WEIGHTS_MESSAGE}")
+
+
+# -- encode ---------------------------------------------------------------------------------------
+
+
+def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> dict[str, Path]:
+    base = out_dir / audio.relative_to(in_dir).with_suffix("")
+    return {fmt: base.with_name(base.name + f".{fmt}") for fmt in formats}
+
+
+def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch.Tensor) -> None:
+    if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
+        table = torch.stack([units, durations], dim=1).numpy().astype(np.int64)
+        write_atomically(outputs["npy"], lambda tmp: np.save(tmp.open("wb"), table))
+    if "txt" in outputs:
+        write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
+
+
+def _read_frame_units(outputs: dict[str, Path]) -> torch.Tensor | None:
+    if "npy" not in outputs:
+        return None
+    table = torch.from_numpy(np.load(outputs["npy"]))
+    return table[:, 0].repeat_interleave(table[:, 1])
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .pipeline import UnitEncoder
+    from .quantize import bitrate
+
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    distributed = world_size > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
+        if args.device is None and torch.cuda.is_available():
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    check_writable(out_dir)
+    formats = ["txt", "npy"] if args.format == "both" else [args.format]
+    files = find_audio(in_dir)
+    mine = shard(files, rank, world_size)
+    todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
+    prefix = f"[rank {rank}/{world_size}] " if distributed else ""
+    print(f"{prefix}{len(files)} audio files under {in_dir}: {len(mine)} for this process, "
+          f"{len(mine) - len(todo)} already encoded, {len(todo)} to do")
+
+    encoder = UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
+    _say_if_random()
+    failed = []
+    from tqdm.auto import tqdm
+
+    for path in tqdm(todo, desc=f"encode (rank {rank})" if distributed else "encode", disable=args.quiet):
+        try:
+            wav, sr = _read_mono(path)
+            encoded = encoder.encode(wav, sr)
+        except (ValueError, OSError) as e:
+            failed.append(path)
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        _write_units(_outputs(path, in_dir, out_dir, formats), encoded.units, encoded.durations)
+
+    if distributed:
+        gathered: list = [None] * world_size
+        dist.all_gather_object(gathered, failed)
+        failed = [p for part in gathered for p in part]
+        dist.barrier()
+        dist.destroy_process_group()
+    if rank != 0:
+        return 1 if failed else 0
+
+    frame_units = [_read_frame_units(_outputs(f, in_dir, out_dir, formats)) for f in files if f not in failed]
+    frame_units = [u for u in frame_units if u is not None and len(u)]
+    if frame_units:
+        rate = bitrate(frame_units)
+        print(f"encoded {len(frame_units)} files with k={args.k}, lmbda={args.lmbda}: "
+              f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, "
+              f"{rate.bits_per_second:.1f} bits/s")
+    if failed:
+        print(f"{len(failed)} file(s) could not be encoded and were skipped:", *failed, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- resynthesize, score --------------------------------------------------------------------------
+
+
+def cmd_resynthesize(args: argparse.Namespace) -> int:
+    from .pipeline import DPSLM
+
+    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
+    _say_if_random()
+    wav, sr = _read_mono(Path(args.input))
+    outputs = model.resynthesize(wav, sr, n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    for i, out in enumerate(outputs):
+        path = Path(f"{args.out_prefix}_{i}.wav")
+        save_wav(path, out, model.vocoder.sample_rate)
+        print(path)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .pipeline import DPSLM
+
+    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
+    _say_if_random()
+    failed = 0
+    for name in args.files:
+        try:
+            wav, sr = _read_mono(Path(name))
+            print(f"{model.loglikelihood(wav, sr):.4f}\t{name}")
+        except (ValueError, OSError) as e:
+            failed += 1
+            print(f"skipped {name}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.weights != "auto":
+        os.environ[WEIGHTS_ENV] = args.weights
+    try:
+        return _demo(args)
+    except CheckpointError as e:
+        if args.weights != "auto":
+            raise
+        print(f"\nThe official checkpoints could not be downloaded:\n{e}\n")
+        print("=> Running the demo with RANDOM TINY WEIGHTS instead: every step runs, but the units, "
+              "scores and audio are meaningless.\n")
+        os.environ[WEIGHTS_ENV] = "random-tiny"
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .pipeline import DPSLM
+
+    out = Path(args.out)
+    check_writable(out)
+    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
+    print(model)
+    wav, sr = example_audio("librispeech")
+
+    encoded = model.encode(wav, sr)
+    seconds = wav.shape[-1] / sr
+    print(f"\n{seconds:.2f} s of speech -> {len(encoded.frame_units)} frames -> {len(encoded.units)} units "
+          f"({len(encoded.units) / seconds:.1f} units/s) with k={model.k}, lmbda={model.lmbda}:")
+    print(units_text(encoded.units))
+    (out / "units.txt").write_text(units_text(encoded.units) + "\n")
+
+    speech = model.synthesize(encoded.units, n=2, seed=args.seed)
+    for i, s in enumerate(speech):
+        save_wav(out / f"resynthesis_{i}.wav", s.wav, s.sample_rate)
+    save_wav(out / "original.wav", wav, sr)
+
+    word, nonword = (example_audio(name) for name in ("manufacture", "manufelture"))
+    scores = {name: model.loglikelihood(*audio) for name, audio in (("manufacture", word), ("manufelture", nonword))}
+    print("\nunit-LM log-likelihood (nats):", ", ".join(f"{n}: {v:.2f}" for n, v in scores.items()))
+
+    fig, axes = plt.subplots(3, 1, figsize=(12, 8), constrained_layout=True)
+    plots.plot_segmentation(wav, sr, encoded.frame_units, ax=axes[0],
+                            title=f"original with DPDP units (k={model.k}, λ={model.lmbda})")
+    for ax, (i, s) in zip(axes[1:], enumerate(speech)):
+        plots.plot_spectrogram(s.wav, s.sample_rate, ax=ax, title=f"resynthesis {i} (ELLA-V + WavTokenizer)")
+    plots.mark_random_weights(fig)
+    fig.savefig(out / "demo.png", dpi=110)
+    print(f"\nwrote {out}/units.txt, original.wav, resynthesis_0.wav, resynthesis_1.wav and demo.png")
+    _say_if_random()
+    return 0
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, default=registry.DEFAULT_K, help="codebook size (default 500)")
+    p.add_argument("--lmbda", type=float, default=registry.DEFAULT_LMBDA, help="DPDP duration penalty λ (default 4500)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="encode, resynthesize and score the bundled example")
+    _add_model_args(p)
+    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", choices=["auto", "pretrained", "random-tiny"], default="auto",
+                   help="auto: the official checkpoints, or random tiny weights when they cannot be downloaded")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("encode", help="every audio file under IN_DIR -> DPDP units under OUT_DIR (resumable)")
+    p.add_argument("in_dir")
+    p.add_argument("out_dir")
+    _add_model_args(p)
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    p.add_argument("--format", choices=["txt", "npy", "both"], default="both",
+                   help="txt: 'u12 u7 ...'; npy: int64 [N, 2] of (unit, duration in 50 Hz frames)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_encode)
+
+    p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
+    p.add_argument("input")
+    p.add_argument("out_prefix", help="writes OUT_PREFIX_0.wav, OUT_PREFIX_1.wav, ...")
+    _add_model_args(p)
+    p.add_argument("-n", type=int, default=1, help="number of renditions")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(run=cmd_resynthesize)
+
+    p = sub.add_parser("score", help="unit-LM log-likelihood (nats) of each file, one per line")
+    p.add_argument("files", nargs="+")
+    _add_model_args(p)
+    p.set_defaults(run=cmd_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "encode":  # encode takes any released codebook and any λ >= 0
+        try:
+            args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+        except ValueError as e:
+            parser.error(str(e))
+    return args.run(args)
