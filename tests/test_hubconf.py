@@ -1,0 +1,29 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import dpslm_utils
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_torch_hub_loads_the_pipeline_from_this_repo(random_tiny):
+    model = torch.hub.load(str(REPO), "dpslm", source="local", k=100, lmbda=600, device="cpu")
+    assert isinstance(model, dpslm_utils.DPSLM) and (model.k, model.lmbda) == (100, 600) and model.random_weights
+
+
+def test_hubconf_offers_every_component():
+    spec = importlib.util.spec_from_file_location("hubconf", REPO / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    names = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name[0].isupper()}
+    assert {"dpslm", "unit_encoder", "wavlm_large", "codebook", "unit_lm", "ellav", "wavtokenizer"} <= names
+
+
+def test_torch_hub_entry_points_validate_their_arguments(random_tiny):
+    with pytest.raises(ValueError, match="valid lmbda for k=500"):
+        torch.hub.load(str(REPO), "unit_lm", source="local", k=500, lmbda=1)
+    codebook = torch.hub.load(str(REPO), "codebook", source="local", k=100)
+    assert codebook.shape[0] == 100
