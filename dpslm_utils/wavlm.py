@@ -84,6 +84,11 @@ RANDOM_TINY_CONFIG: dict[str, Any] = {
 and 320-sample hop, 12 layers so that layer 11 exists, 64-d features."""
 
 RANDOM_TINY_SEED = 11
+RANDOM_TINY_GAIN = 12.0
+"""Gain on every write into the random-tiny residual stream, so its layer-11 features spread widely enough
+for the released λ values (600 to 9000) to give segment lengths of the same order as with WavLM Large."""
+_RESIDUAL_WRITERS = ("feature_projection.projection.", "pos_conv_embed.conv.bias", "attention.out_proj.",
+                     "feed_forward.output_dense.")
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 320  # samples per frame: 16000 / 320 = 50 frames per second
@@ -430,7 +435,8 @@ def write_random_tiny_checkpoint(path: Path) -> None:
 
     torchaudio's default init (unlike the original's N(0, 0.02) linear layers) already gives every
     layer a visible effect; on top, every parameter it leaves constant (norm gains and biases, linear
-    biases, the gates' ``grep_a``) gets seeded noise, so that each tensor of the file matters.
+    biases, the gates' ``grep_a``) gets seeded noise, so that each tensor of the file matters. Every
+    layer that writes into the residual stream is then scaled by :data:`RANDOM_TINY_GAIN`.
     ``mask_emb`` is written too (uniform, as the original inits it), for the exact official layout.
     """
     with torch.random.fork_rng(devices=[]):
@@ -442,6 +448,9 @@ def write_random_tiny_checkpoint(path: Path) -> None:
                 if torch.all(parameter == first):  # e.g. LayerNorm gains (all 1) and biases (all 0)
                     noise_std = 0.1 * first.abs() if first != 0 else 0.02
                     parameter.add_(noise_std * torch.randn_like(parameter))
+            for name, parameter in model.named_parameters():
+                if any(writer in name for writer in _RESIDUAL_WRITERS):
+                    parameter.mul_(RANDOM_TINY_GAIN)
         state_dict = {"mask_emb": torch.rand(RANDOM_TINY_CONFIG["encoder_embed_dim"])}
     state_dict |= _to_microsoft(model, RANDOM_TINY_CONFIG)
     checkpoints.save_atomically({"cfg": dict(RANDOM_TINY_CONFIG), "model": state_dict}, path)
