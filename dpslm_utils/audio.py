@@ -26,6 +26,9 @@ BUNDLED_EXAMPLES: dict[str, str] = {
 }
 """The project's own espeak-ng recordings (see data/README.md), standing in for the official examples."""
 
+_UNREACHABLE: set[str] = set()
+"""Official examples whose download failed in this process: not tried again until it restarts."""
+
 _INT_SCALE = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
 
 
@@ -101,14 +104,14 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
 
     if name not in BUNDLED_EXAMPLES:
         raise ValueError(f"unknown example {name!r}; choose from {sorted(BUNDLED_EXAMPLES)}")
-    if official:
+    if official and name not in _UNREACHABLE:
         try:
             path = download(OFFICIAL_EXAMPLES[name], progress=False)
             wav, sr = load_audio(path)
             print(f"[dpslm] example {name!r}: the official recording {path.name}")
             return to_mono(wav), sr
         except CheckpointError:
-            pass
+            _UNREACHABLE.add(name)
     path = DATA_DIR / BUNDLED_EXAMPLES[name]
     wav, sr = load_audio(path)
     reason = " (the official one could not be fetched)" if official else ""

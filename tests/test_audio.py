@@ -101,6 +101,24 @@ def test_example_audio_falls_back_to_bundled_recordings(name, seconds, capsys):
     assert "bundled espeak-ng recording" in capsys.readouterr().out
 
 
+@pytest.fixture(autouse=True)
+def _forget_unreachable(monkeypatch):
+    monkeypatch.setattr(audio, "_UNREACHABLE", set())
+
+
+def test_example_audio_does_not_retry_an_unreachable_download_in_one_process(monkeypatch):
+    calls = []
+
+    def offline(remote, progress=True):
+        calls.append(remote)
+        raise dpslm_utils.CheckpointError("offline")
+
+    monkeypatch.setattr("dpslm_utils.checkpoints.download", offline)
+    for _ in range(3):
+        dpslm_utils.example_audio("manufacture")
+    assert len(calls) == 1
+
+
 def test_example_audio_prefers_the_official_recording(tmp_path, monkeypatch, capsys):
     served = tmp_path / "manufacture.wav"
     soundfile.write(served, _tone(sr=16000, seconds=0.25), 16000)
