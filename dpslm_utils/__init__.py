@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "VALID_COMBINATIONS": "registry",
     "VALID_LAMBDAS": "registry",
     "CODEBOOK_SIZES": "registry",
+    "PAPER_NUM_NEIGHBORS": "registry",
     "check_combination": "registry",
     # checkpoints.py: download + verify + cache, the random-tiny switch
     "CheckpointError": "checkpoints",
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "DPDPQuantizer": "quantize",
     "deduplicate": "quantize",
     "bitrate": "quantize",
+    "Bitrate": "quantize",
     # ulm.py, ellav.py (on the shared decoder in transformer.py)
     "UnitLM": "ulm",
     "ELLAV": "ellav",

@@ -129,7 +129,11 @@ class DPSLM:
     @classmethod
     def from_pretrained(cls, k: int = DEFAULT_K, lmbda: float = DEFAULT_LMBDA, device: str | torch.device | None = None,
                         num_neighbors: int | None = None, hours: str = "1k") -> DPSLM:
-        """Load (and cache) the released models for (k, λ); ``hours="60k"`` picks the big unit LM (k=500, λ=4500)."""
+        """Load (and cache) the released models for (k, λ); ``hours="60k"`` picks the big unit LM (k=500, λ=4500).
+
+        ``num_neighbors=None`` quantizes with the exact DPDP optimum; pass
+        ``dpslm_utils.PAPER_NUM_NEIGHBORS[k]`` (5 % of k) for the paper's restricted search.
+        """
         k, lmbda = check_combination(k, lmbda)
         device = _default_device(device)
         return cls(
@@ -160,13 +164,16 @@ class DPSLM:
     # -- units -> speech ------------------------------------------------------------------------
 
     def synthesize(self, units: torch.Tensor | list, n: int = 1, temperature: float = 1.0, top_p: float = 0.8,
-                   seed: int | None = None, max_tokens: int | None = None) -> list[Synthesis]:
-        """``n`` renditions of one unit sequence as 24 kHz speech (ELLA-V samples the codes, in one batch)."""
+                   seed: int | None = None, max_codec_tokens_per_unit: int = MAX_CODEC_TOKENS_PER_UNIT) -> list[Synthesis]:
+        """``n`` renditions of one unit sequence as 24 kHz speech (ELLA-V samples the codes, in one batch).
+
+        ``max_codec_tokens_per_unit`` caps how long ELLA-V may dwell on one unit (25 ms per code).
+        """
         units = self.ellav.deduplicated_units(units)
-        # Each unit costs at most: its forced unit token, MAX + 1 codes (MAX + 2 for the first), one EOP.
-        max_tokens = max_tokens or (MAX_CODEC_TOKENS_PER_UNIT + 3) * len(units) + 1
+        # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
+        max_tokens = (max_codec_tokens_per_unit + 3) * len(units) + 1
         codes, finished, alignments = self.ellav.generate(
-            [units] * n, max_tokens=max_tokens, max_codec_tokens_per_phone=MAX_CODEC_TOKENS_PER_UNIT,
+            [units] * n, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_unit,
             temperature=temperature, top_p=top_p, seed=seed, return_alignment=True,
         )
         return [

@@ -60,6 +60,10 @@ CODEBOOK_SIZES: tuple[int, ...] = (100, 200, 500, 1000, 2000)
 
 DEFAULT_K, DEFAULT_LMBDA = 500, 4500
 
+PAPER_NUM_NEIGHBORS: dict[int, int] = {100: 5, 200: 10, 500: 25, 1000: 50, 2000: 100}
+"""``num_neighbors`` (5 % of k) with which the paper's units, and so the released models' training
+data, were made. ``None`` (the package default) searches all k entries: the exact DPDP optimum."""
+
 
 def check_combination(k: int, lmbda: float) -> tuple[int, int]:
     """Return ``(k, lmbda)`` as ints if pretrained models exist for them, else raise ValueError."""

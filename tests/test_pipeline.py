@@ -95,3 +95,15 @@ def test_unit_encoder_takes_any_released_codebook_and_lambda(random_tiny, speech
 def test_invalid_combinations_are_refused(k, lmbda, random_tiny):
     with pytest.raises(ValueError, match="valid"):
         dpslm_utils.DPSLM.from_pretrained(k, lmbda)
+
+
+def test_synthesize_caps_codes_per_unit_as_ella_v_counts_them(model, speech):
+    units = model.encode(*speech).units
+    (s,) = model.synthesize(units, max_codec_tokens_per_unit=2, seed=0)
+    counts = s.alignment.codec_counts
+    assert s.finished and counts[0] <= 4 and (counts[1:] <= 3).all()
+
+
+def test_paper_num_neighbors_are_five_percent_of_k():
+    assert all(n == k // 20 for k, n in dpslm_utils.PAPER_NUM_NEIGHBORS.items())
+    assert set(dpslm_utils.PAPER_NUM_NEIGHBORS) == set(dpslm_utils.CODEBOOK_SIZES)
