@@ -1,0 +1,288 @@
+"""ELLA-V: deduplicated units -> WavTokenizer codec tokens (40 Hz), by interleaved generation.
+
+Vocabulary (always the checkpoint's own ``token_to_id_dict``): UNK 0, BOS 1, EOP 2 ("end of
+phone"), EOS 3, then the unit tokens ``"u{n}"`` in *string* order (u0, u1, u10, u11, ...), then the
+codec tokens ``"0"`` .. ``"4095"``.
+
+Generation for deduplicated units p_1..p_n starts from the prompt ``[p_1 .. p_n, BOS, p_1]``. The
+model then writes codec tokens for the current unit and closes it with EOP; after each EOP the next
+unit token is forced as the next input, and after the n-th EOP the row is finished (EOS is forced
+from then on). EOP is also forced once more than ``max_codec_tokens_per_phone + 1`` tokens followed
+the last EOP; as that count includes the forced unit token, the first unit can receive up to
+``max + 2`` codec tokens and every later unit up to ``max + 1`` (the original's behaviour, kept so
+that outputs match). ``max_tokens`` counts every generated token (codec, EOP and unit tokens).
+
+Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"token_to_id_dict",
+"num_phone_types", "phone_token_rate", "num_codec_types", "codec_token_rate", ...}, "model_state":
+{...}}`` — the unit LM's decoder with a bias on the output projection.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoints, registry
+from .transformer import (
+    RANDOM_TINY_DIMS,
+    ModelArgs,
+    Transformer,
+    check_count,
+    check_sampling,
+    new_generator,
+    pad_right,
+    prefill,
+    random_transformer,
+    sample,
+    steps,
+)
+from .ulm import as_units
+
+CHECKPOINT_KEYS = ("model_args", "tokenizer", "model_state")
+SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
+UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
+
+NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE = 4096, 40.0, 50.0
+RANDOM_TINY_SEED = 4004
+RANDOM_TINY_OUTPUT_SCALE, RANDOM_TINY_EOP_BOOST = 3.0, 10.0
+"""The random-tiny model's output weights are scaled (peaked codec distributions, as a trained model's)
+and its EOP bias raised, so that units get a varying number of codec tokens, about 3 on average,
+both greedily and with the default sampling (temperature 1, top_p 0.8)."""
+
+
+def unit_tokenizer(k: int) -> dict:
+    """The tokenizer dict of a units model, as the original unit-training script builds it.
+
+    Unit tokens ``u0 .. u{k-1}`` follow the 4 special tokens in string order; codec tokens follow.
+    """
+    names = [*SPECIAL_TOKENS, *sorted(f"u{n}" for n in range(k)), *(str(c) for c in range(NUM_CODEC_TYPES))]
+    return {
+        "token_to_id_dict": {name: i for i, name in enumerate(names)}, "num_phone_types": k,
+        "phone_token_rate": UNIT_RATE, "num_codec_types": NUM_CODEC_TYPES, "codec_token_rate": CODEC_RATE,
+        "tokens_not_to_sandwich": [], "num_special_types": len(SPECIAL_TOKENS),
+        **{f"{name}_token": name for name in SPECIAL_TOKENS},
+        **{f"{name}_id": i for i, name in enumerate(SPECIAL_TOKENS)},
+    }  # fmt: skip
+
+
+def write_random_tiny(path: Path, k: int) -> None:
+    """Save a seeded random ELLA-V of the released architecture, shrunk, in the official format.
+
+    The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
+    emits them), the output weights scaled and EOP's bias raised (see :data:`RANDOM_TINY_EOP_BOOST`).
+    """
+    tokenizer = unit_tokenizer(k)
+    token_to_id = tokenizer["token_to_id_dict"]
+    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=len(token_to_id))
+    model = random_transformer(args, output_bias=True, seed=RANDOM_TINY_SEED + k)
+    with torch.no_grad():
+        model.output.weight *= RANDOM_TINY_OUTPUT_SCALE
+        bias = model.output.bias
+        never_emitted = [token_to_id[name] for name in ("UNK", "BOS", "EOS", *(f"u{n}" for n in range(k)))]
+        bias[never_emitted] = -30.0
+        bias[token_to_id["EOP"]] += RANDOM_TINY_EOP_BOOST
+    checkpoint = {"model_args": {**args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
+                  "model_state": model.state_dict()}  # fmt: skip
+    checkpoints.save_atomically(checkpoint, path)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How many codec tokens (40 Hz frames) each deduplicated prompt unit received."""
+
+    units: torch.Tensor  # [N] deduplicated prompt units
+    codec_counts: torch.Tensor  # [N] codec tokens generated for each unit (0 is possible)
+    codec_rate: float
+
+    @property
+    def durations(self) -> torch.Tensor:
+        """Seconds of speech per unit, FloatTensor ``[N]``."""
+        return self.codec_counts / self.codec_rate
+
+    def frame_units(self) -> torch.Tensor:
+        """The unit behind each generated codec token, LongTensor ``[sum(codec_counts)]``."""
+        return self.units.repeat_interleave(self.codec_counts)
+
+
+class ELLAV(nn.Module):
+    """Units -> WavTokenizer (small_600, 40 Hz) codec tokens with the ELLA-V decoder."""
+
+    def __init__(self, transformer: Transformer, tokenizer: dict):
+        super().__init__()
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.random_weights = False
+        vocab = tokenizer["token_to_id_dict"]
+        self.k = int(tokenizer["num_phone_types"])
+        self.unit_rate, self.codec_rate = tokenizer["phone_token_rate"], tokenizer["codec_token_rate"]
+        self.bos_id, self.eop_id, self.eos_id = (vocab[name] for name in SPECIAL_TOKENS[1:])
+        if len(vocab) != transformer.args.vocab_size:
+            raise ValueError(f"the tokenizer has {len(vocab)} tokens, the model {transformer.args.vocab_size}")
+        missing = [f"u{n}" for n in range(self.k) if f"u{n}" not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer is not a unit tokenizer: it lacks {missing[:3]}")
+        codec_of_token = torch.full((len(vocab),), -1)
+        for codec in range(tokenizer["num_codec_types"]):
+            codec_of_token[vocab[str(codec)]] = codec
+        self.register_buffer("unit_token_ids", torch.tensor([vocab[f"u{n}"] for n in range(self.k)]), persistent=False)
+        self.register_buffer("codec_of_token", codec_of_token, persistent=False)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> ELLAV:
+        """Load an official ELLA-V checkpoint ``{"model_args", "tokenizer", "model_state"}``."""
+        checkpoint = checkpoints.load_checkpoint(path)
+        checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "ELLA-V")
+        try:
+            args, state = checkpoint["model_args"], checkpoint["model_state"]
+            transformer = Transformer.from_state_dict(args, state, output_bias=True)
+            model = cls(transformer, checkpoint["tokenizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise checkpoints.CheckpointError(f"{path} is not a valid ELLA-V checkpoint: {e!r}") from e
+        return model.to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None) -> ELLAV:
+        """The released ELLA-V model for (k, λ) units."""
+        remote = registry.ellav_file(k, lmbda)
+        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, k=k)) as path:
+            model = cls.from_checkpoint(path, device, dtype)
+        model.random_weights = checkpoints.using_random_weights()
+        return model
+
+    def __repr__(self) -> str:
+        args = self.transformer.args
+        parameters = sum(p.numel() for p in self.parameters())
+        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
+        return (f"ELLAV(k={self.k}, unit_rate={self.unit_rate:g} Hz, codec_rate={self.codec_rate:g} Hz, "
+                f"dim={args.dim}, n_layers={args.n_layers}, parameters={parameters / 1e6:.1f}M, "
+                f"dtype={self.transformer.dtype}, device={self.transformer.device}{note})")  # fmt: skip
+
+    def deduplicated_units(self, units) -> torch.Tensor:
+        """Unit ids (ints, or names ``"u{n}"``) with consecutive repeats removed: LongTensor ``[N]``."""
+        if isinstance(units, (list, tuple)):
+            units = [self._unit_number(u) if isinstance(u, str) else u for u in units]
+        return torch.unique_consecutive(as_units(units, self.k, "prompt"))
+
+    def _unit_number(self, name: str) -> int:
+        match = UNIT_NAME.fullmatch(name)
+        if match is None or int(match.group(1)) >= self.k:
+            raise ValueError(f"{name!r} is not a unit of this model: units are 'u0' .. 'u{self.k - 1}' (or ints)")
+        return int(match.group(1))
+
+    def encode(self, units) -> torch.Tensor:
+        """The inference prompt ``[p_1 .. p_n, BOS, p_1]`` of token ids for deduplicated units p."""
+        tokens = self.unit_token_ids.cpu()[self.deduplicated_units(units)]
+        return torch.cat([tokens, torch.tensor([self.bos_id]), tokens[:1]])
+
+    @torch.inference_mode()
+    def generate_tokens(
+        self,
+        prompts,
+        max_tokens: int = 1000,
+        max_codec_tokens_per_phone: int = 10,
+        temperature: float = 1.0,
+        top_p: float = 0.8,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw interleaved token stream: ``(tokens [B, steps], finished BoolTensor [B])``.
+
+        Each row holds codec tokens, EOPs and the forced unit tokens; rows that finished before the
+        others continue with EOS (and an EOP every ``max + 2`` steps). See :meth:`generate`.
+        """
+        check_count("max_tokens", max_tokens)
+        check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
+        check_sampling(temperature, top_p)
+        encoded = [self.encode(units) for units in _prompt_list(prompts)]
+
+        generator = new_generator(seed, self.transformer.device)
+        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size)
+        phone_tokens, num_phones = pad_right([prompt[:-2] for prompt in encoded], self.transformer.device)
+        since_eop = torch.zeros_like(num_phones)
+        phone_index = torch.zeros_like(num_phones)
+        forced = torch.full_like(num_phones, -1)
+        generated = []
+        for _ in steps(max_tokens, progress, "ELLA-V"):
+            token = torch.where(forced >= 0, forced, sample(logits, temperature, top_p, generator=generator))
+            is_eop = token == self.eop_id
+            since_eop = torch.where(is_eop, 0, since_eop + 1)
+            phone_index += is_eop
+            finished = phone_index >= num_phones
+            if finished.all():
+                break
+            generated.append(token)
+            logits = self.transformer(token[:, None], position, cache)[:, -1]
+            position += 1
+            next_phone = phone_tokens.gather(1, phone_index.clamp(max=phone_tokens.shape[1] - 1)[:, None])[:, 0]
+            # forced next input: the next unit after an EOP, else EOP after too many tokens, else EOS when
+            # finished (the original forces EOP and EOS together there and argmax picks EOP, the lower id)
+            forced = torch.where(is_eop & ~finished, next_phone, -1)
+            forced = torch.where((forced < 0) & (since_eop > max_codec_tokens_per_phone + 1), self.eop_id, forced)
+            forced = torch.where((forced < 0) & finished, self.eos_id, forced)
+        tokens = torch.stack(generated, dim=1) if generated else torch.empty(len(encoded), 0, dtype=torch.long)
+        return tokens.cpu(), finished.cpu()
+
+    def generate(
+        self,
+        prompts,
+        max_tokens: int = 1000,
+        max_codec_tokens_per_phone: int = 10,
+        temperature: float = 1.0,
+        top_p: float = 0.8,
+        progress: bool = False,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        return_alignment: bool = False,
+    ) -> tuple[list[torch.Tensor], list[bool]] | tuple[list[torch.Tensor], list[bool], list[Alignment]]:
+        """Codec tokens for a batch of unit prompts: ``(codes, finished)`` or ``(codes, finished, alignments)``.
+
+        ``prompts``: one unit sequence or a list of them, as ints or ``"u{n}"`` names (consecutive
+        repeats are removed first). ``codes[i]`` is LongTensor ``[L_i]`` of WavTokenizer codes in
+        [0, 4096) at 40 Hz; ``finished[i]`` is False when row i ran out of ``max_tokens`` before its
+        last unit was done (a warning is issued). ``alignments[i]`` (:class:`Alignment`) says how many
+        codes each deduplicated unit received. Sampling: temperature 0 = argmax, else softmax(logits /
+        temperature) with nucleus ``top_p`` (0 = most likely token only), reproducible with ``seed``.
+        ``chunk_size`` prefills long prompts in chunks of that many tokens (same result).
+        """
+        prompts = _prompt_list(prompts)
+        tokens, finished = self.generate_tokens(
+            prompts, max_tokens, max_codec_tokens_per_phone, temperature, top_p, seed, chunk_size, progress
+        )
+        if not finished.all():
+            warnings.warn(
+                f"{int((~finished).sum())} of {len(finished)} sequences did not reach their last unit within "
+                f"max_tokens={max_tokens}; their codes are cut short. Increase max_tokens.",
+                stacklevel=2,
+            )
+        codec = self.codec_of_token.cpu()[tokens]
+        codes = [row[row >= 0] for row in codec]
+        if not return_alignment:
+            return codes, finished.tolist()
+        is_eop = (tokens == self.eop_id).long()
+        unit_index = is_eop.cumsum(dim=1) - is_eop  # EOPs before each token = the unit it belongs to
+        alignments = []
+        for units, index, row in zip(map(self.deduplicated_units, prompts), unit_index, codec):
+            counts = torch.bincount(index[row >= 0], minlength=len(units))
+            alignments.append(Alignment(units, counts, self.codec_rate))
+        return codes, finished.tolist(), alignments
+
+
+def _prompt_list(prompts) -> list:
+    """A list of unit sequences from one sequence or a list of sequences."""
+    if isinstance(prompts, (torch.Tensor, np.ndarray)) and prompts.ndim == 1:
+        return [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], (str, numbers.Integral)):
+        return [prompts]
+    if isinstance(prompts, (list, tuple, torch.Tensor, np.ndarray)) and len(prompts) > 0:
+        return list(prompts)
+    raise ValueError(f"prompts must be a unit sequence or a non-empty list of unit sequences, got {prompts!r}")

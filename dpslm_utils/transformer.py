@@ -1,0 +1,371 @@
+"""The Mistral-style decoder under both language models: model, KV cache and sampling in one file.
+
+The unit LM (Mistral-ULM) and ELLA-V are the same network: token embedding -> ``n_layers`` pre-norm
+blocks (RMSNorm -> grouped-query attention with rotary positions, RMSNorm -> SwiGLU) -> RMSNorm ->
+output projection (ELLA-V's has a bias). Parameter names equal the checkpoints' keys, so both
+official formats load with a plain ``load_state_dict(strict=True)``.
+
+Conventions that must match the released weights:
+
+* RMSNorm ``x · rsqrt(mean(x²) + eps) · w`` computed in float32.
+* RoPE on consecutive pairs ``(x[2i], x[2i+1])`` (the original Llama/Mistral "complex" convention,
+  not the half-split one), frequencies ``θ^(-2i/head_dim)``. Angles are computed from the positions
+  on the fly, so there is no 8000-position limit as in the original.
+* Grouped-query attention: query head ``h`` reads kv head ``h // (n_heads / n_kv_heads)``.
+* Logits are returned as float32, whatever the weights' dtype.
+
+Batches of sequences of different lengths are right-padded. Every row has its own positions: row
+``b`` of a forward pass holds the tokens at positions ``start[b], start[b] + 1, ...``. With a
+:class:`KVCache` a query at position ``p`` attends to the cached keys at positions ``0..p`` of its
+row, so right-padding never leaks: padded tokens sit at positions no real query can see, and a real
+token later overwrites them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:  # used on CUDA when installed (pip install xformers); PyTorch's SDPA otherwise
+    from xformers.ops import LowerTriangularMask, memory_efficient_attention
+except ImportError:
+    memory_efficient_attention = None
+
+RELEASED_DIMS = dict(dim=1024, n_layers=12, head_dim=64, hidden_dim=4096, n_heads=16, n_kv_heads=16,
+                     norm_eps=1e-6, rope_theta=10000.0)  # fmt: skip
+"""Size of every released unit LM and ELLA-V model (vocab_size: k + 1 for the unit LM, 4 + k + 4096 for ELLA-V)."""
+
+RANDOM_TINY_DIMS = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=4, n_kv_heads=2,
+                        norm_eps=1e-6, rope_theta=10000.0)  # fmt: skip
+"""Size of the seeded random models built with ``DPSLM_WEIGHTS=random-tiny`` (same architecture)."""
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """The checkpoints' ``model_args``. ``dropout`` (unit LM) and ``max_batch_size`` (ELLA-V) are ignored."""
+
+    dim: int
+    n_layers: int
+    head_dim: int
+    hidden_dim: int
+    n_heads: int
+    n_kv_heads: int
+    norm_eps: float
+    vocab_size: int
+    rope_theta: float
+
+    IGNORED_KEYS = ("dropout", "max_batch_size")
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads or self.head_dim % 2:
+            raise ValueError(f"n_heads must be a multiple of n_kv_heads and head_dim even: {self}")
+
+    @classmethod
+    def from_dict(cls, args: dict) -> ModelArgs:
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(args))
+        unknown = sorted(set(args) - names - set(cls.IGNORED_KEYS))
+        if missing or unknown:
+            raise ValueError(f"model_args: missing keys {missing}, unknown keys {unknown}")
+        return cls(**{name: args[name] for name in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Pre-allocated keys and values, ``[batch, n_kv_heads, max_seq_len, head_dim]`` per layer."""
+
+    def __init__(self, args: ModelArgs, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (args.n_layers, batch_size, args.n_kv_heads, max_seq_len, args.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_seq_len = max_seq_len
+
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
+        """Write ``k, v [B, Hkv, T, D]`` at ``positions [B, T]``; return the first ``kv_len`` cached positions."""
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        self.keys[layer][rows, :, positions] = k.transpose(1, 2)
+        self.values[layer][rows, :, positions] = v.transpose(1, 2)
+        return self.keys[layer][:, :, :kv_len], self.values[layer][:, :, :kv_len]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles ``position · θ^(-2i/head_dim)``: ``[B, T, 1, head_dim/2]`` float32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[..., None, None] * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each consecutive pair ``(x[2i], x[2i+1])`` of ``x [B, T, H, D]`` as a complex number."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``softmax(q kᵀ / √D + mask) v``: q ``[B, H, T, D]``, k and v ``[B, Hkv, S, D]``.
+
+    ``mask`` is boolean ``[B, 1, T, S]`` (True = may attend), or None for plain causal attention (T = S).
+    """
+    if memory_efficient_attention is not None and q.is_cuda:
+        return _xformers_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
+
+
+def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The same with xformers (untested here: written for CUDA machines that have xformers installed)."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if mask is None:
+        bias = LowerTriangularMask()
+    else:  # xformers wants an additive bias whose rows start at multiples of 8 elements
+        (batch, heads, queries, _), keys = q.shape, k.shape[2]
+        bias = q.new_full((batch, heads, queries, math.ceil(keys / 8) * 8), float("-inf"))[..., :keys]
+        bias.masked_fill_(mask, 0.0)
+    out = memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(self, x, cos, sin, positions, mask, cache: KVCache | None, layer: int, kv_len: int) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = apply_rotary(self.wq(x).view(batch, length, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rotary(self.wk(x).view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.wv(x).view(batch, length, self.n_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(layer, positions, k, v, kv_len)
+        out = attention(q, k, v, mask)
+        return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, cos, sin, positions, mask, cache, layer, kv_len) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, positions, mask, cache, layer, kv_len)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs, output_bias: bool = False):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=output_bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
+    def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
+        return KVCache(self.args, batch_size, max_seq_len, self.device, self.dtype)
+
+    def forward(
+        self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, T, vocab_size]`` (float32) for ``tokens [B, T]``.
+
+        Without a cache, every row is a sequence starting at position 0 (causal attention). With a
+        cache, row ``b`` continues its sequence at position ``start[b]`` (LongTensor ``[B]``): its
+        keys and values are written there and it attends to everything cached before.
+        """
+        batch, length = tokens.shape
+        if cache is None:
+            if start is not None:
+                raise ValueError("start positions need a KVCache")
+            positions, mask, kv_len = torch.arange(length, device=tokens.device).expand(batch, length), None, length
+        else:
+            if start is None:
+                raise ValueError("decoding with a KVCache needs the start position of every row")
+            positions = start.to(tokens.device)[:, None] + torch.arange(length, device=tokens.device)
+            kv_len = int(positions.max()) + 1
+            if kv_len > cache.max_seq_len:
+                raise ValueError(f"position {kv_len - 1} is beyond the KV cache ({cache.max_seq_len} positions)")
+            mask = torch.arange(kv_len, device=tokens.device) <= positions[:, None, :, None]
+        cos, sin = rotary_angles(positions, self.args.head_dim, self.args.rope_theta)
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, positions, mask, cache, i, kv_len)
+        return self.output(self.norm(h)).float()
+
+    @classmethod
+    def from_state_dict(cls, model_args: dict, state_dict: dict, output_bias: bool) -> Transformer:
+        """Build the model described by a checkpoint's ``model_args`` and load its weights (strict).
+
+        Raises ValueError when the arguments or the parameter names and shapes do not fit.
+        """
+        with torch.device("meta"):
+            model = cls(ModelArgs.from_dict(model_args), output_bias)
+        try:
+            model.load_state_dict(state_dict, strict=True, assign=True)
+        except RuntimeError as e:
+            raise ValueError(f"the weights do not fit the model_args: {e}") from e
+        return model.eval()
+
+
+def random_transformer(args: ModelArgs, output_bias: bool, seed: int) -> Transformer:
+    """A seeded random model (the global RNG is left untouched).
+
+    Linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norm weights ~ 1 + N(0, 0.1²) and output
+    bias ~ N(0, 0.02²): every tensor carries information, so a loader that mixes them up is noticed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = Transformer(args, output_bias)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif name == "output.bias":
+                param.copy_(0.02 * noise)
+            elif name == "tok_embeddings.weight":
+                param.copy_(noise)
+            else:
+                param.copy_(noise / math.sqrt(param.shape[1]))
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched prefill and sampling, shared by the unit LM and ELLA-V
+# ---------------------------------------------------------------------------------------------
+
+
+def pad_right(sequences: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D LongTensors with 0: ``(tokens [B, T_max], lengths [B])``."""
+    tokens = nn.utils.rnn.pad_sequence(list(sequences), batch_first=True).to(device)
+    lengths = torch.tensor([len(s) for s in sequences], device=device)
+    return tokens, lengths
+
+
+def prefill(
+    model: Transformer, prompts: list[torch.Tensor], max_new_tokens: int, chunk_size: int | None = None
+) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+    """Run the prompts (1-D LongTensors) through the model into a fresh cache.
+
+    Returns ``(cache, logits [B, vocab] at each prompt's last token, lengths [B])``; the cache has room
+    for ``max_new_tokens`` more tokens per row. ``chunk_size`` splits the prompts into pieces of at most
+    that many positions (bounds memory for long prompts; the result is the same).
+    """
+    tokens, lengths = pad_right(prompts, model.device)
+    batch, longest = tokens.shape
+    cache = model.new_cache(batch, longest + max_new_tokens)
+    chunk_size = chunk_size or longest
+    last = lengths - 1
+    last_logits = torch.empty(batch, model.args.vocab_size, device=model.device)
+    for begin in range(0, longest, chunk_size):
+        logits = model(tokens[:, begin : begin + chunk_size], torch.full_like(lengths, begin), cache)
+        rows = ((last >= begin) & (last < begin + chunk_size)).nonzero().squeeze(1)
+        last_logits[rows] = logits[rows, last[rows] - begin]
+    return cache, last_logits, lengths
+
+
+def check_sampling(temperature: float, top_p: float, top_k: int | None = None) -> None:
+    """Raise ValueError unless temperature >= 0, 0 <= top_p <= 1 and top_k is None or >= 1."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be in [0, 1] (0 keeps only the most likely token), got {top_p!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> None:
+    """Raise ValueError unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per row of ``logits [B, V]``: LongTensor ``[B]``.
+
+    ``temperature == 0``: argmax. Otherwise ``softmax(logits / temperature)``, keep the ``top_k`` most
+    likely tokens, then the nucleus: a token is kept when the probability mass of the tokens more likely
+    than it is <= ``top_p`` (``top_p = 0`` keeps only the most likely token, ``top_p = 1`` keeps all);
+    renormalise and draw with ``generator``.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs, order = torch.softmax(logits.float() / temperature, dim=-1).sort(dim=-1, descending=True)
+    if top_k is not None:
+        probs[:, top_k:] = 0.0
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
+    choice = torch.multinomial(probs / probs.sum(dim=-1, keepdim=True), 1, generator=generator)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+def steps(count: int, progress: bool, description: str) -> Iterable[int]:
+    """``range(count)``, shown as a tqdm progress bar when ``progress`` is True."""
+    if not progress:
+        return range(count)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(count), desc=description, unit="tok")

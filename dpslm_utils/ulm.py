@@ -1,0 +1,199 @@
+"""The unit language model (Mistral-ULM): how likely is a unit sequence, and how does it continue?
+
+Token ids are the units shifted by one: ``[0 (BOS)] + [u + 1 for u in units]``, so unit ``u`` is
+token ``u + 1`` and the vocabulary has ``k + 1`` entries. There is no end-of-sequence token.
+All log-probabilities are natural logarithms (nats).
+
+Checkpoint format (Mistral-ULM ``save_pretrained_checkpoint``):
+``{"model_args": {dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, dropout, norm_eps,
+vocab_size, rope_theta}, "model_state_dict": {...}}`` (no output bias).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoints, registry
+from .transformer import (
+    RANDOM_TINY_DIMS,
+    ModelArgs,
+    Transformer,
+    check_count,
+    check_sampling,
+    new_generator,
+    pad_right,
+    prefill,
+    random_transformer,
+    sample,
+    steps,
+)
+
+BOS_ID = 0
+UNIT_OFFSET = 1
+"""Token id of unit ``u`` is ``u + UNIT_OFFSET``; id 0 is BOS."""
+
+CHECKPOINT_KEYS = ("model_args", "model_state_dict")
+RANDOM_TINY_SEED = 3003
+
+
+def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> torch.Tensor:
+    """Check a unit sequence (list of ints, or 1-D integer tensor/array) and return it as LongTensor ``[N]``.
+
+    Raises TypeError for non-integer input, ValueError for ids outside [0, k) or (unless
+    ``allow_empty``) an empty sequence.
+    """
+    if isinstance(units, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(units).detach().cpu()
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer unit ids, got a tensor of {tensor.dtype}")
+    elif isinstance(units, (list, tuple)):
+        wrong = [u for u in units if isinstance(u, bool) or not isinstance(u, numbers.Integral)]
+        if wrong:
+            raise TypeError(f"{name} must hold integer unit ids, got {wrong[0]!r} ({type(wrong[0]).__name__})")
+        tensor = torch.tensor(units, dtype=torch.long)
+    else:
+        raise TypeError(f"{name} must be a list or 1-D tensor of integer unit ids, got {type(units).__name__}")
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be one sequence [N], got shape {list(tensor.shape)}")
+    if len(tensor) == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty")
+    outside = tensor[(tensor < 0) | (tensor >= k)]
+    if len(outside):
+        raise ValueError(f"{name} contains ids outside [0, {k}) (k = {k}): {outside[:5].tolist()}")
+    return tensor.long()
+
+
+def _with_bos(units: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
+
+
+def write_random_tiny(path: Path, k: int) -> None:
+    """Save a seeded random unit LM of the released architecture, shrunk, in the Mistral-ULM format."""
+    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=k + 1)
+    model = random_transformer(args, output_bias=False, seed=RANDOM_TINY_SEED + k)
+    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
+    checkpoints.save_atomically(checkpoint, path)
+
+
+class UnitLM(nn.Module):
+    """A Mistral-style language model over deduplicated units (ids ``0..k-1``)."""
+
+    def __init__(self, transformer: Transformer):
+        super().__init__()
+        self.transformer = transformer
+        self.random_weights = False
+
+    @property
+    def k(self) -> int:
+        """Number of units (codebook size); the vocabulary is ``k + 1`` with BOS."""
+        return self.transformer.args.vocab_size - UNIT_OFFSET
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> UnitLM:
+        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``."""
+        checkpoint = checkpoints.load_checkpoint(path)
+        checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "Mistral-ULM unit LM")
+        try:
+            transformer = Transformer.from_state_dict(
+                checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False
+            )
+        except ValueError as e:
+            raise checkpoints.CheckpointError(f"{path} is not a valid unit LM checkpoint: {e}") from e
+        return cls(transformer).to(device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
+        """The released unit LM for (k, λ), trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
+        remote = registry.unit_lm_file(k, lmbda, hours)
+        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, k=k)) as path:
+            model = cls.from_checkpoint(path, device, dtype)
+        model.random_weights = checkpoints.using_random_weights()
+        return model
+
+    def __repr__(self) -> str:
+        args = self.transformer.args
+        parameters = sum(p.numel() for p in self.parameters())
+        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
+        return (f"UnitLM(k={self.k}, dim={args.dim}, n_layers={args.n_layers}, parameters={parameters / 1e6:.1f}M, "
+                f"dtype={self.transformer.dtype}, device={self.transformer.device}{note})")  # fmt: skip
+
+    def tokenize(self, units) -> torch.Tensor:
+        """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""
+        return _with_bos(as_units(units, self.k))
+
+    @torch.inference_mode()
+    def logits(self, units) -> torch.Tensor:
+        """``[N, k + 1]`` float32: row i scores token id ``units[i] + 1`` given BOS and ``units[:i]``."""
+        ids = self.tokenize(units).to(self.transformer.device)
+        return self.transformer(ids[None, :-1])[0]
+
+    @torch.inference_mode()
+    def _unit_logprobs(self, batch: list, batch_size: int = 16) -> list[torch.Tensor]:
+        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
+        if not isinstance(batch, (list, tuple)) or len(batch) == 0:
+            raise ValueError("expected a non-empty list of unit sequences")
+        ids = [self.tokenize(units) for units in batch]
+        result = []
+        for begin in range(0, len(ids), batch_size):
+            chunk = ids[begin : begin + batch_size]
+            tokens, lengths = pad_right(chunk, self.transformer.device)
+            logprobs = F.log_softmax(self.transformer(tokens[:, :-1]), dim=-1)
+            targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
+            result += [row[: length - 1] for row, length in zip(targets, lengths.tolist())]
+        return result
+
+    def loglikelihood(self, units) -> float:
+        """``Σ_i log p(unit_i | BOS, units before i)`` in nats for one deduplicated unit sequence."""
+        return self.loglikelihood_batch([units])[0]
+
+    def loglikelihood_batch(self, batch: list, batch_size: int = 16) -> list[float]:
+        """:meth:`loglikelihood` of each sequence, computed ``batch_size`` sequences at a time."""
+        return [row.sum().item() for row in self._unit_logprobs(batch, batch_size)]
+
+    def surprisal(self, units) -> torch.Tensor:
+        """``-log p(unit_i | BOS, units before i)`` per unit, FloatTensor ``[N]`` in nats (sum = -loglikelihood)."""
+        return -self._unit_logprobs([units])[0]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_units,
+        max_new_units: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        n: int = 1,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """``n`` continuations of ``prompt_units``, each LongTensor ``[max_new_units]`` of units ``0..k-1``.
+
+        The n rows are decoded as one batch with a KV cache; BOS is never drawn. An empty prompt
+        (``[]``) samples unconditionally from BOS. Sampling as :func:`dpslm_utils.transformer.sample`
+        (temperature 0 = greedy), reproducible with ``seed``.
+        """
+        prompt = _with_bos(as_units(prompt_units, self.k, "prompt_units", allow_empty=True))
+        check_count("max_new_units", max_new_units)
+        check_count("n", n)
+        check_sampling(temperature, top_p, top_k)
+
+        generator = new_generator(seed, self.transformer.device)
+        cache, logits, position = prefill(self.transformer, [prompt] * n, max_new_units)
+        new_tokens = []
+        for step in steps(max_new_units, progress, "unit LM"):
+            logits[:, BOS_ID] = float("-inf")
+            token = sample(logits, temperature, top_p, top_k, generator)
+            new_tokens.append(token)
+            if step + 1 < max_new_units:
+                logits = self.transformer(token[:, None], position, cache)[:, -1]
+                position = position + 1
+        units = (torch.stack(new_tokens, dim=1) - UNIT_OFFSET).cpu()
+        return list(units)
