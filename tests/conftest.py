@@ -13,6 +13,15 @@ def load_fixture(name: str):
     return torch.load(FIXTURES / name, map_location="cpu", weights_only=True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The test models are tiny: one thread is as fast, and on a busy CPU spinning threads cost 3-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real cache: every test sees an empty DPSLM_CACHE of its own."""

@@ -20,15 +20,6 @@ EXACT = [name for name, config in CONFIGS.items() if not config["informative"]]
 STATS = FIXTURE["meta"]["generation_stats"]  # codec tokens per phone, counted by the fixture generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models gain nothing from threads, and on a busy CPU idle-waiting threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ellav() -> ELLAV:
     return ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt")

@@ -26,15 +26,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ARGS = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=37)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models gain nothing from threads, and on a busy CPU idle-waiting threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> Transformer:
     return random_transformer(ARGS, output_bias=True, seed=0)

@@ -16,15 +16,6 @@ UNITS = FIXTURE["inputs"]["units"]
 EXPECTED = FIXTURE["expected"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny models gain nothing from threads, and on a busy CPU idle-waiting threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def ulm() -> UnitLM:
     return UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt")

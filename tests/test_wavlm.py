@@ -6,7 +6,6 @@ import re
 import time
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,16 +19,6 @@ CHECKPOINTS = {  # checkpoint file -> its config's name in wavlm_fixture.pt
     "wavlm_base_tiny.pt": "base",
 }
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and on a busy shared machine several threads
-    spinning against each other made this file 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
