@@ -233,7 +233,7 @@ def _demo(args: argparse.Namespace) -> int:
     encoded = model.encode(wav, sr)
     seconds = wav.shape[-1] / sr
     print(f"\n{seconds:.2f} s of speech -> {len(encoded.frame_units)} frames -> {len(encoded.units)} units "
-          f"({len(encoded.units) / seconds:.1f} units/s) with k={model.k}, lmbda={model.lmbda}:")
+          f"({len(encoded.units) / seconds:.1f} units/s) with k={model.k}, lmbda={model.lmbda:g}:")
     print(units_text(encoded.units))
     (out / "units.txt").write_text(units_text(encoded.units) + "\n")
 
@@ -248,7 +248,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), constrained_layout=True)
     plots.plot_segmentation(wav, sr, encoded.frame_units, ax=axes[0],
-                            title=f"original with DPDP units (k={model.k}, λ={model.lmbda})")
+                            title=f"original with DPDP units (k={model.k}, λ={model.lmbda:g})")
     for ax, (i, s) in zip(axes[1:], enumerate(speech)):
         plots.plot_spectrogram(s.wav, s.sample_rate, ax=ax, title=f"resynthesis {i} (ELLA-V + WavTokenizer)")
     plots.mark_random_weights(fig)

@@ -149,7 +149,7 @@ class DPSLM:
 
     def __repr__(self) -> str:
         marker = ", RANDOM WEIGHTS" if self.random_weights else ""
-        return f"DPSLM(k={self.k}, lmbda={self.lmbda}, device={self.units.encoder.device}{marker})"
+        return f"DPSLM(k={self.k}, lmbda={self.lmbda:g}, device={self.units.encoder.device}{marker})"
 
     # -- speech -> units ------------------------------------------------------------------------
 
