@@ -427,3 +427,110 @@ def plot_kl_grid(rows: list[dict], x: str, y: str, group: str | None = "k", anno
     if group is not None:
         ax.legend(fontsize=8)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebooks 03 (unit LM) and 04 (ELLA-V)
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_unit_surprisal(surprisal: torch.Tensor, durations: torch.Tensor, frame_rate: float = 50.0,
+                        ax: plt.Axes | None = None, title: str = "", color: str = "C3",
+                        units: torch.Tensor | None = None, label_min_frames: int = 4) -> plt.Axes:
+    """Per-unit surprisal ``[N]`` (nats) over time: unit i is a bar spanning the time it lasted.
+
+    ``durations [N]`` are in frames at ``frame_rate`` (e.g. ``EncodedSpeech.durations``), so the bars
+    line up with a spectrogram of the same utterance drawn above them. A dashed line marks the mean
+    surprisal per unit. With ``units [N]``, bars at least ``label_min_frames`` wide are labelled with
+    their unit id.
+    """
+    ax = _axes(ax, (10, 2.2))
+    surprisal = torch.as_tensor(surprisal).reshape(-1).double().cpu().numpy()
+    frames = torch.as_tensor(durations).reshape(-1).double().cpu().numpy()
+    if len(surprisal) != len(frames):
+        raise ValueError(f"{len(surprisal)} surprisal values but {len(frames)} durations")
+    starts = np.concatenate([[0.0], np.cumsum(frames)[:-1]]) / frame_rate
+    widths = frames / frame_rate
+    ax.bar(starts, surprisal, width=widths, align="edge", color=color, edgecolor="black", lw=0.4, alpha=0.75)
+    if len(surprisal):
+        ax.axhline(surprisal.mean(), color="black", ls="--", lw=0.8,
+                   label=f"mean {surprisal.mean():.2f} nats/unit, total {surprisal.sum():.1f} nats")
+        ax.legend(loc="upper right", fontsize=8)
+    if units is not None:
+        for unit, start, width, height, length in zip(_ints(units), starts, widths, surprisal, frames):
+            if length >= label_min_frames:
+                ax.text(start + width / 2, height, str(unit), ha="center", va="bottom", fontsize=6, rotation=90)
+    top = max(float(surprisal.max()) * 1.25, 1e-3) if len(surprisal) else 1.0
+    ax.set(xlabel="time (s)", ylabel="surprisal (nats)", title=title, xlim=(0, frames.sum() / frame_rate or 1e-3),
+           ylim=(0, top))
+    return ax
+
+
+TOKEN_KIND_COLOURS = {"unit": "#6baed6", "codec": "#fdae6b", "EOP": "#e34a33", "special": "#969696"}
+"""Cell colours of :func:`plot_token_strip`: unit tokens, codec tokens, EOP, the other special tokens."""
+
+
+def token_names(tokens: torch.Tensor, token_to_id: dict[str, int]) -> list[str]:
+    """The names of token ids ``[L]`` in a tokenizer's ``token_to_id_dict`` (``"u17"``, ``"EOP"``, ``"2268"``)."""
+    id_to_name = {i: name for name, i in token_to_id.items()}
+    return [id_to_name.get(int(i), f"<{int(i)}?>") for i in _ints(tokens)]
+
+
+def token_kind(name: str) -> str:
+    """``"unit"`` (``u{n}``), ``"codec"`` (a number), ``"EOP"`` or ``"special"`` (BOS, EOS, UNK, unknown)."""
+    if name == "EOP":
+        return "EOP"
+    if name.isdigit():
+        return "codec"
+    if name.startswith("u") and name[1:].isdigit():
+        return "unit"
+    return "special"
+
+
+def plot_token_strip(tokens: torch.Tensor, token_to_id: dict[str, int], ax: plt.Axes | None = None,
+                     title: str = "", per_row: int = 24, forced=None, prompt_length: int = 0) -> plt.Axes:
+    """An ELLA-V token sequence ``[L]`` (ids) as a strip of labelled cells, ``per_row`` cells per row.
+
+    Each cell shows the token's name in ``token_to_id`` (a codec token's name is its code id) and is
+    coloured by kind (:data:`TOKEN_KIND_COLOURS`). ``forced [L]`` (bools) hatches the tokens that were
+    forced rather than sampled. ``prompt_length`` draws a thick line after the first
+    ``prompt_length`` tokens, the prompt. The y-axis gives the position of each row's first token.
+    """
+    tokens = _ints(tokens)
+    names = token_names(tokens, token_to_id)
+    forced = np.zeros(len(tokens), bool) if forced is None else np.asarray(forced, bool).reshape(-1)
+    if len(forced) != len(tokens):
+        raise ValueError(f"forced has {len(forced)} entries but there are {len(tokens)} tokens")
+    rows = max(1, -(-len(tokens) // per_row))
+    ax = _axes(ax, (12, 0.55 * rows + 1.3))
+    for i, (name, is_forced) in enumerate(zip(names, forced)):
+        row, col = divmod(i, per_row)
+        ax.add_patch(plt.Rectangle((col, row - 0.4), 1, 0.8, facecolor=TOKEN_KIND_COLOURS[token_kind(name)],
+                                   edgecolor="black", lw=1.6 if is_forced else 0.5, hatch="///" if is_forced else None,
+                                   gid="token"))
+        ax.text(col + 0.5, row, name, ha="center", va="center", fontsize=7 if len(name) <= 4 else 6,
+                fontweight="bold" if token_kind(name) != "codec" else "normal",
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1) if is_forced else None)
+    if 0 < prompt_length <= len(tokens):
+        row, col = divmod(prompt_length, per_row)
+        if col == 0 and row > 0:  # the prompt ends a row: draw the line at that row's end
+            row, col = row - 1, per_row
+        ax.plot([col, col], [row - 0.5, row + 0.5], color="black", lw=3, gid="prompt-end")
+        ax.text(col, row - 0.5, "prompt ◀ ▶ generated ", ha="center", va="bottom", fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=c, edgecolor="black", lw=0.5, label=label)
+               for label, c in (("unit token u{n}", TOKEN_KIND_COLOURS["unit"]),
+                                ("codec token (code id)", TOKEN_KIND_COLOURS["codec"]),
+                                ("EOP", TOKEN_KIND_COLOURS["EOP"]),
+                                ("BOS / EOS / UNK", TOKEN_KIND_COLOURS["special"]))]
+    if forced.any():
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", lw=1.6, hatch="///",
+                                     label="forced, not sampled"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=7,
+              frameon=False)
+    ax.set(xlim=(-0.1, per_row + 0.1), ylim=(rows - 0.4, -0.85), title=title)
+    ax.set_xticks([])
+    ax.set_yticks(range(rows), [str(r * per_row) for r in range(rows)])
+    ax.set_ylabel("position")
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    return ax

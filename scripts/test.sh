@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest tests
-DPSLM_WEIGHTS=random-tiny MPLBACKEND=Agg .venv/bin/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+# One thread: the random-tiny models are too small for threads to pay off.
+DPSLM_WEIGHTS=random-tiny MPLBACKEND=Agg OMP_NUM_THREADS=1 .venv/bin/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks

@@ -201,3 +201,55 @@ def test_marked_subplots_stamps_only_random_weights(monkeypatch):
     assert "RANDOM WEIGHTS" in stamp.get_text()
     left, bottom, width, height = fig.get_layout_engine().get()["rect"]
     assert bottom == pytest.approx(16 / (3 * fig.dpi)) and bottom + height == pytest.approx(1)  # a free bottom strip
+
+
+# -- notebooks 03 (unit LM) and 04 (ELLA-V) --------------------------------------------------
+
+
+def test_plot_unit_surprisal_one_bar_per_unit_over_its_time_span():
+    surprisal = torch.tensor([2.0, 5.0, 1.0])
+    ax = plots.plot_unit_surprisal(surprisal, torch.tensor([5, 10, 25]), frame_rate=50.0,
+                                   units=torch.tensor([7, 8, 9]), label_min_frames=10)
+    bars = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert len(bars) == 3
+    assert [b.get_x() for b in bars] == pytest.approx([0.0, 0.1, 0.3])  # starts: cumulative frames / 50 Hz
+    assert [b.get_width() for b in bars] == pytest.approx([0.1, 0.2, 0.5])
+    assert [b.get_height() for b in bars] == pytest.approx([2.0, 5.0, 1.0])
+    (mean,) = [line for line in ax.get_lines() if np.ptp(line.get_ydata()) == 0]
+    assert mean.get_ydata()[0] == pytest.approx(8 / 3)
+    assert "total 8.0 nats" in ax.get_legend().get_texts()[0].get_text()
+    assert [t.get_text() for t in ax.texts] == ["8", "9"]  # the 5-frame unit is too short for a label
+    assert ax.get_xlim() == pytest.approx((0, 0.8))
+    with pytest.raises(ValueError, match="3 surprisal values but 2 durations"):
+        plots.plot_unit_surprisal(surprisal, torch.tensor([1, 2]))
+
+
+ELLAV_VOCAB = {"UNK": 0, "BOS": 1, "EOP": 2, "EOS": 3, "u0": 4, "u1": 5, "u10": 6, "u2": 7, "0": 8, "1": 9, "2": 10}
+
+
+def test_token_names_and_kinds_follow_the_vocabulary():
+    names = plots.token_names(torch.tensor([6, 1, 7, 9, 2, 3, 0, 42]), ELLAV_VOCAB)
+    assert names == ["u10", "BOS", "u2", "1", "EOP", "EOS", "UNK", "<42?>"]
+    assert [plots.token_kind(n) for n in names] == ["unit", "special", "unit", "codec", "EOP", "special",
+                                                    "special", "special"]
+
+
+def test_plot_token_strip_one_cell_per_token_wrapped_into_rows():
+    tokens = torch.tensor([5, 6, 1, 5, 8, 10, 2, 6, 9, 2, 3])  # u1 u10 BOS u1 | 0 2 EOP u10 1 EOP EOS
+    forced = [False] * 4 + [False, False, False, True, False, False, True]
+    ax = plots.plot_token_strip(tokens, ELLAV_VOCAB, per_row=4, forced=forced, prompt_length=4)
+    cells = [p for p in ax.patches if p.get_gid() == "token"]
+    assert len(cells) == len(tokens)
+    assert [(c.get_x(), c.get_y() + 0.4) for c in cells[3:6]] == [(3, 0), (0, 1), (1, 1)]  # row r holds tokens 4r..
+    assert sum(c.get_hatch() is not None for c in cells) == 2
+    colours = [matplotlib.colors.to_hex(c.get_facecolor()) for c in cells]
+    assert colours[2] == plots.TOKEN_KIND_COLOURS["special"] and colours[6] == plots.TOKEN_KIND_COLOURS["EOP"]
+    assert colours[4] == plots.TOKEN_KIND_COLOURS["codec"] and colours[7] == plots.TOKEN_KIND_COLOURS["unit"]
+    labels = [t.get_text() for t in ax.texts if t.get_text() in plots.token_names(tokens, ELLAV_VOCAB)]
+    assert labels == plots.token_names(tokens, ELLAV_VOCAB)
+    (end,) = [line for line in ax.get_lines() if line.get_gid() == "prompt-end"]
+    assert list(end.get_xdata()) == [4, 4] and end.get_ydata()[0] == pytest.approx(-0.5)  # end of row 0
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "4", "8"]
+    assert "forced, not sampled" in [t.get_text() for t in ax.get_legend().get_texts()]
+    with pytest.raises(ValueError, match="forced has 2 entries"):
+        plots.plot_token_strip(tokens, ELLAV_VOCAB, forced=[True, False])
