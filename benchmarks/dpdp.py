@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from dpslm_utils import dpdp
+from dpslm_utils import dpdp, dpdp_cost
 from dpslm_utils.quantize import _frame_distances, _viterbi
 
 SIZES = [(1000, 500, 1024), (500, 100, 1024), (1000, 1000, 1024), (2000, 500, 1024)]
@@ -75,12 +75,6 @@ def speech_like(num_frames: int, k: int, dim: int, seed: int = 0) -> tuple[torch
     features = codebook[centres] + NOISE * torch.randn(num_frames, dim, generator=generator)
     lmbda = 0.5 * dim * NOISE**2  # half the expected squared noise of one frame
     return features, codebook, lmbda
-
-
-def cost(features: torch.Tensor, codebook: torch.Tensor, units: torch.Tensor, lmbda: float) -> float:
-    """Σ_t ‖x_t − c_{u_t}‖² + λ · segments, in float64."""
-    squared_errors = (features.double() - codebook.double()[units]).square().sum()
-    return float(squared_errors) + lmbda * torch.unique_consecutive(units).numel()
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -140,7 +134,7 @@ def main() -> None:
         t_original = median_seconds(original, max(1, args.repeats // 2))
         t_original_dp = t_original - median_seconds(original_distances_only, args.repeats)
 
-        ours, theirs = cost(features, codebook, units, lmbda), cost(features, codebook, reference, lmbda)
+        ours, theirs = (sum(dpdp_cost(features, codebook, u, lmbda)) for u in (units, reference))
         same_cost = abs(ours - theirs) <= 1e-9 * abs(theirs)
         segments = torch.unique_consecutive(units).numel()
         print(

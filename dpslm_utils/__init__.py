@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     # quantize.py (not dpdp.py: a submodule named like the dpdp function would shadow it)
     "dpdp": "quantize",
     "dpdp_batch": "quantize",
+    "dpdp_cost": "quantize",
     "DPDPQuantizer": "quantize",
     "deduplicate": "quantize",
     "bitrate": "quantize",

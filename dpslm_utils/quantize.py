@@ -129,6 +129,18 @@ class DPDPQuantizer(nn.Module):
         return text + (f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else "")
 
 
+def dpdp_cost(features: Tensor, codebook: Tensor, units: Tensor, lmbda: float) -> tuple[float, float]:
+    """The two terms of the DPDP objective for any per-frame ``units [T]``, in float64:
+    ``(Σ_t ‖x_t − c_{u_t}‖², λ · number of segments)``. :func:`dpdp` minimises their sum."""
+    codebook, lmbda, _ = _check_settings(codebook, lmbda, None)
+    _check_features(features, codebook, "features")
+    _check_units(units, "units")
+    if units.shape[0] != features.shape[0]:
+        raise ValueError(f"units has {units.shape[0]} frames but features has {features.shape[0]}")
+    distortion = (features.double() - codebook.double()[units.to(codebook.device)]).square().sum()
+    return float(distortion), lmbda * torch.unique_consecutive(units).numel()
+
+
 # ---------------------------------------------------------------------------------------------
 # The recursion
 # ---------------------------------------------------------------------------------------------

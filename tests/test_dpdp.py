@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FIXTURES, load_fixture
 
-from dpslm_utils import DPDPQuantizer, bitrate, deduplicate, dpdp, dpdp_batch, quantize
+from dpslm_utils import DPDPQuantizer, bitrate, deduplicate, dpdp, dpdp_batch, dpdp_cost, quantize
 from dpslm_utils.checkpoints import RANDOM_WEIGHTS_MESSAGE
 
 FIXTURE = load_fixture("dpdp_fixture.pt")
@@ -292,3 +292,13 @@ def test_bitrate_falls_with_lambda():
 def test_bitrate_rejects_bad_input(utterances, frame_rate, error, match):
     with pytest.raises(error, match=match):
         bitrate(utterances, frame_rate)
+
+
+def test_dpdp_cost_splits_the_objective_into_distortion_and_penalty():
+    for case in FIXTURE["cases"][:6]:
+        inputs, expected = case["inputs"], case["expected"]
+        distortion, penalty = dpdp_cost(inputs["features"], inputs["codebook"], expected["units"], inputs["lmbda"])
+        assert penalty == inputs["lmbda"] * expected["num_segments"]
+        assert distortion + penalty == pytest.approx(expected["cost"], rel=1e-9)
+    with pytest.raises(ValueError, match="units has 3 frames but features has 200"):
+        dpdp_cost(inputs["features"], inputs["codebook"], expected["units"][:3], 1.0)
