@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
+from tqdm.auto import tqdm
 
 from . import registry
 from .audio import example_audio, load_audio, to_mono
@@ -130,8 +131,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
     encoder = UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
     _say_if_random()
     failed = []
-    from tqdm.auto import tqdm
-
     for path in tqdm(todo, desc=f"encode (rank {rank})" if distributed else "encode", disable=args.quiet):
         try:
             wav, sr = _read_mono(path)
@@ -151,11 +150,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if rank != 0:
         return 1 if failed else 0
 
-    frame_units = [_read_frame_units(_outputs(f, in_dir, out_dir, formats)) for f in files if f not in failed]
+    skipped = set(failed)
+    frame_units = [_read_frame_units(_outputs(f, in_dir, out_dir, formats)) for f in files if f not in skipped]
     frame_units = [u for u in frame_units if u is not None and len(u)]
     if frame_units:
         rate = bitrate(frame_units)
-        print(f"encoded {len(frame_units)} files with k={args.k}, lmbda={args.lmbda}: "
+        print(f"encoded {len(frame_units)} files with k={args.k}, lmbda={args.lmbda:g}: "
               f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, "
               f"{rate.bits_per_second:.1f} bits/s")
     if failed:
