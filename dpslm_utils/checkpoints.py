@@ -149,16 +149,25 @@ def require_keys(checkpoint: Any, keys: tuple[str, ...], path: str | os.PathLike
         )
 
 
-def save_atomically(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place."""
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    Readers never see a half-written ``path``; if ``write`` fails, nothing is left behind.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
     os.close(fd)
     try:
-        torch.save(obj, tmp_name)
-        os.replace(tmp_name, path)
+        write(Path(tmp))
+        os.replace(tmp, path)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` via :func:`write_atomically`."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import registry
 from .audio import example_audio, load_audio, to_mono
-from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights
+from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights, write_atomically
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -40,18 +40,6 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     return list(items[rank::world_size])
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def check_writable(out_dir: Path) -> None:
@@ -93,7 +81,11 @@ def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> di
 def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch.Tensor) -> None:
     if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
         table = torch.stack([units, durations], dim=1).numpy().astype(np.int64)
-        write_atomically(outputs["npy"], lambda tmp: np.save(tmp.open("wb"), table))
+        def save_table(tmp: Path) -> None:
+            with tmp.open("wb") as f:  # np.save(path) would append ".npy" to the temporary name
+                np.save(f, table)
+
+        write_atomically(outputs["npy"], save_table)
     if "txt" in outputs:
         write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
 
