@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dp-slm needs Python >= 3.11, found " + sys.version.split()[0])'
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,notebooks]"
+.venv/bin/python -m pip install -qq --disable-pip-version-check -e ".[dev,notebooks]"
