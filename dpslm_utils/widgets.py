@@ -28,6 +28,18 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+class _Codebooks:
+    """Released codebooks by size k, each loaded on first use and then kept (one per explorer)."""
+
+    def __init__(self, layer: int, device: torch.device):
+        self.layer, self.device, self._loaded = layer, device, {}
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if k not in self._loaded:
+            self._loaded[k] = load_codebook(k, self.layer, device=self.device)
+        return self._loaded[k]
+
+
 # ---------------------------------------------------------------------------------------------
 # Notebook 02: DPDP
 # ---------------------------------------------------------------------------------------------
@@ -53,10 +65,10 @@ class DPDPExplorer:
         if neighbor_fraction is not None and not 0 < neighbor_fraction <= 1:
             raise ValueError(f"neighbor_fraction must be None or in (0, 1], got {neighbor_fraction}")
         self.wav, self.sample_rate = wav, sample_rate
-        self.layer, self.neighbor_fraction = layer, neighbor_fraction
+        self.neighbor_fraction = neighbor_fraction
         self.features = encoder(wav, sample_rate, layer=layer)
         self.frame_rate = float(getattr(encoder, "frame_rate", 50.0))
-        self._codebooks: dict[int, torch.Tensor] = {}
+        self.codebooks = _Codebooks(layer, self.features.device)
         self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k")
         self.lmbda_slider = widgets.IntSlider(value=int(lmbda), min=0, max=int(max_lmbda), step=int(step),
                                               description="λ", continuous_update=False,
@@ -78,19 +90,13 @@ class DPDPExplorer:
     def lmbda(self) -> int:
         return int(self.lmbda_slider.value)
 
-    def codebook(self, k: int) -> torch.Tensor:
-        """The codebook of size ``k`` (loaded on first use, then cached)."""
-        if k not in self._codebooks:
-            self._codebooks[k] = load_codebook(k, self.layer, device=self.features.device)
-        return self._codebooks[k]
-
     @property
     def num_neighbors(self) -> int | None:
         return None if self.neighbor_fraction is None else max(1, round(self.neighbor_fraction * self.k))
 
     def redraw(self) -> None:
         """Recompute the units for the current (k, λ) and redraw the figure and the summary line."""
-        self.units = dpdp(self.features, self.codebook(self.k), self.lmbda, self.num_neighbors).cpu()
+        self.units = dpdp(self.features, self.codebooks[self.k], self.lmbda, self.num_neighbors).cpu()
         _, durations = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
         valid = VALID_LAMBDAS.get(self.k, ())
@@ -166,7 +172,7 @@ class KLambdaExplorer:
         self.pipeline_factory = pipeline_factory or (lambda k, lmbda: _released_pipeline(k, lmbda, device))
         self.pipelines: dict[tuple[int, int], object] = {}
         self.syntheses: dict[tuple[int, int], object] = {}
-        self._codebooks: dict[int, torch.Tensor] = {}
+        self.codebooks = _Codebooks(11, features.device)
         self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k")
         self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ")
         self.button = widgets.Button(description="resynthesize", icon="volume-up",
@@ -188,17 +194,11 @@ class KLambdaExplorer:
     def pair(self) -> tuple[int, int]:
         return int(self.k_dropdown.value), int(self.lmbda_dropdown.value)
 
-    def codebook(self, k: int) -> torch.Tensor:
-        """The released codebook of size ``k`` (loaded on first use, then cached)."""
-        if k not in self._codebooks:
-            self._codebooks[k] = load_codebook(k, device=self.features.device)
-        return self._codebooks[k]
-
     def redraw(self) -> None:
         """DPDP for the selected pair; redraw the segmentation and the summary, and show the pair's
         earlier rendition if there is one."""
         k, lmbda = self.pair
-        self.units = dpdp(self.features, self.codebook(k), lmbda).cpu()
+        self.units = dpdp(self.features, self.codebooks[k], lmbda).cpu()
         units, _ = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
         shown = " ".join(f"u{u}" for u in units[: self.max_units_shown].tolist())
