@@ -29,9 +29,7 @@ def check_int(name: str, value, minimum: int | None = None, maximum: int | None 
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        low = "" if minimum is None else f"{minimum} <= "
-        high = "" if maximum is None else f" <= {maximum}"
-        raise ValueError(f"{name} must be an integer with {low}{name}{high}, got {value}")
+        raise ValueError(f"{name} must be an integer {_range(minimum, maximum)}, got {value}")
     return value
 
 
@@ -48,10 +46,15 @@ def check_real(name: str, value, minimum: float | None = None, maximum: float | 
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        low = "" if minimum is None else f"{minimum:g} <= "
-        high = "" if maximum is None else f" <= {maximum:g}"
-        raise ValueError(f"{name} must be in {low}{name}{high}, got {value:g}")
+        raise ValueError(f"{name} must be {_range(minimum, maximum)}, got {value:g}")
     return value
+
+
+def _range(minimum: float | None, maximum: float | None) -> str:
+    low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (minimum, maximum))
+    if minimum is None:
+        return f"<= {high}"
+    return f">= {low}" if maximum is None else f"from {low} to {high}"
 
 
 def check_seed(seed) -> int | None:

@@ -2,6 +2,12 @@
 
 ``encode`` scales past one GPU by running the same command under
 ``torchrun --nproc-per-node N -m dpslm_utils encode ...``: every rank takes every N-th file.
+
+Every command checks its arguments, input files and output folder before it loads a model, and
+reports errors in one line (``dpslm: error: ...``), without a traceback. Exit status: 0 done;
+1 the work ran but something failed (a download, a file that could not be processed); 2 the command
+was refused before any work (bad arguments, missing or unreadable inputs, an unwritable output).
+torch, numpy and soundfile are imported inside the commands, so such refusals take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,16 +19,23 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import soundfile
-import torch
-from tqdm.auto import tqdm
-
 from . import registry
-from .audio import example_audio, load_audio, to_mono
-from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights, write_atomically
+from .checks import check_count, check_file, check_int, check_real, check_sampling, check_seed
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+SILENCE_PEAK = 1e-4
+"""Input whose peak amplitude stays below this (-80 dBFS) is silent: there is nothing to resynthesize."""
+
+
+class UsageError(Exception):
+    """The command is refused before any work (exit status 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised as UsageError) instead of its usage block and exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 # -- helpers shared by the commands ---------------------------------------------------------------
@@ -30,8 +43,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 def find_audio(in_dir: Path) -> list[Path]:
     """Every audio file under ``in_dir``, sorted (so all ranks agree on the order)."""
-    if not in_dir.is_dir():
-        raise SystemExit(f"error: {in_dir} is not a directory")
     return sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
@@ -42,30 +53,77 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[rank::world_size])
 
 
+def check_creatable(out_dir: Path) -> None:
+    """Raise UsageError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
+            return
+
+
 def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and try a file in it; UsageError if that fails. Call it after every other check."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
-        raise SystemExit(f"error: cannot write to {out_dir}: {e.strerror or e}") from e
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from e
 
 
-def units_text(units: torch.Tensor) -> str:
+def check_input_audio(path: str) -> tuple:
+    """Read a mono input (``[1, samples]``, sample rate) and check it is usable speech; UsageError if not."""
+    from .audio import check_sample_rate, load_audio, to_mono
+    from .wavlm import MAX_SECONDS
+
+    try:
+        wav, sr = load_audio(check_file(path, "audio file"))
+        wav, sr = to_mono(wav), check_sample_rate(sr)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
+    if wav.shape[-1] / sr > MAX_SECONDS:
+        raise UsageError(f"{path} is {wav.shape[-1] / sr:.1f} s long; at most {MAX_SECONDS:g} s are accepted (split it)")
+    if wav.abs().max() < SILENCE_PEAK:
+        raise UsageError(f"{path} is silent (peak amplitude below {SILENCE_PEAK:g}): there is no speech in it")
+    return wav, sr
+
+
+def check_device(device: str | None) -> None:
+    if device is None:
+        return
+    from .pipeline import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {device}: {e}") from e
+
+
+def units_text(units) -> str:
     """Deduplicated units as the text the originals use: ``"u12 u7 u300"``."""
     return " ".join(f"u{u}" for u in units.tolist())
 
 
-def save_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
+def save_wav(path: Path, wav, sample_rate: int) -> None:
+    """Write ``wav`` (FloatTensor, any shape holding one channel) as a WAV file, atomically."""
+    import soundfile
+
+    from .checkpoints import write_atomically
+
     write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
 
 
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
+def _read_mono(path: Path) -> tuple:
+    from .audio import load_audio, to_mono
+
     wav, sr = load_audio(path)
     return to_mono(wav), sr
 
 
 def _say_if_random() -> None:
+    from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
+
     if using_random_weights():
         print(f"NOTE: {RANDOM_WEIGHTS_MESSAGE}")
 
@@ -78,7 +136,12 @@ def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> di
     return {fmt: base.with_name(base.name + f".{fmt}") for fmt in formats}
 
 
-def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch.Tensor) -> None:
+def _write_units(outputs: dict[str, Path], units, durations) -> None:
+    import numpy as np
+    import torch
+
+    from .checkpoints import write_atomically
+
     if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
         table = torch.stack([units, durations], dim=1).numpy().astype(np.int64)
         def save_table(tmp: Path) -> None:
@@ -90,14 +153,50 @@ def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch
         write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
 
 
-def _read_frame_units(outputs: dict[str, Path]) -> torch.Tensor | None:
+def _read_frame_units(outputs: dict[str, Path]):
+    import numpy as np
+    import torch
+
     if "npy" not in outputs:
         return None
     table = torch.from_numpy(np.load(outputs["npy"]))
     return table[:, 0].repeat_interleave(table[:, 1])
 
 
+def check_encode(args: argparse.Namespace) -> None:
+    if args.k not in registry.CODEBOOK_SIZES:
+        raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
+    args.lmbda = check_real("--lmbda", args.lmbda, minimum=0.0)
+    if args.num_neighbors is not None:
+        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    if not in_dir.is_dir():
+        raise UsageError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist")
+    args.files = find_audio(in_dir)
+    if not args.files:
+        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
+    check_unique_stems(args.files, in_dir)
+    check_creatable(out_dir)
+    check_device(args.device)
+    check_writable(out_dir)
+
+
+def check_unique_stems(files: list[Path], in_dir: Path) -> None:
+    """Outputs are named by the input's path without its audio suffix: refuse inputs that would share one."""
+    by_stem: dict[Path, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.relative_to(in_dir).with_suffix(""), []).append(f.relative_to(in_dir))
+    clashes = [" and ".join(map(str, group)) for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(clashes[:5]) + (f"; ... ({len(clashes)} in all)" if len(clashes) > 5 else "")
+        raise UsageError(f"inputs that differ only in their suffix would write the same outputs: {shown}. "
+                         "Rename or move one of each")
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
     from .pipeline import UnitEncoder
     from .quantize import bitrate
 
@@ -110,10 +209,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
         if args.device is None and torch.cuda.is_available():
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    check_writable(out_dir)
+    in_dir, out_dir, files = Path(args.in_dir), Path(args.out_dir), args.files
     formats = ["txt", "npy"] if args.format == "both" else [args.format]
-    files = find_audio(in_dir)
     mine = shard(files, rank, world_size)
     todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
     prefix = f"[rank {rank}/{world_size}] " if distributed else ""
@@ -127,7 +224,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         try:
             wav, sr = _read_mono(path)
             encoded = encoder.encode(wav, sr)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
             failed.append(path)
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
             continue
@@ -159,18 +256,49 @@ def cmd_encode(args: argparse.Namespace) -> int:
 # -- resynthesize, score --------------------------------------------------------------------------
 
 
+def check_resynthesize(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    check_count("-n", args.n)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    out_folder = Path(args.out_prefix).parent
+    check_creatable(out_folder)
+    check_file(args.input, "audio file")
+    check_device(args.device)
+    args.wav, args.sr = check_input_audio(args.input)
+    check_writable(out_folder)
+
+
 def cmd_resynthesize(args: argparse.Namespace) -> int:
     from .pipeline import DPSLM
 
     model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
     _say_if_random()
-    wav, sr = _read_mono(Path(args.input))
-    outputs = model.resynthesize(wav, sr, n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    outputs = model.resynthesize(args.wav, args.sr, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                 seed=args.seed)
+    failed = 0
     for i, out in enumerate(outputs):
         path = Path(f"{args.out_prefix}_{i}.wav")
+        if out.numel() == 0:  # ELLA-V closed every unit without a codec token: nothing to write
+            failed += 1
+            print(f"rendition {i} is empty (ELLA-V produced no codec tokens); {path} was not written", file=sys.stderr)
+            continue
         save_wav(path, out, model.vocoder.sample_rate)
         print(path)
-    return 0
+    return 1 if failed else 0
+
+
+def check_score(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    problems = []
+    for name in args.files:
+        try:
+            check_file(name, "audio file")
+        except OSError as e:
+            problems.append(str(e))
+    if problems:
+        raise UsageError("; ".join(problems))
+    check_device(args.device)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -183,7 +311,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         try:
             wav, sr = _read_mono(Path(name))
             print(f"{model.loglikelihood(wav, sr):.4f}\t{name}")
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
             failed += 1
             print(f"skipped {name}: {e}", file=sys.stderr)
     return 1 if failed else 0
@@ -192,7 +320,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 # -- demo -----------------------------------------------------------------------------------------
 
 
+def check_demo(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    check_seed(args.seed)
+    check_creatable(Path(args.out))
+    check_device(args.device)
+    check_writable(Path(args.out))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .checkpoints import WEIGHTS_ENV, CheckpointError
+
     if args.weights != "auto":
         os.environ[WEIGHTS_ENV] = args.weights
     try:
@@ -214,10 +352,10 @@ def _demo(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from . import plots
+    from .audio import example_audio
     from .pipeline import DPSLM
 
     out = Path(args.out)
-    check_writable(out)
     model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
     print(model)
     wav, sr = example_audio("librispeech")
@@ -260,7 +398,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="encode, resynthesize and score the bundled example")
@@ -269,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["auto", "pretrained", "random-tiny"], default="auto",
                    help="auto: the official checkpoints, or random tiny weights when they cannot be downloaded")
-    p.set_defaults(run=cmd_demo)
+    p.set_defaults(run=cmd_demo, check=check_demo)
 
     p = sub.add_parser("encode", help="every audio file under IN_DIR -> DPDP units under OUT_DIR (resumable)")
     p.add_argument("in_dir")
@@ -279,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["txt", "npy", "both"], default="both",
                    help="txt: 'u12 u7 ...'; npy: int64 [N, 2] of (unit, duration in 50 Hz frames)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_encode)
+    p.set_defaults(run=cmd_encode, check=check_encode)
 
     p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
     p.add_argument("input")
@@ -289,21 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=None)
-    p.set_defaults(run=cmd_resynthesize)
+    p.set_defaults(run=cmd_resynthesize, check=check_resynthesize)
 
     p = sub.add_parser("score", help="unit-LM log-likelihood (nats) of each file, one per line")
     p.add_argument("files", nargs="+")
     _add_model_args(p)
-    p.set_defaults(run=cmd_score)
+    p.set_defaults(run=cmd_score, check=check_score)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command != "encode":  # encode takes any released codebook and any λ >= 0
+    """Run one command; return its exit status (0 done, 1 something failed, 2 refused before any work)."""
+    try:
+        args = build_parser().parse_args(argv)
         try:
-            args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
-        except ValueError as e:
-            parser.error(str(e))
-    return args.run(args)
+            args.check(args)  # every argument, input and output, before any model is loaded
+        except (ValueError, TypeError, OSError) as e:
+            raise UsageError(str(e)) from e
+        return args.run(args)
+    except UsageError as e:
+        print(f"dpslm: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError and out-of-memory are RuntimeErrors
+        print("dpslm: error:", " ".join(line.strip() for line in str(e).splitlines()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dpslm: interrupted", file=sys.stderr)
+        return 130

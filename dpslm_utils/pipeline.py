@@ -66,7 +66,7 @@ class Continuation:
     """The prompt units followed by the new units, as speech."""
 
 
-def _default_device(device: str | torch.device | None) -> str:
+def resolve_device(device: str | torch.device | None) -> str:
     """One name per device, so the shared models are loaded once: "cuda" -> "cuda:<current>", "cpu:0" -> "cpu"."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
@@ -99,7 +99,7 @@ class UnitEncoder:
     def from_pretrained(cls, k: int = DEFAULT_K, lmbda: float = DEFAULT_LMBDA, device: str | torch.device | None = None,
                         num_neighbors: int | None = None) -> UnitEncoder:
         """Any released codebook (k in 100, 200, 500, 1000, 2000) with any λ >= 0; WavLM is shared."""
-        device = _default_device(device)
+        device = resolve_device(device)
         codebook = load_codebook(k, FEATURE_LAYER, device=device)
         return cls(_shared_encoder(device, weights_mode()), DPDPQuantizer(codebook, lmbda, num_neighbors))
 
@@ -145,7 +145,7 @@ class DPSLM:
         ``dpslm_utils.PAPER_NUM_NEIGHBORS[k]`` (5 % of k) for the paper's restricted search.
         """
         k, lmbda = check_combination(k, lmbda)
-        device = _default_device(device)
+        device = resolve_device(device)
         return cls(
             units=UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors),
             ulm=UnitLM.from_pretrained(k, lmbda, hours=hours, device=device),
