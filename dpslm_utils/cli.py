@@ -74,16 +74,16 @@ def check_writable(out_dir: Path) -> None:
 
 def check_input_audio(path: str) -> tuple:
     """Read a mono input (``[1, samples]``, sample rate) and check it is usable speech; UsageError if not."""
-    from .audio import check_sample_rate, load_audio, to_mono
+    from .audio import check_sample_rate
     from .wavlm import MAX_SECONDS
 
     try:
-        wav, sr = load_audio(check_file(path, "audio file"))
-        wav, sr = to_mono(wav), check_sample_rate(sr)
+        wav, sr = _read_mono(check_file(path, "audio file"))
+        sr = check_sample_rate(sr)
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
     if wav.shape[-1] / sr > MAX_SECONDS:
-        raise UsageError(f"{path} is {wav.shape[-1] / sr:.1f} s long; at most {MAX_SECONDS:g} s are accepted (split it)")
+        raise UsageError(f"{path} is {wav.shape[-1] / sr:.1f} s long; WavLM takes at most {MAX_SECONDS:g} s (split it)")
     if wav.abs().max() < SILENCE_PEAK:
         raise UsageError(f"{path} is silent (peak amplitude below {SILENCE_PEAK:g}): there is no speech in it")
     return wav, sr
