@@ -25,7 +25,6 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,15 +32,12 @@ from torch import nn
 
 from . import checkpoints, registry
 from .transformer import (
-    RANDOM_TINY_DIMS,
-    ModelArgs,
     Transformer,
     check_count,
     check_sampling,
     new_generator,
     pad_right,
     prefill,
-    random_transformer,
     sample,
     steps,
 )
@@ -52,11 +48,6 @@ SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
 UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
 NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE = 4096, 40.0, 50.0
-RANDOM_TINY_SEED = 4004
-RANDOM_TINY_OUTPUT_SCALE, RANDOM_TINY_EOP_BOOST = 3.0, 10.0
-"""The random-tiny model's output weights are scaled (peaked codec distributions, as a trained model's)
-and its EOP bias raised, so that units get a varying number of codec tokens, about 3 on average,
-both greedily and with the default sampling (temperature 1, top_p 0.8)."""
 
 
 def unit_tokenizer(k: int) -> dict:
@@ -72,27 +63,6 @@ def unit_tokenizer(k: int) -> dict:
         **{f"{name}_token": name for name in SPECIAL_TOKENS},
         **{f"{name}_id": i for i, name in enumerate(SPECIAL_TOKENS)},
     }  # fmt: skip
-
-
-def write_random_tiny(path: Path, k: int) -> None:
-    """Save a seeded random ELLA-V of the released architecture, shrunk, in the official format.
-
-    The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
-    emits them), the output weights scaled and EOP's bias raised (see :data:`RANDOM_TINY_EOP_BOOST`).
-    """
-    tokenizer = unit_tokenizer(k)
-    token_to_id = tokenizer["token_to_id_dict"]
-    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=len(token_to_id))
-    model = random_transformer(args, output_bias=True, seed=RANDOM_TINY_SEED + k)
-    with torch.no_grad():
-        model.output.weight *= RANDOM_TINY_OUTPUT_SCALE
-        bias = model.output.bias
-        never_emitted = [token_to_id[name] for name in ("UNK", "BOS", "EOS", *(f"u{n}" for n in range(k)))]
-        bias[never_emitted] = -30.0
-        bias[token_to_id["EOP"]] += RANDOM_TINY_EOP_BOOST
-    checkpoint = {"model_args": {**args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
-                  "model_state": model.state_dict()}  # fmt: skip
-    checkpoints.save_atomically(checkpoint, path)
 
 
 @dataclass(frozen=True)
@@ -152,19 +122,13 @@ class ELLAV(nn.Module):
     @classmethod
     def from_pretrained(cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None) -> ELLAV:
         """The released ELLA-V model for (k, λ) units."""
-        remote = registry.ellav_file(k, lmbda)
-        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, k=k)) as path:
-            model = cls.from_checkpoint(path, device, dtype)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        return checkpoints.load_pretrained(load, registry.ellav_file(k, lmbda), "ellav", k=k)
 
     def __repr__(self) -> str:
-        args = self.transformer.args
-        parameters = sum(p.numel() for p in self.parameters())
-        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
-        return (f"ELLAV(k={self.k}, unit_rate={self.unit_rate:g} Hz, codec_rate={self.codec_rate:g} Hz, "
-                f"dim={args.dim}, n_layers={args.n_layers}, parameters={parameters / 1e6:.1f}M, "
-                f"dtype={self.transformer.dtype}, device={self.transformer.device}{note})")  # fmt: skip
+        t = self.transformer
+        return checkpoints.describe(self, k=self.k, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
+                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
         """Unit ids (ints, or names ``"u{n}"``) with consecutive repeats removed: LongTensor ``[N]``."""

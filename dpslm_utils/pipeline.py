@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checkpoints
 from .checkpoints import weights_mode
 from .codebooks import load_codebook
 from .ellav import ELLAV, Alignment
@@ -148,8 +149,7 @@ class DPSLM:
         return any(m.random_weights for m in (self.units, self.ulm, self.ellav, self.vocoder))
 
     def __repr__(self) -> str:
-        marker = ", RANDOM WEIGHTS" if self.random_weights else ""
-        return f"DPSLM(k={self.k}, lmbda={self.lmbda:g}, device={self.units.encoder.device}{marker})"
+        return checkpoints.describe(self, k=self.k, lmbda=f"{self.lmbda:g}", device=self.units.encoder.device)
 
     # -- speech -> units ------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ import torch
 
 from dpslm_utils import checkpoints
 from dpslm_utils.checkpoints import CheckpointError
-from dpslm_utils.ellav import ELLAV, write_random_tiny
+from dpslm_utils.ellav import ELLAV
+from dpslm_utils.random_tiny import write_ellav
 from dpslm_utils.transformer import pad_right, prefill
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -167,7 +168,7 @@ def test_other_checkpoint_families_are_rejected(name):
 
 
 def test_random_tiny_matches_the_official_format_and_gives_varied_durations(monkeypatch, tmp_path):
-    write_random_tiny(tmp_path / "tiny.pt", k=50)
+    write_ellav(tmp_path / "tiny.pt", k=50)
     written = torch.load(tmp_path / "tiny.pt", weights_only=True)
     official = torch.load(FIXTURES / "ellav_tiny.pt", weights_only=True)
     assert written["tokenizer"] == official["tokenizer"]  # built as the original unit-training script does
