@@ -12,6 +12,11 @@ the last EOP; as that count includes the forced unit token, the first unit can r
 ``max + 2`` codec tokens and every later unit up to ``max + 1`` (the original's behaviour, kept so
 that outputs match). ``max_tokens`` counts every generated token (codec, EOP and unit tokens).
 
+Names: ELLA-V was written for phones, and this module keeps the original's names where they mirror
+its API (``max_codec_tokens_per_phone``, ``num_phone_types``, EOP). A "phone" here is a unit. The
+per-unit cap has this one name everywhere in the package, :meth:`DPSLM.synthesize
+<dpslm_utils.pipeline.DPSLM.synthesize>` included.
+
 Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"token_to_id_dict",
 "num_phone_types", "phone_token_rate", "num_codec_types", "codec_token_rate", ...}, "model_state":
 {...}}`` — the unit LM's decoder with a bias on the output projection.
@@ -25,6 +30,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +54,8 @@ SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
 UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
 NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE = 4096, 40.0, 50.0
+MAX_CODEC_TOKENS_PER_PHONE = 10
+"""The original's default cap on codec tokens per unit (the first unit may get 2 more, later ones 1 more)."""
 
 
 def unit_tokenizer(k: int) -> dict:
@@ -81,6 +89,17 @@ class Alignment:
     def frame_units(self) -> torch.Tensor:
         """The unit behind each generated codec token, LongTensor ``[sum(codec_counts)]``."""
         return self.units.repeat_interleave(self.codec_counts)
+
+
+class Generation(NamedTuple):
+    """What :meth:`ELLAV.generate` returns for a batch of B prompts (unpacks as ``codes, finished, alignments``)."""
+
+    codes: list[torch.Tensor]
+    """``codes[i]``: LongTensor ``[L_i]`` of WavTokenizer codes in [0, 4096) at 40 Hz."""
+    finished: list[bool]
+    """``finished[i]`` is False when row i ran out of ``max_tokens`` before its last unit was done."""
+    alignments: list[Alignment]
+    """``alignments[i]``: how many codes each deduplicated unit of prompt i received."""
 
 
 class ELLAV(nn.Module):
@@ -152,7 +171,7 @@ class ELLAV(nn.Module):
         self,
         prompts,
         max_tokens: int = 1000,
-        max_codec_tokens_per_phone: int = 10,
+        max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
         seed: int | None = None,
@@ -200,15 +219,14 @@ class ELLAV(nn.Module):
         self,
         prompts,
         max_tokens: int = 1000,
-        max_codec_tokens_per_phone: int = 10,
+        max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
         progress: bool = False,
         seed: int | None = None,
         chunk_size: int | None = None,
-        return_alignment: bool = False,
-    ) -> tuple[list[torch.Tensor], list[bool]] | tuple[list[torch.Tensor], list[bool], list[Alignment]]:
-        """Codec tokens for a batch of unit prompts: ``(codes, finished)`` or ``(codes, finished, alignments)``.
+    ) -> Generation:
+        """Codec tokens for a batch of unit prompts: a :class:`Generation` ``(codes, finished, alignments)``.
 
         ``prompts``: one unit sequence or a list of them, as ints or ``"u{n}"`` names (consecutive
         repeats are removed first). ``codes[i]`` is LongTensor ``[L_i]`` of WavTokenizer codes in
@@ -230,15 +248,13 @@ class ELLAV(nn.Module):
             )
         codec = self.codec_of_token.cpu()[tokens]
         codes = [row[row >= 0] for row in codec]
-        if not return_alignment:
-            return codes, finished.tolist()
         is_eop = (tokens == self.eop_id).long()
         unit_index = is_eop.cumsum(dim=1) - is_eop  # EOPs before each token = the unit it belongs to
         alignments = []
         for units, index, row in zip(map(self.deduplicated_units, prompts), unit_index, codec):
             counts = torch.bincount(index[row >= 0], minlength=len(units))
             alignments.append(Alignment(units, counts, self.codec_rate))
-        return codes, finished.tolist(), alignments
+        return Generation(codes, finished.tolist(), alignments)
 
 
 def _prompt_list(prompts) -> list:

@@ -101,3 +101,28 @@ def test_every_model_repr_has_one_format(random_tiny):
     assert all(re.search(r", parameters=\d+\.\d\dM, ", text) for text in modules if "DPDPQuantizer" not in text)
     plain = dpslm_utils.DPDPQuantizer(torch.randn(5, 3), 10.0)
     assert repr(plain) == "DPDPQuantizer(k=5, dim=3, lmbda=10, num_neighbors=None)"
+
+
+def test_ellav_generate_returns_one_shape_of_result(random_tiny):
+    from dpslm_utils.ellav import Generation
+
+    ellav = dpslm_utils.ELLAV.from_pretrained(100, 600)
+    assert "return_alignment" not in inspect.signature(ellav.generate).parameters
+    result = ellav.generate([[3, 4, 5], [7]], max_tokens=60, seed=0)
+    assert isinstance(result, Generation) and len(result) == 3
+    codes, finished, alignments = result
+    assert [len(c) for c in codes] == [int(a.codec_counts.sum()) for a in alignments]
+    assert [a.units.tolist() for a in alignments] == [[3, 4, 5], [7]] and finished == [True, True]
+
+
+def test_the_per_unit_code_cap_has_one_name_and_one_default():
+    from dpslm_utils.ellav import MAX_CODEC_TOKENS_PER_PHONE
+
+    def cap_parameters(function):
+        return {n: p.default for n, p in inspect.signature(function).parameters.items() if n.startswith("max_codec")}
+
+    expected = {"max_codec_tokens_per_phone": MAX_CODEC_TOKENS_PER_PHONE}
+    for function in (dpslm_utils.ELLAV.generate, dpslm_utils.ELLAV.generate_tokens, dpslm_utils.DPSLM.synthesize):
+        assert cap_parameters(function) == expected, function.__qualname__
+    sources = "".join(inspect.getsource(importlib.import_module(f"dpslm_utils.{m}")) for m in ("ellav", "pipeline", "cli"))
+    assert "max_codec_tokens_per_unit" not in sources.lower()
