@@ -7,10 +7,10 @@ resampling only.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import soundfile
@@ -20,14 +20,13 @@ import torchaudio
 from .checks import check_file, check_int
 from .registry import OFFICIAL_EXAMPLES
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
 BUNDLED_EXAMPLES: dict[str, str] = {
     "librispeech": "mister_quilter.flac",
     "manufacture": "manufacture.flac",
     "manufelture": "manufelture.flac",
 }
-"""The project's own espeak-ng recordings (see data/README.md), standing in for the official examples."""
+"""The project's own espeak-ng recordings, standing in for the official examples: package data in
+``dpslm_utils/examples/`` (made by ``data/make_examples.sh``, described in ``data/README.md``)."""
 
 _UNREACHABLE: set[str] = set()
 """Official examples whose download failed in this process: not tried again until it restarts."""
@@ -117,6 +116,14 @@ def check_sample_rate(sample_rate: int, name: str = "sample_rate") -> int:
     return check_int(name, sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
 
 
+def bundled_example(name: str) -> tuple[torch.Tensor, int]:
+    """The project's own recording ``name`` (a key of :data:`BUNDLED_EXAMPLES`), read from the installed
+    package: ``(wav [channels, samples], sample_rate)``."""
+    resource = importlib.resources.files(__package__) / "examples" / BUNDLED_EXAMPLES[name]
+    with importlib.resources.as_file(resource) as path:
+        return load_audio(path)
+
+
 def example_audio(name: str = "librispeech", official: bool = True) -> tuple[torch.Tensor, int]:
     """An example recording ``(wav [1, samples], sample_rate)`` by name.
 
@@ -124,8 +131,8 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
     middle classes ..."), ``"manufacture"`` and ``"manufelture"`` (a word / non-word pair). With
     ``official=True`` the original project's recording is used when it is cached or can be
     downloaded; otherwise (or with ``official=False``) the project's own espeak-ng recording of the
-    same words from ``data/``. Which one you got is logged (``logging``, logger ``dpslm_utils.audio``);
-    falling back to the bundled one is a warning.
+    same words, shipped with the package. Which one you got is logged (``logging``, logger
+    ``dpslm_utils.audio``); falling back to the bundled one is a warning.
     """
     from .checkpoints import CheckpointError, download
 
@@ -141,7 +148,6 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
             _UNREACHABLE.add(name)
             log.warning("example %r: the official recording could not be fetched (%s); "
                         "using the bundled espeak-ng recording instead", name, str(e).splitlines()[0])
-    path = DATA_DIR / BUNDLED_EXAMPLES[name]
-    wav, sr = load_audio(path)
-    log.info("example %r: bundled espeak-ng recording data/%s", name, path.name)
+    wav, sr = bundled_example(name)
+    log.info("example %r: bundled espeak-ng recording %s", name, BUNDLED_EXAMPLES[name])
     return to_mono(wav), sr

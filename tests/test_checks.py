@@ -92,7 +92,7 @@ def test_bad_generation_arguments_name_the_argument(ulm, kwargs, error, message)
     "method, kwargs, error, message",
     [("synthesize", {"units": [1, 2], "n": 2.0}, TypeError, "n must be an integer"),
      ("synthesize", {"units": [1, 2], "seed": 2**70}, ValueError, "seed must be"),
-     ("synthesize", {"units": [1, 2], "max_codec_tokens_per_unit": -1}, ValueError, "max_codec_tokens_per_unit"),
+     ("synthesize", {"units": [1, 2], "max_codec_tokens_per_phone": -1}, ValueError, "max_codec_tokens_per_phone"),
      ("resynthesize", {"wav": None, "sample_rate": 16000, "n": 0}, ValueError, "n must be an integer >= 1"),
      ("continue_speech", {"wav": None, "sample_rate": 16000, "max_new_units": 10**9}, ValueError, "max_new_units"),
      ("continue_speech", {"wav": None, "sample_rate": 16000, "vocoder_top_p": 2}, ValueError, "vocoder_top_p")],
