@@ -441,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         try:
-            args.check(args)  # every argument, input and output, before any model is loaded
+            if hasattr(args, "check"):
+                args.check(args)  # every argument, input and output, before any model is loaded
         except (ValueError, TypeError, OSError) as e:
             raise UsageError(str(e)) from e
         return args.run(args)
