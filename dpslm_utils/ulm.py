@@ -91,6 +91,7 @@ class UnitLM(nn.Module):
         """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
+        batch_size = check_count("batch_size", batch_size)
         ids = [self.tokenize(units) for units in batch]
         result = []
         for begin in range(0, len(ids), batch_size):
