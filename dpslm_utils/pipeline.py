@@ -73,7 +73,7 @@ def resolve_device(device: str | torch.device | None) -> str:
         return "cpu"
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {str(device)!r}: CUDA is not available here (use device='cpu')")
+            raise ValueError(f"CUDA is not available here, so device {str(device)!r} cannot be used (use 'cpu')")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return str(device)

@@ -125,6 +125,7 @@ def _refusals(corpus: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["resynthesize", audio, out + "/r", "--k", "500", "--lmbda", "1"], "valid lmbda for k=500"),
         (["score", audio, str(tmp / "gone.wav"), *model], "gone.wav does not exist"),
         (["demo", "--out", str(blocker), *model], "file is not a folder"),
+        (["score", audio, *model, "--device", "cud"], "--device cud: .*device type"),
     ]
 
 
