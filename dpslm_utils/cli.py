@@ -118,7 +118,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     check_writable(out_dir)
     try:
-        check_settings(out_dir, command, settings, write=dist.is_main)
+        check_settings(out_dir, command, settings, write=False)
     except SettingsMismatch as e:
         distributed.teardown(dist)
         raise SystemExit(f"error: {e}") from e
@@ -129,6 +129,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
           f"{len(mine) - len(todo)} already encoded, {len(todo)} to do")
 
     model = load(dist.device)
+    check_settings(out_dir, command, settings, write=dist.is_main)  # recorded once the settings proved loadable
     _say_if_random()
     failed = []
     for path in tqdm(todo, desc=f"{command} (rank {dist.rank})" if dist.enabled else command, disable=args.quiet):
