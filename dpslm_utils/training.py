@@ -398,11 +398,12 @@ def _run(config: dict, out_dir, read_data, device, overwrite: bool, progress: bo
 def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite: bool, progress: bool) -> TrainingRun:
     if dist.is_main:
         saved = _prepare_out_dir(out_dir, config, overwrite)
-        out_dir.mkdir(parents=True, exist_ok=True)
     barrier(dist)
     if not dist.is_main:
         saved = _prepare_out_dir(out_dir, config, overwrite=False)
-    task, config["data"] = read_data()
+    task, config["data"] = read_data()  # bad data is refused before OUT_DIR is made
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     run = TrainingRun(out_dir)
     state_path = out_dir / "train_state.pt"
     resuming = saved is not None and state_path.exists()

@@ -272,3 +272,20 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     state_b = torch.load(ddp.last_checkpoint, weights_only=True)["model_state_dict"]
     for name in state_a:
         torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=1e-5)
+
+
+def test_plot_training_draws_train_and_validation_curves(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dpslm_utils import plots
+
+    (tmp_path / "a").mkdir()
+    lines = [{"step": s, "tokens": 100 * s, "train_loss": 3.0 / s, "lr": 1e-3, "tokens_per_s": 1.0} for s in (1, 2, 3, 4)]
+    lines[1]["val_loss"], lines[3]["val_loss"] = 2.5, 1.5
+    (tmp_path / "a" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    ax = plots.plot_training({"tiny": tmp_path / "a", "again": dpslm_utils.TrainingRun(tmp_path / "a")}, x="tokens")
+    assert len(ax.lines) == 4
+    assert ax.lines[1].get_xdata().tolist() == [200, 400] and ax.lines[1].get_ydata().tolist() == [2.5, 1.5]
+    with pytest.raises(ValueError, match="metrics.jsonl does not exist"):
+        plots.plot_training(tmp_path / "missing")
