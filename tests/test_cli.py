@@ -92,7 +92,7 @@ def test_encode_codec_writes_the_codes_of_every_file(corpus, tmp_path, capsys):
         wav, sr = dpslm_utils.load_audio(corpus / name)
         stem = out / Path(name).with_suffix("")
         codes = np.load(stem.with_name(stem.name + ".npy"))
-        assert codes.dtype == np.int64 and codes.tolist() == codec.encode(dpslm_utils.to_mono(wav), sr).tolist()
+        assert codes.dtype == np.int16 and codes.tolist() == codec.encode(dpslm_utils.to_mono(wav), sr).tolist()
 
 
 def test_encode_summary_bitrate_matches_the_library(corpus, tmp_path, capsys):
