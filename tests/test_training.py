@@ -213,9 +213,9 @@ def test_tiny_ellav_learns_a_unit_to_code_mapping(tmp_path):
     saved = torch.load(run.best_checkpoint, weights_only=True)
     assert list(saved) == ["model_args", "tokenizer", "model_state"] and saved["tokenizer"] == unit_tokenizer(6)
     prompts = [[3, 1, 4, 0, 5, 2, 4], [2, 5, 1, 3, 0]]  # new sequences
-    codes, finished = model.generate(prompts, temperature=0.0)
-    assert all(finished)
-    assert [c.tolist() for c in codes] == [mapped_codes(p) for p in prompts]
+    generation = model.generate(prompts, temperature=0.0)
+    assert all(generation.finished)
+    assert [c.tolist() for c in generation.codes] == [mapped_codes(p) for p in prompts]
 
 
 # -- bookkeeping: resume, refusal, DDP ------------------------------------------------------------
