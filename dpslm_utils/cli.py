@@ -99,8 +99,9 @@ def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch
 def _read_frame_units(outputs: dict[str, Path]) -> torch.Tensor | None:
     if "npy" not in outputs:
         return None
-    table = torch.from_numpy(np.load(outputs["npy"]))
-    return table[:, 0].repeat_interleave(table[:, 1])
+    from .datasets import load_frame_units
+
+    return load_frame_units(outputs["npy"])
 
 
 def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats: list[str], load, encode, write):
@@ -183,14 +184,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_encode_codec(args: argparse.Namespace) -> int:
     from .wavtokenizer import WavTokenizer
 
+    from .datasets import save_array
+
     def write(outputs: dict[str, Path], codes: torch.Tensor) -> None:
-        array = codes.cpu().numpy().astype(np.int16)  # 4096 codes fit: a quarter of int64's disk
-
-        def save(tmp: Path) -> None:
-            with tmp.open("wb") as f:
-                np.save(f, array)
-
-        write_atomically(outputs["npy"], save)
+        save_array(outputs["npy"], codes.cpu().numpy().astype(np.int16))  # 4096 codes fit in int16
 
     files, failed, dist = _encode_tree(
         args, "encode-codec", {"codec": args.codec, "weights": weights_mode()}, ["npy"],

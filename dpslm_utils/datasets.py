@@ -21,7 +21,6 @@ tokens and EOP, with its loss mask.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 
 from .checkpoints import write_atomically
+from .ellav import UNIT_NAME
+from .ulm import BOS_ID, UNIT_OFFSET
 
 UNIT_SUFFIXES = (".npy", ".txt")  # in order of preference for one stem
 CODE_SUFFIXES = (".npy", ".pt")
-BOS_ID, UNIT_OFFSET = 0, 1  # the unit LM's tokens (as ulm.py)
-UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
 
 # -- unit and codec files -------------------------------------------------------------------------
@@ -49,13 +48,17 @@ def save_units(path: str | os.PathLike, units, durations) -> None:
         raise ValueError(f"units ({len(units)}) and durations ({len(durations)}) differ in length")
     if len(durations) and int(durations.min()) < 1:
         raise ValueError("every duration must be at least one frame")
-    table = torch.stack([units, durations], dim=1).numpy()
+    save_array(path, torch.stack([units, durations], dim=1).numpy())
 
-    def save_table(tmp: Path) -> None:
+
+def save_array(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to ``path``, atomically."""
+
+    def save(tmp: Path) -> None:
         with tmp.open("wb") as f:  # np.save(path) would append ".npy" to the temporary name
-            np.save(f, table)
+            np.save(f, array)
 
-    write_atomically(Path(path), save_table)
+    write_atomically(Path(path), save)
 
 
 def load_frame_units(path: str | os.PathLike) -> torch.LongTensor:

@@ -289,3 +289,26 @@ def test_plot_training_draws_train_and_validation_curves(tmp_path):
     assert ax.lines[1].get_xdata().tolist() == [200, 400] and ax.lines[1].get_ydata().tolist() == [2.5, 1.5]
     with pytest.raises(ValueError, match="metrics.jsonl does not exist"):
         plots.plot_training(tmp_path / "missing")
+
+
+def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
+    from dpslm_utils import cli
+
+    markov_units(tmp_path / "units", files=6, length=30)
+    small = ["--dim", "32", "--n-layers", "1", "--head-dim", "16", "--n-heads", "2", "--n-kv-heads", "2",
+             "--hidden-dim", "64", "--batch-size", "2", "--eval-interval", "2", "--quiet"]  # fmt: skip
+    out = str(tmp_path / "run")
+    assert cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--max-steps", "2", *small]) == 0
+    assert cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--max-steps", "4", *small]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert [m["step"] for m in dpslm_utils.TrainingRun(tmp_path / "run").metrics] == [2, 4]
+    with pytest.raises(SystemExit, match="chunk_size: 128 there, 64 now"):
+        cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--chunk-size", "64", *small])
+    with pytest.raises(SystemExit, match="beyond k - 1 = 7"):
+        cli.main(["train-ulm", str(tmp_path / "units"), str(tmp_path / "other"), "--k", "8", *small])
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "codes").mkdir()
+    with pytest.raises(SystemExit, match="no unit file .* has a codec file"):
+        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "e"), "--k", "16", *small])
+    with pytest.raises(SystemExit, match=r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]"):
+        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small])
