@@ -205,8 +205,8 @@ def test_tiny_ellav_learns_a_unit_to_code_mapping(tmp_path):
     (tmp_path / "codes").mkdir()
     unit_code_pairs(tmp_path / "units", tmp_path / "codes")
     np.save(tmp_path / "codes" / "utt000.npy", np.arange(30))  # 0.75 s of codes for 1.2 s of units: skipped
-    run = dpslm_utils.train_ellav(tmp_path / "units", tmp_path / "codes", tmp_path / "run", k=6, max_steps=150,
-                                  eval_interval=150, lr=1e-2, warmup_steps=10, decay_steps=140, lr_final=1e-3,
+    run = dpslm_utils.train_ellav(tmp_path / "units", tmp_path / "codes", tmp_path / "run", k=6, max_steps=60,
+                                  eval_interval=60, lr=1e-2, warmup_steps=10, decay_steps=50, lr_final=1e-3,
                                   dropout=0.0, progress=False)  # fmt: skip
     assert run.config["data"]["train_files"] + run.config["data"]["val_files"] == 39
     model = dpslm_utils.ELLAV.from_checkpoint(run.best_checkpoint)
