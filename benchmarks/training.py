@@ -1,7 +1,7 @@
 """Training speed of the unit LM and ELLA-V: tokens/s and achieved FLOP/s of one optimizer step.
 
-Each preset's model (``dpslm_utils.training.PRESETS``; k = 500) is built with the trainer's own
-initialisation, dropout and loss, and runs full training steps (packed forward, backward, gradient
+Each preset's model (``dpslm_utils.training.PRESETS``; k = 500) is built with the trainer's dropout
+and loss, and runs full training steps (packed forward, backward, gradient
 clipping, AdamW) on random token chunks of the preset's ``chunk_size`` (1024 for ELLA-V, whose
 utterances are about that long). bf16 autocast on CUDA, float32 on CPU, as the trainer.
 
@@ -44,7 +44,6 @@ def measure(task: str, preset: str, device: torch.device, batch_size: int | None
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**training._model_sizes(config), vocab_size=vocab), output_bias=task == "ellav",
                         dropout=config["dropout"]).to(device)  # fmt: skip
-    training._init_weights(model)
     loss_fn = training._PackedLoss(model, ignore_index=-100)
     optimizer = training._optimizer(model, config, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)

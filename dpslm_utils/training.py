@@ -19,7 +19,9 @@ resumes from the last saved step; other settings into the same OUT_DIR are refus
 
 Under ``torchrun --nproc-per-node N`` every rank computes ``grad_accum`` micro-batches per step and
 DDP averages the gradients: a step sees ``N x grad_accum x batch_size`` sequences, exactly the
-micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file.
+micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file. The data
+order is a function of ``seed`` and the step (a seeded shuffle per epoch, seeded chunk starts), so a
+resumed run sees the batches the uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -408,10 +410,9 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
     state_path = out_dir / "train_state.pt"
     resuming = saved is not None and state_path.exists()
 
-    torch.manual_seed(_seed(config["seed"], 0, 2))
+    torch.manual_seed(_seed(config["seed"], 0, 2))  # PyTorch's default initialisation, as the originals
     args = ModelArgs(**_model_sizes(config), vocab_size=task.vocab_size)
     model = Transformer(args, output_bias=task.output_bias, dropout=config["dropout"]).to(dist.device)
-    _init_weights(model)
     torch.manual_seed(_seed(config["seed"], dist.rank, 3))  # each rank its own dropout masks
     loss_module: nn.Module = _PackedLoss(model, task.ignore_index)
     if dist.enabled:
@@ -496,18 +497,6 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
         bar.close()
     barrier(dist)
     return run
-
-
-def _init_weights(model: Transformer) -> None:
-    """Linear and embedding weights ~ N(0, 0.02²), norms 1, biases 0 (as nanoGPT/Mistral training code)."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.fill_(1.0)
-            elif name.endswith("bias"):
-                param.zero_()
-            else:
-                param.normal_(0.0, 0.02)
 
 
 def _optimizer(model: Transformer, config: dict, device: torch.device) -> torch.optim.AdamW:
