@@ -350,7 +350,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available; under torchrun each rank its GPU)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     p.add_argument("--val-dir", default=None, help="validation units (default: hold out 2%% of the files)")
-    p.add_argument("--overwrite", action="store_true", help="start over in an OUT_DIR that holds another run")
+    p.add_argument("--overwrite", action="store_true", help="start over, deleting the run in OUT_DIR (else: resume it, or refuse other settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings = p.add_argument_group("settings (default: the preset's)")
     for name, value in PRESETS["ulm"]["tiny"].items():

@@ -372,16 +372,16 @@ def _resolved(path) -> str | None:
 
 
 def _prepare_out_dir(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
-    """Refuse an OUT_DIR of other settings (unless overwrite); return the saved config when resuming."""
+    """Return the saved config to resume from; refuse other settings; with ``overwrite`` start over."""
     config_path = out_dir / "config.json"
     if not config_path.exists():
         return None
     saved = json.loads(config_path.read_text())
     differences = [f"{name}: {saved.get(name)!r} there, {config.get(name)!r} now" for name in sorted(set(saved) | set(config))
                    if name not in (*RESUMABLE_CHANGES, "data", "steps_done") and saved.get(name) != config.get(name)]  # fmt: skip
-    if not differences:
+    if not differences and not overwrite:
         return saved
-    if not overwrite:
+    if differences and not overwrite:
         raise ValueError(f"{out_dir} holds a training run with other settings ({'; '.join(differences)}). "
                          "Use another folder, or overwrite=True (--overwrite) to start over there")  # fmt: skip
     for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "train_state.pt"):
