@@ -325,6 +325,17 @@ def _training_errors(train, *args, **kwargs):
         raise SystemExit(f"error: {e}") from e
 
 
+def check_training(args: argparse.Namespace) -> None:
+    check_int("--k", args.k, minimum=1)
+    if args.max_steps is not None:
+        check_int("--max-steps", args.max_steps, minimum=1)
+    for folder in (args.units_dir, getattr(args, "codes_dir", None), args.val_dir):
+        if folder is not None and not Path(folder).is_dir():
+            raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
+    check_creatable(Path(args.out_dir))
+    check_device(args.device)
+
+
 def cmd_train_ulm(args: argparse.Namespace) -> int:
     from .training import train_ulm
 
@@ -547,14 +558,14 @@ def build_parser(training_settings: bool = True) -> argparse.ArgumentParser:
     p.add_argument("units_dir")
     p.add_argument("out_dir")
     _add_training_args(p, training_settings)
-    p.set_defaults(run=cmd_train_ulm)
+    p.set_defaults(run=cmd_train_ulm, check=check_training)
 
     p = sub.add_parser("train-ellav", help="train an ELLA-V on units + codec tokens (matched by relative path)")
     p.add_argument("units_dir")
     p.add_argument("codes_dir")
     p.add_argument("out_dir")
     _add_training_args(p, training_settings)
-    p.set_defaults(run=cmd_train_ellav)
+    p.set_defaults(run=cmd_train_ellav, check=check_training)
 
     p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
     p.add_argument("input")
