@@ -204,9 +204,9 @@ def _remembered_digest(target: Path, stat: os.stat_result) -> str | None:
 
 def _remember_verified(target: Path, digest: str) -> None:
     """Record ``digest`` with the file's size and mtime; best effort (a read-only cache just re-hashes)."""
-    stat = target.stat()
-    record = json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     try:
+        stat = target.stat()
+        record = json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
         write_atomically(_verified_record(target), lambda tmp: tmp.write_text(record))
     except OSError as e:
         log.debug("could not record the verification of %s: %s", target, e)
