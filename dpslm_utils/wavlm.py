@@ -75,9 +75,8 @@ WAVLM_LARGE_CONFIG: dict[str, Any] = {
 SAMPLE_RATE = 16000
 MAX_SECONDS = 60.0
 """Longest audio one :class:`WavLMEncoder` call accepts by default (``encoder.max_seconds`` changes it).
-Attention memory grows with the square of the length: for WavLM Large about 2 GB at 60 s on top of its
-weights, 8 GB at 120 s, 200 GB at 10 minutes (estimated from the 4-head random-tiny model's measured
-0.5 GB at 60 s; Large has 16 heads). Split longer recordings, e.g. at pauses."""
+Attention memory grows with the square of the length (for WavLM Large about 2 GB at 60 s, 8 GB at
+120 s: README "Limits"). Split longer recordings, e.g. at pauses."""
 HOP_LENGTH = 320  # samples per frame: 16000 / 320 = 50 frames per second
 RECEPTIVE_FIELD = 400  # samples seen by one frame of the conv stack
 EDGE_PADDING = (RECEPTIVE_FIELD - HOP_LENGTH) // 2  # 40 zeros on each side, as the original
