@@ -161,6 +161,7 @@ class DPDPExplorer:
         self._draw_and_play()
 
     def _draw_and_play(self) -> None:
+        """Draw the figure for the current units and segment, then update what is shown."""
         units, durations = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
         fig = Figure(figsize=(14, 3.4))
@@ -179,13 +180,20 @@ class DPDPExplorer:
         curve_ax.grid(alpha=0.3)
         plots.mark_random_weights(fig)
         self.figure = fig
-        segment = f"segment {self.segment_slider.value} (unit u{int(units[self.segment_slider.value])}, " \
-                  f"{1000 * (end - start) / self.frame_rate:.0f} ms)"
-        self._update("figure", Image(figure_png(fig)))
+        self._publish()
+
+    def _publish(self) -> None:
+        """Put the current figure, summary and segment audio into the displayed outputs (if shown)."""
+        if not self._handles:
+            return
+        units, _ = deduplicate(self.units)
+        start, end = self._segment_frames()
+        i = self.segment_slider.value
+        self._update("figure", Image(figure_png(self.figure)))
         self._update("summary", Markdown(self.summary))
-        if self._handles:  # shown: play the segment
-            self._update("segment", Markdown(f"hear {segment}:"))
-            self._update("audio", Audio(self.segment_audio()[0].numpy(), rate=self.sample_rate))
+        self._update("segment", Markdown(f"hear segment {i} (unit u{int(units[i])}, "
+                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms):"))
+        self._update("audio", Audio(self.segment_audio()[0].numpy(), rate=self.sample_rate))
 
     def _changed(self, change) -> None:
         self.redraw()
@@ -204,7 +212,7 @@ class DPDPExplorer:
         for name in ("figure", "summary", "segment", "audio"):
             self._handles[name] = DisplayHandle()
             self._handles[name].display(Markdown(""))
-        self._draw_and_play()
+        self._publish()
         return self
 
 
