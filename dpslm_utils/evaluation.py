@@ -32,6 +32,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -496,7 +497,8 @@ def abx_error_rates(item_file: str | os.PathLike, representations: dict[str, dic
                             speaker_mode=modes[0] if len(modes) == 1 else "all", context_mode=context_mode,
                             distance_mode=distance, max_size_group=max_size_group, max_x_across=max_x_across,
                             seed=seed)
-            with contextlib.redirect_stdout(io.StringIO()):  # the package prints its progress
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints and warns a lot
+                warnings.simplefilter("ignore")
                 scores = EvalABX().eval_abx(args)
         results[name] = {s["abx-s-condition"]: 100 * s["score"] for s in scores
                          if s["abx-c-condition"] == context_mode and s["abx-s-condition"] in modes}
