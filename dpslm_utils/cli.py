@@ -290,17 +290,18 @@ def cmd_zerospeech(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir)
     check_writable(out_dir)
+    if not args.ulm:
+        try:
+            registry.check_combination(args.k, args.lmbda)
+        except ValueError as e:
+            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
+    check_run_settings(out_dir, _encoding_settings(args))
     if args.ulm:
         ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
         if ulm.k != args.k:
             raise SystemExit(f"error: {args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
     else:
-        try:
-            registry.check_combination(args.k, args.lmbda)
-        except ValueError as e:
-            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
         ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
-    check_run_settings(out_dir, _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
     try:
