@@ -294,3 +294,9 @@ def test_abx_command_writes_the_three_representations_with_random_tiny_models(tm
     for a, b in itertools.combinations(range(len(units)), 2):  # one codebook vector per unit
         assert np.array_equal(dpdp[a], dpdp[b]) == (units[a] == units[b])
     assert len(list((out / "features" / "units").glob("*.npy"))) == 20  # only the files the item file names
+
+
+def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):
+    sequences = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10], [11, 12], [13, 14, 15, 16, 17]]
+    batched = evaluation.score_units(ulm, sequences, batch_size=2)
+    assert batched == pytest.approx([ulm.loglikelihood(s) for s in sequences], abs=1e-4)
