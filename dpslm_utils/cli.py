@@ -1,4 +1,4 @@
-"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score} ...`` (also the ``dpslm`` script).
+"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score,zerospeech,abx,download} ...`` (also the ``dpslm`` script).
 
 ``encode`` scales past one GPU by running the same command under
 ``torchrun --nproc-per-node N -m dpslm_utils encode ...``: every rank takes every N-th file.
