@@ -59,12 +59,9 @@ def data_dir() -> Path:
     return Path(os.environ[DATA_ENV]).expanduser() if os.environ.get(DATA_ENV) else cache_dir() / "data"
 
 
-def md5_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def md5_of(path: Path) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def download_corpus(corpus: str | Corpus, folder: str | os.PathLike | None = None, *, extract: bool = True,
