@@ -311,7 +311,10 @@ def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int
             rates = {sr for _, sr in audio}
             groups = [[i for i, (_, sr) in enumerate(audio) if sr == rate] for rate in rates]
             for group in groups:
-                encoded = encoder.encode_batch([audio[i][0] for i in group], audio[group[0]][1])
+                try:
+                    encoded = encoder.encode_batch([audio[i][0] for i in group], audio[group[0]][1])
+                except (ValueError, RuntimeError) as e:
+                    raise ValueError(f"cannot encode {', '.join(str(chunk[i]) for i in group)}: {e}") from e
                 for i, result in zip(group, encoded):
                     units[chunk[i].stem] = result.units
                     if cache is not None:

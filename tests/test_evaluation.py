@@ -219,6 +219,26 @@ def test_zerospeech_command_with_random_tiny_models(tmp_path, monkeypatch, capsy
         cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"])
 
 
+def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypatch, capsys):
+    from dpslm_utils import random_tiny
+
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    random_tiny.write("unit_lm", tmp_path / "mine.pt", k=200)
+    dataset = tmp_path / "slm21"
+    shutil.copytree(SLM21 / "lexical" / "test", dataset / "lexical" / "test")
+    with pytest.raises(SystemExit, match="mine.pt is a unit LM for k=200, but --k is 100"):
+        cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")])
+    out = tmp_path / "b"
+    assert cli.main(["zerospeech", str(dataset), str(out), "--k", "200", "--lmbda", "1234", "--splits", "test",
+                     "--ulm", str(tmp_path / "mine.pt"), "--reduction", "mean", "--quiet"]) == 0
+    ulm = UnitLM.from_checkpoint(tmp_path / "mine.pt")
+    for line in (out / "lexical" / "test.txt").read_text().splitlines():
+        stem, score = line.split()
+        units = torch.from_numpy(np.load(out / "units" / "lexical" / "test" / f"{stem}.npy"))
+        assert float(score) == pytest.approx(ulm.loglikelihood(units) / len(units), abs=1e-5)
+    assert "(no gold)" in capsys.readouterr().out
+
+
 # -- phone ABX ------------------------------------------------------------------------------------------
 
 
@@ -300,3 +320,14 @@ def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):
     sequences = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10], [11, 12], [13, 14, 15, 16, 17]]
     batched = evaluation.score_units(ulm, sequences, batch_size=2)
     assert batched == pytest.approx([ulm.loglikelihood(s) for s in sequences], abs=1e-4)
+
+
+def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_path):
+    class Failing:
+        def encode_batch(self, wavs, sample_rate):
+            raise RuntimeError("input too short")
+
+    path = SLM21 / "lexical" / "test" / "lextest06usw.flac"
+    with pytest.raises(ValueError, match="cannot encode .*lextest06usw.flac: input too short"):
+        evaluation.encode_files([path], Failing(), cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
