@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .audio import load_audio, to_mono
 from .checkpoints import using_random_weights, write_atomically
+from .datasets import save_array
 from .pipeline import FEATURE_LAYER
 
 REDUCTIONS = ("sum", "mean")
@@ -318,17 +319,9 @@ def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int
                 for i, result in zip(group, encoded):
                     units[chunk[i].stem] = result.units
                     if cache is not None:
-                        _save_npy(cache / f"{chunk[i].stem}.npy", result.units.numpy().astype(np.int64))
+                        save_array(cache / f"{chunk[i].stem}.npy", result.units.numpy().astype(np.int64))
             bar.update(len(chunk))
     return {stem: units[stem] for stem in stems}
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    def save(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # np.save(path) would append ".npy" to the temporary name
-            np.save(f, array)
-
-    write_atomically(path, save)
 
 
 def score_files(paths: Sequence[str | os.PathLike], encoder, ulm, *, reduction: str = "sum", batch_size: int = 8,
@@ -529,7 +522,7 @@ def abx_representations(paths: Sequence[str | os.PathLike], encoder, out_dir: st
         values = {"wavlm": features.cpu(), "dpdp": encoder.quantizer.codebook[units].float().cpu(), "units": units.cpu()}
         for n in names:
             if folders:
-                _save_npy(folders[n] / f"{path.stem}.npy", values[n].numpy())
+                save_array(folders[n] / f"{path.stem}.npy", values[n].numpy())
             else:
                 out[n][path.stem] = values[n]
     return folders if folders else out

@@ -213,7 +213,7 @@ def test_zerospeech_command_with_random_tiny_models(tmp_path, monkeypatch, capsy
     overall = json.loads((out / "results.json").read_text())["syntactic"]["dev"]["overall"]
     assert f"{overall * 100:.2f}%" in printed and "RANDOM WEIGHTS" in printed
     assert len((out / "syntactic" / "dev.txt").read_text().splitlines()) == 16
-    with pytest.raises(SystemExit, match="was made with other settings \\(lmbda: 600.0 there, 1500.0 now\\)"):
+    with pytest.raises(SystemExit, match="holds the output of other settings \\(lmbda: 600.0 there, 1500.0 now\\)"):
         cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
     with pytest.raises(SystemExit, match="no pretrained models for k=100, lmbda=601.*--ulm PATH"):
         cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"])
