@@ -1,0 +1,136 @@
+"""The ``fast=True`` CPU path against float32 at the released size: speed and agreement.
+
+Random weights at the released sizes (unit LM and ELLA-V: dim 1024, 12 layers, 16 heads, hidden
+4096, k = 500; WavLM Large: 24 layers, 1024-d), each model once in float32 and once converted by
+:func:`dpslm_utils.fast.make_fast` exactly as ``from_checkpoint(..., fast=True)`` does.
+
+* speed: greedy generation of ``--tokens`` tokens per row at batch 1 and 3 (the real ``generate``,
+  prefill included), float32 and fast runs interleaved, median of ``--repeats``; WavLM: features of
+  ``--seconds`` of audio (layer 11).
+* agreement (greedy, batch 1): how many of the first ``--tokens`` greedy tokens are identical before
+  the first difference; on the float32 greedy sequence (teacher forcing), the share of positions
+  where both pick the same next token and the mean |log p(token)| difference in nats; WavLM: the
+  relative error ‖f_fast − f‖ / ‖f‖ of the layer-11 features and their cosine similarity.
+
+    python benchmarks/fast_cpu.py [--threads 1] [--tokens 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from dpslm_utils.ellav import ELLAV, unit_tokenizer
+from dpslm_utils.fast import choose_format, make_fast
+from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, random_transformer
+from dpslm_utils.ulm import UnitLM
+from dpslm_utils.wavlm import WAVLM_LARGE_CONFIG, WavLMEncoder
+
+K = 500
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(functions: dict, repeats: int) -> dict:
+    """Median seconds of each function, run in turn ``repeats`` times (contention hits all alike)."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].append(timed(function))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@torch.inference_mode()
+def teacher_forced(transformer, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token argmax ``[T-1]`` and log p of the actual next token ``[T-1]`` along ``tokens [T]``."""
+    logprobs = F.log_softmax(transformer(tokens[None, :-1])[0], dim=-1)
+    return logprobs.argmax(-1), logprobs.gather(-1, tokens[1:, None])[:, 0]
+
+
+def unit_lm() -> UnitLM:
+    return UnitLM(random_transformer(ModelArgs(**RELEASED_DIMS, vocab_size=K + 1), output_bias=False, seed=1))
+
+
+def ellav() -> ELLAV:
+    tokenizer = unit_tokenizer(K)
+    args = ModelArgs(**RELEASED_DIMS, vocab_size=len(tokenizer["token_to_id_dict"]))
+    return ELLAV(random_transformer(args, output_bias=True, seed=2), tokenizer)
+
+
+def compare_language_model(name: str, model, options) -> None:
+    fast = copy.deepcopy(model)
+    fast.fast = make_fast(fast.transformer, True, weight_bound=True)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, K, (100,), generator=generator)
+    if name == "unit LM":
+        run = lambda m, batch: m.generate(prompt, options.tokens, temperature=0.0, n=batch)[0]
+    else:  # more units than can finish within --tokens: every run generates exactly --tokens tokens
+        prompt = torch.unique_consecutive(prompt)
+        run = lambda m, batch: m.generate_tokens([prompt] * batch, options.tokens, temperature=0.0)[0][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference, candidate = run(model, 1), run(fast, 1)  # also warm-up runs
+        for batch in (1, 3):
+            seconds = interleaved_medians({"f32": lambda: run(model, batch), "fast": lambda: run(fast, batch)},
+                                          options.repeats)  # fmt: skip
+            rate = lambda s: batch * options.tokens / s
+            print(f"{name:8} {fast.fast:>5} batch {batch}: float32 {rate(seconds['f32']):6.1f} tok/s, "
+                  f"fast {rate(seconds['fast']):6.1f} tok/s, speed-up {seconds['f32'] / seconds['fast']:.2f}x")  # fmt: skip
+    differ = (reference != candidate).nonzero()
+    same_prefix = int(differ[0]) if len(differ) else len(reference)
+    sequence = model.tokenize(reference) if name == "unit LM" else torch.cat([model.encode(prompt), reference])
+    argmax, logp = teacher_forced(model.transformer, sequence)
+    argmax_fast, logp_fast = teacher_forced(fast.transformer, sequence)
+    print(f"{name:8} agreement: greedy tokens identical for {same_prefix}/{len(reference)}; teacher-forced "
+          f"top-1 agreement {(argmax == argmax_fast).float().mean():.3f} over {len(argmax)} positions; "
+          f"mean |Δ log p| {(logp - logp_fast).abs().mean():.4f} nats, Σ log p {logp.sum():.1f} vs "
+          f"{logp_fast.sum():.1f}")  # fmt: skip
+
+
+@torch.inference_mode()
+def compare_wavlm(options) -> None:
+    torch.manual_seed(0)
+    encoder = WavLMEncoder(WAVLM_LARGE_CONFIG)
+    fast = copy.deepcopy(encoder)
+    fast.fast = make_fast(fast.model, True, weight_bound=False)
+    wav = 0.1 * torch.randn(int(options.seconds * 16000))
+    features, features_fast = encoder(wav, 16000), fast(wav, 16000)
+    seconds = interleaved_medians({"f32": lambda: encoder(wav, 16000), "fast": lambda: fast(wav, 16000)},
+                                  options.repeats)  # fmt: skip
+    error = (features_fast - features).norm() / features.norm()
+    cosine = F.cosine_similarity(features_fast, features, dim=-1)
+    print(f"WavLM    {fast.fast:>5} {options.seconds:g} s of audio: float32 {seconds['f32']:.2f} s, fast "
+          f"{seconds['fast']:.2f} s, speed-up {seconds['f32'] / seconds['fast']:.2f}x; layer-11 relative error "
+          f"{error:.4f}, cosine similarity per frame: mean {cosine.mean():.5f}, min {cosine.min():.5f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=100, help="generated tokens per row (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each model (the median counts)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio for the WavLM timing (default 10)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--skip-wavlm", action="store_true")
+    options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; fast=True picks "
+          f"{choose_format(True, 'cpu', True)} for the LMs, {choose_format(True, 'cpu', False)} for WavLM")  # fmt: skip
+    for name, build in (("unit LM", unit_lm), ("ELLA-V", ellav)):
+        compare_language_model(name, build(), options)  # one model in memory at a time
+    if not options.skip_wavlm:
+        compare_wavlm(options)
+
+
+if __name__ == "__main__":
+    main()
