@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
 from dpslm_utils.fast import choose_format, make_fast
-from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, random_transformer
+from dpslm_utils.random_tiny import random_transformer
+from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs
 from dpslm_utils.ulm import UnitLM
 from dpslm_utils.wavlm import WAVLM_LARGE_CONFIG, WavLMEncoder
 
