@@ -7,6 +7,7 @@ Random weights at the released sizes (unit LM and ELLA-V: dim 1024, 12 layers, 1
 * speed: greedy generation of ``--tokens`` tokens per row at batch 1 and 3 (the real ``generate``,
   prefill included), float32 and fast runs interleaved, median of ``--repeats``; WavLM: features of
   ``--seconds`` of audio (layer 11).
+* kernels: the matrix products alone, float32 / bfloat16 / int8, for batch 3 (decoding) and 500 (WavLM).
 * agreement (greedy, batch 1): how many of the first ``--tokens`` greedy tokens are identical before
   the first difference; on the float32 greedy sequence (teacher forcing), the share of positions
   where both pick the same next token, the mean |log p(token)| difference and the mean
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
-from dpslm_utils.fast import choose_format, make_fast
+from dpslm_utils.fast import Int8Linear, choose_format, make_fast
 from dpslm_utils.random_tiny import random_transformer
 from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs
 from dpslm_utils.ulm import UnitLM
@@ -117,6 +118,25 @@ def compare_wavlm(options) -> None:
           f"{error:.4f}, cosine similarity per frame: mean {cosine.mean():.5f}, min {cosine.min():.5f}")  # fmt: skip
 
 
+@torch.inference_mode()
+def compare_kernels(options) -> None:
+    """Milliseconds for 24 matrices of 4096 × 1024 (400 MB in float32) in each format, at batch 3 and 500."""
+    generator = torch.Generator().manual_seed(0)
+    layers = [torch.nn.Linear(1024, 4096, bias=False) for _ in range(24)]
+    for layer in layers:
+        torch.nn.init.normal_(layer.weight, std=1 / 32, generator=generator)
+    int8 = [Int8Linear(layer) for layer in layers]
+    bf16 = [layer.weight.bfloat16() for layer in layers]
+    for batch in (3, 500):
+        x = torch.randn(batch, 1024, generator=generator)
+        seconds = interleaved_medians({
+            "float32": lambda: [layer(x) for layer in layers],
+            "bfloat16": lambda: [F.linear(x.bfloat16(), weight) for weight in bf16],
+            "int8": lambda: [layer(x) for layer in int8],
+        }, options.repeats * 3)  # fmt: skip
+        print(f"kernels, batch {batch:>3}: " + ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in seconds.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=100, help="generated tokens per row (default 100)")
@@ -124,11 +144,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio for the WavLM timing (default 10)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--skip-wavlm", action="store_true")
+    parser.add_argument("--kernels-only", action="store_true", help="only time the matrix products per format")
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
     print(f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; fast=True picks "
           f"{choose_format(True, 'cpu', True)} for the LMs, {choose_format(True, 'cpu', False)} for WavLM")  # fmt: skip
+    compare_kernels(options)
+    if options.kernels_only:
+        return
     for name, build in (("unit LM", unit_lm), ("ELLA-V", ellav)):
         compare_language_model(name, build(), options)  # one model in memory at a time
     if not options.skip_wavlm:
