@@ -7,8 +7,8 @@ Two kinds of work, two formats (figures and agreement with float32: ``benchmarks
   weight as int8 with one scale per output row (``max|w_row| / 127``) and quantizes the activations
   on the fly (dynamic quantization, int32 accumulation, float32 out): a quarter of the bytes.
 * WavLM runs hundreds of frames through each weight, so it is bound by arithmetic. ``"bfloat16"``
-  runs the whole network in bfloat16, which CPUs with AVX512-BF16 or AMX multiply several times
-  faster than float32.
+  runs the network in bfloat16 (WavLM's positional convolution stays float32), which CPUs with
+  AVX512-BF16 or AMX multiply several times faster than float32.
 
 ``fast=True`` picks per model: ``"int8"`` for the language models, ``"bfloat16"`` for WavLM where
 the CPU has native bfloat16 (``"int8"`` otherwise). On a GPU it means ``"bfloat16"``.
