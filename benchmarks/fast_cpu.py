@@ -87,18 +87,21 @@ def compare_language_model(name: str, model, options) -> None:
             seconds = interleaved_medians({"f32": lambda: run(model, batch), "fast": lambda: run(fast, batch)},
                                           options.repeats)  # fmt: skip
             rate = lambda s: batch * options.tokens / s
+            speed_up = seconds["f32"] / seconds["fast"]
             print(f"{name:8} {fast.fast:>5} batch {batch}: float32 {rate(seconds['f32']):6.1f} tok/s, "
-                  f"fast {rate(seconds['fast']):6.1f} tok/s, speed-up {seconds['f32'] / seconds['fast']:.2f}x")  # fmt: skip
+                  f"fast {rate(seconds['fast']):6.1f} tok/s, speed-up {speed_up:.2f}x")  # fmt: skip
     differ = (reference != candidate).nonzero()
     same_prefix = int(differ[0]) if len(differ) else len(reference)
     sequence = model.tokenize(reference) if name == "unit LM" else torch.cat([model.encode(prompt), reference])
     logprobs, logprobs_fast = teacher_forced(model.transformer, sequence), teacher_forced(fast.transformer, sequence)
     logp, logp_fast = (lp.gather(-1, sequence[1:, None])[:, 0] for lp in (logprobs, logprobs_fast))
     kl = (logprobs.exp() * (logprobs - logprobs_fast)).sum(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    top1 = (logprobs.argmax(-1) == logprobs_fast.argmax(-1)).float()
     print(f"{name:8} agreement: greedy tokens identical for {same_prefix}/{len(reference)}; teacher-forced over "
-          f"{len(logp)} positions: top-1 agreement {(logprobs.argmax(-1) == logprobs_fast.argmax(-1)).float().mean():.3f}, "
-          f"mean |Δ log p| {(logp - logp_fast).abs().mean():.4f} nats, Σ log p {logp.sum():.1f} vs {logp_fast.sum():.1f}, "
-          f"mean KL(float32 ‖ fast) {kl.mean():.4f} nats; entropy of float32 {-(logprobs.exp() * logprobs).sum(-1).mean():.2f} nats")  # fmt: skip
+          f"{len(logp)} positions: top-1 agreement {top1.mean():.3f}, mean |Δ log p| {(logp - logp_fast).abs().mean():.4f} "
+          f"nats, Σ log p {logp.sum():.1f} vs {logp_fast.sum():.1f}, mean KL(float32 ‖ fast) {kl.mean():.4f} nats; "
+          f"entropy of float32 {entropy.mean():.2f} nats")  # fmt: skip
 
 
 @torch.inference_mode()

@@ -158,7 +158,8 @@ class ELLAV(nn.Module):
     def __repr__(self) -> str:
         t = self.transformer
         return checkpoints.describe(self, k=self.k, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
-                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype, device=t.device)  # fmt: skip
+                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype,
+                                    device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
         """Unit ids (ints, or names ``"u{n}"``) with consecutive repeats removed: LongTensor ``[N]``."""

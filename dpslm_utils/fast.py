@@ -101,7 +101,9 @@ def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float
     parameter = next(model.parameters())
     precision = choose_format(fast, parameter.device, weight_bound)
     if precision is not None and parameter.dtype != torch.float32:
-        raise ValueError(f"fast={fast!r} converts float32 weights; this model holds {parameter.dtype} (leave dtype unset)")
+        raise ValueError(
+            f"fast={fast!r} converts float32 weights; this model holds {parameter.dtype} (leave dtype unset)"
+        )
     if precision == "int8":
         quantize_linears(model)
     elif precision == "bfloat16":

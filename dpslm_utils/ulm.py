@@ -115,8 +115,8 @@ class UnitLM(nn.Module):
 
     def __repr__(self) -> str:
         t = self.transformer
-        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype,
-                                    device=t.device)  # fmt: skip
+        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers,
+                                    dtype=self.fast or t.dtype, device=t.device)  # fmt: skip
 
     def tokenize(self, units) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""
