@@ -8,4 +8,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "dp-slm needs Python >= 3.11, found " + sys.version.split()[0])'
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -qq --disable-pip-version-check -e ".[dev,notebooks]"
+# Exact pins here (reproducibility); pyproject.toml itself asks only for compatible ranges.
+.venv/bin/python -m pip install -qq --disable-pip-version-check torch==2.9.1 torchaudio==2.9.1 -e ".[dev,notebooks]"
