@@ -101,13 +101,14 @@ def test_build_requirement_is_bounded_and_supports_the_spdx_license():
 
 
 def test_dependencies_are_ranges_and_the_exact_pins_live_in_the_setup_files():
+    assert 'PIP_CONSTRAINT="$PWD/scripts/constraints.txt"' in (REPO / "scripts" / "setup.sh").read_text()
     dependencies = PYPROJECT["project"]["dependencies"]
     assert not [d for d in dependencies if "==" in d], dependencies
     for name in ("torch", "torchaudio"):
         (spec,) = [d for d in dependencies if re.match(rf"{name}[<>=]", d)]
         assert ">=" in spec and "<" in spec.replace("<=", ""), spec
-        pin = re.search(rf"{name}==([\d.]+)", (REPO / "scripts" / "setup.sh").read_text())
-        assert pin, f"scripts/setup.sh pins no {name} version"
+        pin = re.search(rf"^{name}==([\d.]+)$", (REPO / "scripts" / "constraints.txt").read_text(), re.MULTILINE)
+        assert pin, f"scripts/constraints.txt pins no {name} version"
         assert f"{name}=={pin[1]}" in (REPO / "environment.yml").read_text()
         assert f"{name} {pin[1]}" in (REPO / "README.md").read_text()  # the tested version, stated
 
