@@ -67,6 +67,11 @@ def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> t
     return tensor.long()
 
 
+def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
+    """``transformer`` in the Mistral-ULM file layout ``{"model_args", "model_state_dict"}``, ready for ``torch.save``."""
+    return {"model_args": {**transformer.args.to_dict(), "dropout": dropout}, "model_state_dict": transformer.state_dict()}
+
+
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
 
