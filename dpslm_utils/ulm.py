@@ -20,6 +20,7 @@ from torch import nn
 
 from . import checkpoints, registry
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
+from .fast import make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -36,6 +37,11 @@ UNIT_OFFSET = 1
 CHECKPOINT_KEYS = ("model_args", "model_state_dict")
 
 
+def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
+    """``transformer`` in the Mistral-ULM file layout ``{"model_args", "model_state_dict"}``, ready for ``torch.save``."""
+    return {"model_args": {**transformer.args.to_dict(), "dropout": dropout}, "model_state_dict": transformer.state_dict()}
+
+
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
 
@@ -47,6 +53,7 @@ class UnitLM(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
 
     @property
     def k(self) -> int:
@@ -54,8 +61,13 @@ class UnitLM(nn.Module):
         return self.transformer.args.vocab_size - UNIT_OFFSET
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> UnitLM:
-        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``."""
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> UnitLM:
+        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``.
+
+        ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
+        """
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "Mistral-ULM unit LM")
         try:
@@ -64,17 +76,22 @@ class UnitLM(nn.Module):
             )
         except ValueError as e:
             raise checkpoints.CheckpointError(f"{path} is not a valid unit LM checkpoint: {e}") from e
-        return cls(transformer).to(device=device, dtype=dtype)
+        model = cls(transformer).to(device=device, dtype=dtype)
+        model.fast = make_fast(model.transformer, fast, weight_bound=True)
+        return model
 
     @classmethod
-    def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
+    def from_pretrained(
+        cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None, fast: bool | str = False
+    ) -> UnitLM:
         """The released unit LM for (k, λ), trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
-        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.unit_lm_file(k, lmbda, hours), "unit_lm", k=k)
 
     def __repr__(self) -> str:
         t = self.transformer
-        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)
+        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers,
+                                    dtype=self.fast or t.dtype, device=t.device)  # fmt: skip
 
     def tokenize(self, units) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""
@@ -88,18 +105,24 @@ class UnitLM(nn.Module):
 
     @torch.inference_mode()
     def _unit_logprobs(self, batch: list, batch_size: int = 16) -> list[torch.Tensor]:
-        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
+        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats).
+
+        Sequences run ``batch_size`` at a time in order of length, so each padded batch holds
+        similar lengths (right padding needs no mask: causal attention never looks ahead to it).
+        """
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
         batch_size = check_count("batch_size", batch_size)
         ids = [self.tokenize(units) for units in batch]
-        result = []
+        by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        result: list[torch.Tensor] = [torch.empty(0)] * len(ids)
         for begin in range(0, len(ids), batch_size):
-            chunk = ids[begin : begin + batch_size]
-            tokens, lengths = pad_right(chunk, self.transformer.device)
+            chunk = by_length[begin : begin + batch_size]
+            tokens, lengths = pad_right([ids[i] for i in chunk], self.transformer.device)
             logprobs = F.log_softmax(self.transformer(tokens[:, :-1]), dim=-1)
             targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
-            result += [row[: length - 1] for row, length in zip(targets, lengths.tolist())]
+            for i, row, length in zip(chunk, targets, lengths.tolist()):
+                result[i] = row[: length - 1]
         return result
 
     def loglikelihood(self, units) -> float:
