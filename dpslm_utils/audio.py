@@ -146,8 +146,8 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
             return to_mono(wav), sr
         except CheckpointError as e:  # no network, or an unwritable cache
             _UNREACHABLE.add(name)
-            log.warning("example %r: the official recording could not be fetched (%s); "
-                        "using the bundled espeak-ng recording instead", name, str(e).splitlines()[0])
+            log.warning("example %r: the official recording could not be fetched (%s); using the bundled "
+                        "espeak-ng recording %s instead", name, str(e).splitlines()[0], BUNDLED_EXAMPLES[name])
     wav, sr = bundled_example(name)
     log.info("example %r: bundled espeak-ng recording %s", name, BUNDLED_EXAMPLES[name])
     return to_mono(wav), sr
