@@ -81,6 +81,41 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class FusedInt8Linear(nn.Module):
+    """Linear layers that read the same input, as one :class:`Int8Linear` over their stacked rows.
+
+    ``[..., in_features]`` -> a tuple of ``[..., out_features_i]``, one per layer. The rows keep their
+    own scales, so the result equals the layers' separate int8 results; one activation quantization
+    and one kernel call replace several.
+    """
+
+    def __init__(self, *linears: nn.Linear):
+        super().__init__()
+        with torch.device("meta"):  # no initialisation: the weights are assigned next
+            stacked = nn.Linear(linears[0].in_features, sum(linear.out_features for linear in linears), bias=False)
+        stacked.weight = nn.Parameter(torch.cat([linear.weight.detach() for linear in linears]), requires_grad=False)
+        self.linear = Int8Linear(stacked)
+        self.sizes = [linear.out_features for linear in linears]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(x).split(self.sizes, dim=-1)
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """In every decoder block of ``model`` (float32, CPU), replace wq, wk, wv by one int8 ``wqkv`` and
+    w1, w3 by one int8 ``w13``, in place."""
+    from .transformer import Attention, FeedForward  # here: WavLM (an earlier stage) imports this file
+
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.wqkv = FusedInt8Linear(module.wq, module.wk, module.wv)
+            del module.wq, module.wk, module.wv
+        elif isinstance(module, FeedForward):
+            module.w13 = FusedInt8Linear(module.w1, module.w3)
+            del module.w1, module.w3
+    return model
+
+
 def quantize_linears(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` (float32, on the CPU) by an :class:`Int8Linear`, in place."""
     for name, child in module.named_children():
@@ -94,7 +129,8 @@ def quantize_linears(module: nn.Module) -> nn.Module:
 def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float32: tuple[str, ...] = ()) -> str | None:
     """Convert a loaded float32 ``model`` in place to the format :func:`choose_format` picks; return it.
 
-    int8 replaces the ``nn.Linear`` layers (only the float32 weights that they hold are quantized);
+    int8 replaces the ``nn.Linear`` layers (only the float32 weights that they hold are quantized), and
+    fuses the decoder's projections that share an input (:func:`fuse_projections`);
     bfloat16 casts every parameter and buffer except those of the submodules named in ``keep_float32``
     (the caller casts their inputs back to float32).
     """
@@ -105,7 +141,7 @@ def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float
             f"fast={fast!r} converts float32 weights; this model holds {parameter.dtype} (leave dtype unset)"
         )
     if precision == "int8":
-        quantize_linears(model)
+        quantize_linears(fuse_projections(model))
     elif precision == "bfloat16":
         model.to(torch.bfloat16)
         for name in keep_float32:

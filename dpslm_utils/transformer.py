@@ -151,13 +151,15 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.wqkv = None  # fast.py's int8 fusion of wq|wk|wv (x -> q, k, v) in place of the three
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, cos, sin, positions, mask, cache: KVCache | None, layer: int, kv_len: int) -> torch.Tensor:
         batch, length, _ = x.shape
-        q = apply_rotary(self.wq(x).view(batch, length, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary(self.wk(x).view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
-        v = self.wv(x).view(batch, length, self.n_kv_heads, self.head_dim)
+        q, k, v = self.wqkv(x) if self.wqkv is not None else (self.wq(x), self.wk(x), self.wv(x))
+        q = apply_rotary(q.view(batch, length, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rotary(k.view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
+        v = v.view(batch, length, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, positions, k, v, kv_len)
@@ -171,10 +173,12 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.w13 = None  # fast.py's int8 fusion of w1|w3 (x -> gate, up) in place of the two
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        gate, up = self.w13(x) if self.w13 is not None else (self.w1(x), self.w3(x))
+        return self.dropout(self.w2(F.silu(gate) * up))
 
 
 class TransformerBlock(nn.Module):

@@ -7,8 +7,9 @@ from torch import nn
 
 from conftest import FIXTURES, load_fixture
 from dpslm_utils import ELLAV, UnitEncoder, UnitLM, WavLMEncoder
-from dpslm_utils.fast import Int8Linear, choose_format, make_fast
-from dpslm_utils.transformer import prefill
+from dpslm_utils.fast import FusedInt8Linear, Int8Linear, choose_format, make_fast, quantize_linears
+from dpslm_utils.random_tiny import random_transformer
+from dpslm_utils.transformer import ModelArgs, prefill
 
 FORMATS = ["int8", "bfloat16"]
 # Tolerances measured on the fixtures (tiny random models) with margin; see benchmarks/README.md.
@@ -42,6 +43,26 @@ def test_int8_linear_rounds_each_weight_to_its_row_scale():
         expected = linear(x)
     relative_error = (quantized(x) - expected).norm() / expected.norm()
     assert quantized(x).shape == (5, 3, 64) and relative_error < 0.02
+
+
+def test_fused_projections_equal_the_separate_int8_layers():
+    """Stacked rows keep their own scales and share one activation quantization: the same int32 sums."""
+    args = ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, norm_eps=1e-6,
+                     vocab_size=50, rope_theta=1e4)  # fmt: skip
+    model = random_transformer(args, output_bias=True, seed=0)
+    separate = quantize_linears(random_transformer(args, output_bias=True, seed=0))
+    assert make_fast(model, "int8", weight_bound=True) == "int8"
+    block = model.layers[0]
+    assert isinstance(block.attention.wqkv, FusedInt8Linear) and isinstance(block.feed_forward.w13, FusedInt8Linear)
+    assert not hasattr(block.attention, "wq") and not hasattr(block.feed_forward, "w1")
+    x = torch.randn(3, 5, 64)
+    for fused, layers in ((block.attention.wqkv, ("wq", "wk", "wv")), (block.feed_forward.w13, ("w1", "w3"))):
+        parent = separate.layers[0].attention if layers[0] == "wq" else separate.layers[0].feed_forward
+        for got, layer in zip(fused(x), layers, strict=True):
+            torch.testing.assert_close(got, getattr(parent, layer)(x), atol=1e-6, rtol=0)
+    tokens = torch.randint(0, 50, (2, 7))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens), separate(tokens), atol=1e-5, rtol=0)
 
 
 def test_int8_needs_float32_weights():
