@@ -112,7 +112,7 @@ def make_syntactic(out: Path, rng: random.Random, sentences: list[tuple[str, lis
     rows = []
     for (pair, error, correct, words, voice), name in zip(items, names):
         filename = f"syn_{name:04d}"
-        rows.append({"id": pair, "filename": filename, "type": "word_order", "subtype": error, "correct": correct,
+        rows.append({"id": pair, "filename": filename, "type": error, "subtype": error, "correct": correct,
                      "transcription": " ".join(words), "voice": voice})
         synthesize(" ".join(words), voice, TEST_RATE, out / "syntactic" / "dev" / f"{filename}.ogg")
     write_csv(out / "syntactic" / "dev" / "gold.csv", rows)
