@@ -1,7 +1,8 @@
 """A toy spoken language, small enough to train a unit LM on in minutes: lexicon, grammar, test pairs.
 
 The language has 13 two-syllable words and one sentence pattern, ``NOUN [ADJ] VERB NOUN [ADJ]``
-("bado pilu ripa kemi": the bado, pilu, ripa-s the kemi). Its recordings (espeak-ng, three voices,
+("bado pilu ripa kemi": the bado, pilu, ripa-s the kemi); a quarter of the utterances are a single
+word, as when naming a thing (and as the lexical test items are spoken). Its recordings (espeak-ng, three voices,
 three speaking rates, 16 kHz Ogg Opus) live in ``data/toy_language/`` together with the script that
 made them (``make_toy_language.py``):
 
@@ -34,12 +35,16 @@ so that a non-word made by changing one sound of a word is never one sound away 
 CONSONANTS = "bdfgklmnprst"
 VOWELS = "aeiou"
 ADJECTIVE_PROBABILITY = 0.35
+LONE_WORD_PROBABILITY = 0.25
 
 VOICES: tuple[str, ...] = ("es+m3", "es+f2", "es+m1")
 """espeak-ng voices (Spanish letter-to-sound rules, which read these spellings regularly) with
 three voice variants: different pitch and formants, i.e. three synthetic speakers."""
 RATES: tuple[int, ...] = (140, 170, 200)
-"""espeak-ng speaking rates in words per minute."""
+"""espeak-ng speaking rates in words per minute of the training and validation utterances."""
+TEST_RATE = 155
+"""The rate of every test item: one never heard in training, so no test recording is a copy of a
+training recording (espeak-ng is deterministic: same text, voice and rate give the same samples)."""
 
 SYNTACTIC_ERRORS = ("verb_position", "adjective_position")
 """The two ways a test sentence is broken: the verb moved to the end (NOUN VERB NOUN → NOUN NOUN
@@ -71,8 +76,15 @@ def sample_sentence(rng: random.Random) -> list[str]:
     return noun_phrase() + [rng.choice(LEXICON["verb"])] + noun_phrase()
 
 
+def sample_utterance(rng: random.Random) -> list[str]:
+    """A training utterance: a lone word with probability :data:`LONE_WORD_PROBABILITY`, else a sentence."""
+    if rng.random() < LONE_WORD_PROBABILITY:
+        return [rng.choice(all_words())]
+    return sample_sentence(rng)
+
+
 def is_grammatical(words: list[str]) -> bool:
-    """True if ``words`` follows NOUN [ADJ] VERB NOUN [ADJ]."""
+    """True if ``words`` is a sentence NOUN [ADJ] VERB NOUN [ADJ] (a lone word is not a sentence)."""
     pattern = [word_class(word)[0] for word in words]  # "n", "v", "a"
     text = "".join(pattern)
     return text in {"nvn", "navn", "nvna", "navna"}
@@ -168,3 +180,24 @@ def load_toy_language(root: str | os.PathLike | None = None, max_train: int | No
             path = root / row["split"] / row["filename"]
             splits[row["split"]].append(Utterance(path, row["text"], row["voice"], int(row["rate"])))
     return ToyLanguage(root, splits["train"][:max_train], splits["validation"])
+
+
+def write_word_abx_items(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """An ABX ``.item`` file over the lexical test recordings: each file is one token of the word or
+    non-word it says, spoken by its voice (the "speaker"), context ``#`` on both sides.
+
+    Across speakers, ABX then asks whether a representation puts two voices' ``bado`` closer together
+    than ``bado`` and, e.g., ``dado`` by the same voice as A: word discrimination on minimal pairs.
+    """
+    import soundfile
+
+    lexical_dir = (TOY_LANGUAGE_DIR if root is None else Path(root)) / "lexical" / "dev"
+    with open(lexical_dir / "gold.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    for row in sorted(rows, key=lambda r: r["filename"]):
+        duration = soundfile.info(lexical_dir / f"{row['filename']}.ogg").duration
+        lines.append(f"{row['filename']} 0.0 {duration:.4f} {row['word']} # # {row['voice']}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path

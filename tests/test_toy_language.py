@@ -10,6 +10,7 @@ import soundfile
 from dpslm_utils.toy_language import (
     LEXICON,
     RATES,
+    TEST_RATE,
     SYNTACTIC_ERRORS,
     VOICES,
     all_words,
@@ -75,10 +76,13 @@ def test_committed_corpus_follows_the_grammar():
     assert len(load_toy_language(max_train=50).train) == 50
     for utterance in corpus.train + corpus.validation:
         assert utterance.path.is_file()
-        assert is_grammatical(utterance.text.split())
-        assert utterance.voice in VOICES and utterance.rate in RATES
+        words = utterance.text.split()
+        assert is_grammatical(words) or (len(words) == 1 and words[0] in all_words())
+        assert utterance.voice in VOICES and utterance.rate in RATES and utterance.rate != TEST_RATE
     assert soundfile.info(corpus.train[0].path).samplerate == 16000
     assert {u.voice for u in corpus.train} == set(VOICES)
+    lone_words = {u.text for u in corpus.train if " " not in u.text}
+    assert lone_words == set(all_words())  # every word is also heard on its own
 
 
 def test_committed_lexical_pairs():

@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 from dpslm_utils.audio import resample  # noqa: E402
 from dpslm_utils.toy_language import (  # noqa: E402
-    LEXICON, RATES, SYNTACTIC_ERRORS, VOICES, all_words, break_word_order, non_words, sample_sentence,
+    LEXICON, RATES, SYNTACTIC_ERRORS, TEST_RATE, VOICES, all_words, break_word_order, non_words, sample_sentence,
+    sample_utterance,
 )
 
 SEED = 2025
@@ -33,7 +34,6 @@ NUM_TRAIN = 400
 NUM_VALIDATION = 40
 NON_WORDS_PER_WORD = 3
 SYNTACTIC_PAIRS_PER_ERROR = 30
-TEST_RATE = RATES[1]  # test items are spoken at the middle rate, as in ZeroSpeech's single-rate sets
 OPUS_COMPRESSION = 0.95  # soundfile's compression_level for Opus: higher = smaller file
 
 
@@ -55,13 +55,13 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def make_corpus(out: Path, rng: random.Random, held_out: set[str]) -> list[dict]:
-    """Training and validation sentences (none of them a syntactic test sentence), random voice and rate."""
+    """Training and validation utterances (none of them a syntactic test sentence), random voice and rate."""
     rows = []
     for split, count in (("train", NUM_TRAIN), ("validation", NUM_VALIDATION)):
         for n in range(count):
-            words = sample_sentence(rng)
+            words = sample_utterance(rng)
             while " ".join(words) in held_out:
-                words = sample_sentence(rng)
+                words = sample_utterance(rng)
             row = {"split": split, "filename": f"{split}_{n:04d}.ogg", "voice": rng.choice(VOICES),
                    "rate": rng.choice(RATES), "text": " ".join(words)}
             synthesize(row["text"], row["voice"], row["rate"], out / split / row["filename"])
