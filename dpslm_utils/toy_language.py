@@ -183,19 +183,25 @@ def load_toy_language(root: str | os.PathLike | None = None, max_train: int | No
 
 
 def write_word_abx_items(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """An ABX ``.item`` file over the lexical test recordings: each file is one token of the word or
-    non-word it says, spoken by its voice (the "speaker"), context ``#`` on both sides.
+    """An ABX ``.item`` file over part of the lexical test set: every word and its first non-word, one
+    recording each per voice (78 files). Each file is one token of what it says, its voice is the
+    "speaker", the context is ``#`` on both sides.
 
     Across speakers, ABX then asks whether a representation puts two voices' ``bado`` closer together
-    than ``bado`` and, e.g., ``dado`` by the same voice as A: word discrimination on minimal pairs.
+    than ``bado`` and, e.g., ``dado`` said by A's voice: word discrimination on minimal pairs.
     """
     import soundfile
 
     lexical_dir = (TOY_LANGUAGE_DIR if root is None else Path(root)) / "lexical" / "dev"
     with open(lexical_dir / "gold.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    first_pairs = {}  # word -> id of its first (word, non-word) item
+    for row in rows:
+        if row["correct"] == "1":
+            first_pairs.setdefault(row["word"], row["id"])
+    chosen = [row for row in rows if row["id"] in set(first_pairs.values())]
     lines = ["#file onset offset #phone prev-phone next-phone speaker"]
-    for row in sorted(rows, key=lambda r: r["filename"]):
+    for row in sorted(chosen, key=lambda r: r["filename"]):
         duration = soundfile.info(lexical_dir / f"{row['filename']}.ogg").duration
         lines.append(f"{row['filename']} 0.0 {duration:.4f} {row['word']} # # {row['voice']}")
     path = Path(path)
