@@ -111,3 +111,20 @@ def test_committed_syntactic_pairs_are_held_out_from_training():
         assert break_word_order(g["transcription"].split(), g["subtype"]) == b["transcription"].split()
         assert g["transcription"] not in training_text
     assert Counter(g["subtype"] for g in good) == {error: len(good) // 2 for error in SYNTACTIC_ERRORS}
+
+
+def test_word_abx_items_pair_every_word_with_one_non_word_in_every_voice(tmp_path):
+    from dpslm_utils.toy_language import write_word_abx_items
+
+    lines = write_word_abx_items(tmp_path / "words.item").read_text().splitlines()
+    assert lines[0].startswith("#file onset offset #phone")
+    items = [line.split() for line in lines[1:]]
+    assert len(items) == len(all_words()) * 2 * len(VOICES)
+    corpus = load_toy_language()
+    for filename, onset, offset, label, previous, following, voice in items:
+        assert float(onset) == 0.0
+        assert abs(float(offset) - soundfile.info(corpus.lexical_dir / f"{filename}.ogg").duration) < 1e-3
+        assert (previous, following) == ("#", "#") and voice in VOICES
+    labels = Counter(item[3] for item in items)
+    assert set(labels.values()) == {len(VOICES)}  # each word and non-word once per voice
+    assert sum(label in all_words() for label in labels) == len(all_words())
