@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .fast import make_fast
 from .transformer import (
     Transformer,
     check_count,
@@ -110,6 +111,7 @@ class ELLAV(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
         vocab = tokenizer["token_to_id_dict"]
         self.k = int(tokenizer["num_phone_types"])
         self.unit_rate, self.codec_rate = tokenizer["phone_token_rate"], tokenizer["codec_token_rate"]
@@ -126,8 +128,13 @@ class ELLAV(nn.Module):
         self.register_buffer("codec_of_token", codec_of_token, persistent=False)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> ELLAV:
-        """Load an official ELLA-V checkpoint ``{"model_args", "tokenizer", "model_state"}``."""
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> ELLAV:
+        """Load an official ELLA-V checkpoint ``{"model_args", "tokenizer", "model_state"}``.
+
+        ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
+        """
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "ELLA-V")
         try:
@@ -136,18 +143,23 @@ class ELLAV(nn.Module):
             model = cls(transformer, checkpoint["tokenizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise checkpoints.CheckpointError(f"{path} is not a valid ELLA-V checkpoint: {e!r}") from e
-        return model.to(device=device, dtype=dtype)
+        model.to(device=device, dtype=dtype)
+        model.fast = make_fast(model.transformer, fast, weight_bound=True)
+        return model
 
     @classmethod
-    def from_pretrained(cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None) -> ELLAV:
-        """The released ELLA-V model for (k, λ) units."""
-        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+    def from_pretrained(
+        cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> ELLAV:
+        """The released ELLA-V model for (k, λ) units (``fast``: see :meth:`from_checkpoint`)."""
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.ellav_file(k, lmbda), "ellav", k=k)
 
     def __repr__(self) -> str:
         t = self.transformer
         return checkpoints.describe(self, k=self.k, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
-                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)  # fmt: skip
+                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype,
+                                    device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
         """Unit ids (ints, or names ``"u{n}"``) with consecutive repeats removed: LongTensor ``[N]``."""

@@ -208,17 +208,15 @@ def _backtrace(cost: np.ndarray, lmbda: float) -> np.ndarray:
     if num_frames == 0:
         return units
     lowest_best = cost.argmin(axis=1)
-    tied = (lowest_best != cost.shape[1] - 1 - cost[:, ::-1].argmin(axis=1)).tolist()  # highest best differs
     best = cost[np.arange(num_frames), lowest_best]
     switch_cost = (best + lmbda).tolist()  # the same float64 sums as in the recursion
-    lowest_best = lowest_best.tolist()
     end = num_frames - 1
-    while end >= 0:
-        if tied[end]:
-            candidates = np.flatnonzero(cost[end] == best[end]).tolist()
+    while end >= 0:  # ties are looked for at segment ends only (a few per second, not every frame)
+        candidates = np.flatnonzero(cost[end] == best[end]).tolist()
+        if len(candidates) > 1:
             start, unit = min((_segment_start(cost, switch_cost, end, u), u) for u in candidates)
         else:
-            unit = lowest_best[end]
+            unit = candidates[0]
             start = _segment_start(cost, switch_cost, end, unit)
         units[start : end + 1] = unit
         end = start - 1

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints, registry
+from .fast import make_fast
 from .transformer import (
     Transformer,
     check_count,
@@ -77,6 +78,7 @@ class UnitLM(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
 
     @property
     def k(self) -> int:
@@ -84,8 +86,13 @@ class UnitLM(nn.Module):
         return self.transformer.args.vocab_size - UNIT_OFFSET
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> UnitLM:
-        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``."""
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> UnitLM:
+        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``.
+
+        ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
+        """
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "Mistral-ULM unit LM")
         try:
@@ -94,17 +101,22 @@ class UnitLM(nn.Module):
             )
         except ValueError as e:
             raise checkpoints.CheckpointError(f"{path} is not a valid unit LM checkpoint: {e}") from e
-        return cls(transformer).to(device=device, dtype=dtype)
+        model = cls(transformer).to(device=device, dtype=dtype)
+        model.fast = make_fast(model.transformer, fast, weight_bound=True)
+        return model
 
     @classmethod
-    def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
+    def from_pretrained(
+        cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None, fast: bool | str = False
+    ) -> UnitLM:
         """The released unit LM for (k, λ), trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
-        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.unit_lm_file(k, lmbda, hours), "unit_lm", k=k)
 
     def __repr__(self) -> str:
         t = self.transformer
-        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)
+        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers,
+                                    dtype=self.fast or t.dtype, device=t.device)  # fmt: skip
 
     def tokenize(self, units) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""
