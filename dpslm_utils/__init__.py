@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+__version__ = "0.1.0"
+
 _EXPORTS: dict[str, str] = {
     # registry.py: the official files and the valid (k, λ) pairs
     "VALID_COMBINATIONS": "registry",
@@ -50,6 +52,19 @@ _EXPORTS: dict[str, str] = {
     "ELLAV": "ellav",
     # wavtokenizer.py
     "WavTokenizer": "wavtokenizer",
+    # evaluation.py: ZeroSpeech sWUGGY / sBLIMP, phone ABX
+    "read_gold": "evaluation",
+    "lexical_accuracy": "evaluation",
+    "syntactic_accuracy": "evaluation",
+    "pair_accuracy": "evaluation",
+    "PairAccuracy": "evaluation",
+    "bootstrap_interval": "evaluation",
+    "score_files": "evaluation",
+    "evaluate_zerospeech": "evaluation",
+    "abx_error_rates": "evaluation",
+    "abx_representations": "evaluation",
+    # corpora.py: the evaluation corpora
+    "download_corpus": "corpora",
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",

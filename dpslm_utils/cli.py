@@ -1,6 +1,7 @@
-"""Command line: ``python -m dpslm_utils {demo,encode,encode-codec,train-ulm,train-ellav,resynthesize,score} ...``.
+"""Command line: ``python -m dpslm_utils COMMAND ...`` (also the ``dpslm`` script).
 
-(Also the ``dpslm`` script.) ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
+Commands: demo, encode, encode-codec, train-ulm, train-ellav, resynthesize, score, zerospeech, abx,
+download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
 one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
 encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
 """
@@ -8,6 +9,7 @@ encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_ut
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -332,6 +334,106 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- evaluate: zerospeech, abx, download -----------------------------------------------------------
+
+
+def _check_run_settings(out_dir: Path, command: str, settings: dict) -> None:
+    """The output-folder settings record (as ``encode``): cached units/features only fit their settings."""
+    try:
+        check_settings(out_dir, command, settings)
+    except SettingsMismatch as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _unit_encoder(args: argparse.Namespace):
+    from .pipeline import UnitEncoder
+
+    try:
+        return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _encoding_settings(args: argparse.Namespace) -> dict:
+    return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "random_weights": using_random_weights()}
+
+
+def cmd_zerospeech(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_zerospeech, results_table
+    from .ulm import UnitLM
+
+    out_dir = Path(args.out_dir)
+    check_writable(out_dir)
+    if not args.ulm:
+        try:
+            registry.check_combination(args.k, args.lmbda)
+        except ValueError as e:
+            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
+    _check_run_settings(out_dir, "zerospeech", _encoding_settings(args))
+    if args.ulm:
+        ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
+        if ulm.k != args.k:
+            raise SystemExit(f"error: {args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
+    else:
+        ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
+    encoder = _unit_encoder(args)
+    _say_if_random()
+    try:
+        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
+                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    print(results_table(results))
+    print(f"wrote the submission files under {out_dir}/lexical and {out_dir}/syntactic, metrics in {out_dir}/results.json")
+    _say_if_random()
+    return 0
+
+
+def cmd_abx(args: argparse.Namespace) -> int:
+    from .evaluation import abx_error_rates, abx_representations
+
+    item_file, out_dir = Path(args.item_file), Path(args.out_dir)
+    if not item_file.is_file():
+        raise SystemExit(f"error: item file {item_file} does not exist")
+    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
+    files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
+    if not files:
+        raise SystemExit(f"error: no audio file under {args.audio_dir} is named in {item_file} "
+                         f"(it names files like {sorted(wanted)[:2]})")
+    check_writable(out_dir)
+    _check_run_settings(out_dir, "abx", _encoding_settings(args))
+    encoder = _unit_encoder(args)
+    _say_if_random()
+    folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
+    try:
+        rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
+                                frame_rate=encoder.encoder.frame_rate, distance=args.distance,
+                                context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from e
+    write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
+    print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g}, {len(files)} files")
+    print(f"{'representation':<15} {'within':>7} {'across':>7}")
+    for name, rate in rates.items():
+        print(f"{name:<15} {rate.get('within', float('nan')):>7.2f} {rate.get('across', float('nan')):>7.2f}")
+    print(f"wrote {out_dir}/abx.json")
+    _say_if_random()
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .corpora import DownloadError, data_dir, download_corpus
+
+    folder = Path(args.dir) if args.dir else data_dir()
+    try:
+        archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.corpus}: {archive}" + ("" if args.no_extract else f" (unpacked into {folder})"))
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------------
 
 
@@ -416,6 +518,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     _add_model_args(p)
     p.set_defaults(run=cmd_score)
+
+    from .corpora import CORPORA
+    from .evaluation import REDUCTIONS, SPLITS
+
+    p = sub.add_parser("zerospeech", help="ZeroSpeech 2021 lexical + syntactic: submission files and official metrics")
+    p.add_argument("dataset_dir", help="the sLM21 dataset: lexical/dev/*.wav + gold.csv, syntactic/dev/...")
+    p.add_argument("out_dir", help="submission files, cached units, results.json")
+    _add_model_args(p)
+    p.add_argument("--hours", choices=["1k", "60k"], default="1k", help="released unit LM trained on 1k or 60k hours")
+    p.add_argument("--ulm", default=None, help="a unit-LM checkpoint of your own instead of the released one")
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=["dev"])
+    p.add_argument("--reduction", choices=REDUCTIONS, default="sum",
+                   help="sum: summed log-likelihood per file (the original); mean: per unit")
+    p.add_argument("--batch-size", type=int, default=8, help="files encoded per WavLM batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_zerospeech)
+
+    p = sub.add_parser("abx", help="phone ABX error rates of WavLM features, DPDP features and units")
+    p.add_argument("item_file", help="a ZeroSpeech / Libri-light .item file (e.g. dev-clean.item)")
+    p.add_argument("audio_dir", help="the audio the item file names (e.g. LibriSpeech/dev-clean)")
+    p.add_argument("out_dir", help="cached features and abx.json")
+    _add_model_args(p)
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    p.add_argument("--representations", nargs="+", choices=["wavlm", "dpdp", "units"],
+                   default=["wavlm", "dpdp", "units"])
+    p.add_argument("--distance", choices=["cosine", "euclidean", "kl", "kl_symmetric"], default="cosine")
+    p.add_argument("--context", choices=["within", "any"], default="within", help="within: triphone ABX (classic)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_abx)
+
+    p = sub.add_parser("download", help="fetch an evaluation corpus into $DPSLM_DATA (resumable, verified)")
+    p.add_argument("corpus", choices=sorted(CORPORA))
+    p.add_argument("--dir", default=None, help="target folder (default: $DPSLM_DATA)")
+    p.add_argument("--no-extract", action="store_true", help="keep the archive packed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_download)
     return parser
 
 

@@ -74,6 +74,12 @@ def unit_tokenizer(k: int) -> dict:
     }  # fmt: skip
 
 
+def official_checkpoint(transformer: Transformer, tokenizer: dict) -> dict:
+    """``transformer`` and its ``tokenizer`` in ELLA-V's file layout ``{"model_args", "tokenizer", "model_state"}``."""
+    return {"model_args": {**transformer.args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
+            "model_state": transformer.state_dict()}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Alignment:
     """How many codec tokens (40 Hz frames) each deduplicated prompt unit received."""

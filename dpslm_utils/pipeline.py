@@ -171,8 +171,7 @@ class DPSLM:
                    max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
         """``n`` renditions of one unit sequence as 24 kHz speech (ELLA-V samples the codes, in one batch).
 
-        ``max_codec_tokens_per_phone`` (ELLA-V's name; a phone is a unit) caps how long ELLA-V may dwell
-        on one unit (25 ms per code).
+        ``max_codec_tokens_per_phone`` caps how long ELLA-V may dwell on one unit (25 ms per code).
         """
         units = self.ellav.deduplicated_units(units)
         # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.

@@ -60,9 +60,7 @@ def dpdp_batch(
 
     The distances of consecutive utterances come from one matrix product (in groups of at most
     :data:`_MAX_DISTANCE_CELLS` distances, so memory stays bounded for any number of utterances),
-    which pays off most on a GPU; the recursion then runs per utterance. (A recursion over padded
-    ``[utterances, K]`` steps was measured and is no faster on the CPU: memory traffic, not the
-    per-step overhead, dominates it.)
+    which pays off most on a GPU; the recursion then runs per utterance.
     """
     codebook, lmbda, num_neighbors = _check_settings(codebook, lmbda, num_neighbors)
     if isinstance(features, Tensor) or not isinstance(features, Sequence):

@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 
-from . import checkpoints
+from . import checkpoints, ellav, ulm
 from .audio import BUNDLED_EXAMPLES, bundled_example
-from .ellav import unit_tokenizer
 from .transformer import ModelArgs, Transformer
 from .wavlm import WAVLM_LARGE_CONFIG, WavLMEncoder, build_torchaudio_wavlm, microsoft_state_dict
 from .wavtokenizer import CONFIGS as WAVTOKENIZER_RELEASES
@@ -77,8 +76,7 @@ def write_unit_lm(path: Path, k: int) -> None:
     """A random unit LM over k units in the Mistral-ULM format ``{"model_args", "model_state_dict"}``."""
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=k + 1)
     model = random_transformer(args, output_bias=False, seed=UNIT_LM_SEED + k)
-    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
-    checkpoints.save_atomically(checkpoint, path)
+    checkpoints.save_atomically(ulm.official_checkpoint(model), path)
 
 
 def write_ellav(path: Path, k: int) -> None:
@@ -87,7 +85,7 @@ def write_ellav(path: Path, k: int) -> None:
     The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
     emits them); the output weights are scaled and EOP's bias raised (see :data:`ELLAV_EOP_BOOST`).
     """
-    tokenizer = unit_tokenizer(k)
+    tokenizer = ellav.unit_tokenizer(k)
     token_to_id = tokenizer["token_to_id_dict"]
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=len(token_to_id))
     model = random_transformer(args, output_bias=True, seed=ELLAV_SEED + k)
@@ -97,9 +95,7 @@ def write_ellav(path: Path, k: int) -> None:
         never_emitted = [token_to_id[name] for name in ("UNK", "BOS", "EOS", *(f"u{n}" for n in range(k)))]
         bias[never_emitted] = -30.0
         bias[token_to_id["EOP"]] += ELLAV_EOP_BOOST
-    checkpoint = {"model_args": {**args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
-                  "model_state": model.state_dict()}  # fmt: skip
-    checkpoints.save_atomically(checkpoint, path)
+    checkpoints.save_atomically(ellav.official_checkpoint(model, tokenizer), path)
 
 
 # -- WavLM and its k-means codebooks -------------------------------------------------------------

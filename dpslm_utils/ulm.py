@@ -67,6 +67,11 @@ def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> t
     return tensor.long()
 
 
+def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
+    """``transformer`` in the Mistral-ULM file layout ``{"model_args", "model_state_dict"}``, ready for ``torch.save``."""
+    return {"model_args": {**transformer.args.to_dict(), "dropout": dropout}, "model_state_dict": transformer.state_dict()}
+
+
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
 
@@ -130,17 +135,23 @@ class UnitLM(nn.Module):
 
     @torch.inference_mode()
     def _unit_logprobs(self, batch: list, batch_size: int = 16) -> list[torch.Tensor]:
-        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
+        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats).
+
+        Sequences run ``batch_size`` at a time in order of length, so each padded batch holds
+        similar lengths (right padding needs no mask: causal attention never looks ahead to it).
+        """
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
         ids = [self.tokenize(units) for units in batch]
-        result = []
+        by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        result: list[torch.Tensor] = [torch.empty(0)] * len(ids)
         for begin in range(0, len(ids), batch_size):
-            chunk = ids[begin : begin + batch_size]
-            tokens, lengths = pad_right(chunk, self.transformer.device)
+            chunk = by_length[begin : begin + batch_size]
+            tokens, lengths = pad_right([ids[i] for i in chunk], self.transformer.device)
             logprobs = F.log_softmax(self.transformer(tokens[:, :-1]), dim=-1)
             targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
-            result += [row[: length - 1] for row, length in zip(targets, lengths.tolist())]
+            for i, row, length in zip(chunk, targets, lengths.tolist()):
+                result[i] = row[: length - 1]
         return result
 
     def loglikelihood(self, units) -> float:
