@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_seed
+
 try:  # used on CUDA when installed (pip install xformers); PyTorch's SDPA otherwise
     from xformers.ops import LowerTriangularMask, memory_efficient_attention
 except ImportError:
@@ -302,24 +304,9 @@ def prefill(
     return cache, last_logits, lengths
 
 
-def check_sampling(temperature: float, top_p: float, top_k: int | None = None) -> None:
-    """Raise ValueError unless temperature >= 0, 0 <= top_p <= 1 and top_k is None or >= 1."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not 0 <= top_p <= 1:
-        raise ValueError(f"top_p must be in [0, 1] (0 keeps only the most likely token), got {top_p!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-
-
-def check_count(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
+    seed = check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()

@@ -4,6 +4,7 @@ import csv
 import itertools
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -215,8 +216,10 @@ def test_zerospeech_command_with_random_tiny_models(tmp_path, monkeypatch, capsy
     assert len((out / "syntactic" / "dev.txt").read_text().splitlines()) == 16
     with pytest.raises(SystemExit, match="holds the output of other settings \\(lmbda: 600.0 there, 1500.0 now\\)"):
         cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
-    with pytest.raises(SystemExit, match="no pretrained models for k=100, lmbda=601.*--ulm PATH"):
-        cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"])
+    capsys.readouterr()
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"]) == 2
+    assert re.search("^dpslm: error: no pretrained models for k=100, lmbda=601.*--ulm PATH", capsys.readouterr().err)
+    assert not (tmp_path / "o2").exists()  # refused before the output folder was made
 
 
 def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypatch, capsys):
