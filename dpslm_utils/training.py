@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import datasets
+from . import datasets, ellav, ulm
 from .checkpoints import save_atomically, write_atomically
 from .distributed import Distributed, barrier, setup, teardown
 from .ellav import unit_tokenizer
@@ -188,12 +188,7 @@ class _UnitLMTask:
             yield datasets.PackedBatch.pack(group, [datasets.chunk_loss_mask(len(u)) for u in group])
 
     def checkpoint(self, model: Transformer) -> dict:
-        """Mistral-ULM's ``save_pretrained_checkpoint`` layout."""
-        args = model.args.to_dict()
-        model_args = {name: args[name] for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")}
-        model_args |= {"dropout": self.config["dropout"], "norm_eps": args["norm_eps"],
-                       "vocab_size": args["vocab_size"], "rope_theta": args["rope_theta"]}  # fmt: skip
-        return {"model_args": model_args, "model_state_dict": _cpu_state(model)}
+        return ulm.official_checkpoint(model, dropout=self.config["dropout"])
 
 
 class _ELLAVTask:
@@ -223,13 +218,14 @@ class _ELLAVTask:
             yield self._pack(pairs[begin : begin + self.config["batch_size"]])
 
     def checkpoint(self, model: Transformer) -> dict:
-        """ELLA-V's layout: ``model_args`` (with ``max_batch_size``), the tokenizer dict, ``model_state``."""
-        return {"model_args": {**model.args.to_dict(), "max_batch_size": 0}, "tokenizer": self.tokenizer,
-                "model_state": _cpu_state(model)}  # fmt: skip
+        return ellav.official_checkpoint(model, self.tokenizer)
 
 
-def _cpu_state(model: nn.Module) -> dict:
-    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+def _on_cpu(value):
+    """``value`` (a checkpoint: nested dicts) with every tensor on the CPU, so any machine loads the file."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return {key: _on_cpu(item) for key, item in value.items()} if isinstance(value, dict) else value
 
 
 def _seed(seed: int, epoch: int, purpose: int) -> int:
@@ -481,8 +477,8 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
                 if evaluate:
                     if record["val_loss"] < best_val:
                         best_val = record["val_loss"]
-                        save_atomically(task.checkpoint(model), run.best_checkpoint)
-                    save_atomically(task.checkpoint(model), run.last_checkpoint)
+                        save_atomically(_on_cpu(task.checkpoint(model)), run.best_checkpoint)
+                    save_atomically(_on_cpu(task.checkpoint(model)), run.last_checkpoint)
             if evaluate:
                 best_val = min(best_val, record["val_loss"])
                 rng = _gather_rng(dist)
