@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from dpslm_utils import datasets, distributed, training
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, free_port, load_fixture
 
 TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_heads=2, dropout=0.0)
 """Smaller than the tiny preset, for the tests that check bookkeeping rather than learning."""
@@ -247,12 +246,6 @@ def test_resuming_gives_the_uninterrupted_run(tmp_path, capsys):
     assert [m["step"] for m in restarted.metrics] == [1, 2, 3] and restarted.config["lr"] == 1e-2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_rank(rank: int, port: int, units: str, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -263,7 +256,7 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     """Same micro-batches, gradients averaged by DDP instead of accumulated: losses and weights agree to 1e-5."""
     markov_units(tmp_path / "units", files=12, length=40)
     single = _small_run(tmp_path / "units", tmp_path / "single", max_steps=4, grad_accum=2)
-    torch.multiprocessing.spawn(_ddp_rank, args=(_free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
     ddp = dpslm_utils.TrainingRun(tmp_path / "ddp")
     for a, b in zip(single.metrics, ddp.metrics, strict=True):
         assert a["tokens"] == b["tokens"]
