@@ -15,7 +15,9 @@ torch, numpy and soundfile are imported inside the commands, so such refusals ta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -760,9 +762,33 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _library_status_shown():
+    """While a command runs, the library's ``logging`` status reaches the user: info on stdout, warnings on stderr."""
+    to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    to_stdout.addFilter(lambda record: record.levelno < logging.WARNING)
+    to_stderr.setLevel(logging.WARNING)
+    logger, level = logging.getLogger(__package__), logging.getLogger(__package__).level
+    for handler in (to_stdout, to_stderr):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(to_stdout)
+        logger.removeHandler(to_stderr)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (0 done, 1 something failed, 2 refused before any work)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _library_status_shown():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
         args = build_parser(all_options).parse_args(argv)

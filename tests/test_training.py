@@ -1,6 +1,7 @@
 """Training: the originals' data, objective and schedule (fixtures), learning on synthetic data, resume, DDP."""
 
 import json
+import logging
 import math
 import os
 
@@ -226,12 +227,13 @@ def _small_run(units, out, **overrides):
     return dpslm_utils.train_ulm(units, out, k=16, **{**settings, **overrides})
 
 
-def test_resuming_gives_the_uninterrupted_run(tmp_path, capsys):
+def test_resuming_gives_the_uninterrupted_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dpslm_utils.training")
     markov_units(tmp_path / "units", files=12, length=40)
     whole = _small_run(tmp_path / "units", tmp_path / "whole", max_steps=6, dropout=0.1)
     _small_run(tmp_path / "units", tmp_path / "parts", max_steps=3, dropout=0.1)
     parts = _small_run(tmp_path / "units", tmp_path / "parts", max_steps=6, dropout=0.1)  # resumes
-    assert "resuming" in capsys.readouterr().out
+    assert "resuming" in caplog.text
     assert [m["step"] for m in parts.metrics] == list(range(1, 7))
     for a, b in zip(whole.metrics, parts.metrics, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
