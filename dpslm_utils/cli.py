@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -173,10 +174,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
     from . import distributed
     from .settings_record import check_settings
 
-    try:
-        dist = distributed.setup(args.device)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    dist = distributed.setup(args.device)
     in_dir, out_dir, files = Path(args.in_dir), Path(args.out_dir), args.files
     mine = shard(files, dist.rank, dist.world_size)
     todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
@@ -322,11 +320,11 @@ def _training_overrides(args: argparse.Namespace) -> dict:
 
 
 def _training_errors(train, *args, **kwargs):
-    """Run a trainer; bad settings or data become a one-line error."""
+    """Run a trainer. Its ValueErrors (settings, an OUT_DIR of other settings, bad data) come before the first step: refusals."""
     try:
         return train(*args, **kwargs)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise UsageError(str(e)) from e
 
 
 def check_training(args: argparse.Namespace) -> None:
@@ -498,23 +496,10 @@ def _demo(args: argparse.Namespace) -> int:
 # -- evaluate: zerospeech, abx, download -----------------------------------------------------------
 
 
-def _check_run_settings(out_dir: Path, command: str, settings: dict) -> None:
-    """The output-folder settings record (as ``encode``): cached units/features only fit their settings."""
-    from .settings_record import SettingsMismatch, check_settings
-
-    try:
-        check_settings(out_dir, command, settings)
-    except SettingsMismatch as e:
-        raise SystemExit(f"error: {e}") from e
-
-
 def _unit_encoder(args: argparse.Namespace):
     from .pipeline import UnitEncoder
 
-    try:
-        return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
 
 
 def _encoding_settings(args: argparse.Namespace) -> dict:
@@ -535,7 +520,7 @@ def check_zerospeech(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise UsageError(f"{e} (or pass --ulm PATH for a unit LM of your own)") from e
     check_count("--batch-size", args.batch_size)
-    check_evaluation_output(args)
+    check_evaluation_output(args, "zerospeech")
 
 
 def check_abx(args: argparse.Namespace) -> None:
@@ -543,41 +528,49 @@ def check_abx(args: argparse.Namespace) -> None:
     if not Path(args.audio_dir).is_dir():
         raise UsageError(f"{args.audio_dir} is not a folder" if Path(args.audio_dir).exists()
                          else f"{args.audio_dir} does not exist")
-    check_evaluation_output(args)
+    item_file = Path(args.item_file)
+    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
+    args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
+    if not args.files:
+        raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
+                         f"(it names files like {sorted(wanted)[:2]})")
+    if importlib.util.find_spec("zrc_abx2") is None:
+        from .evaluation import ABX_INSTALL_HINT
+
+        raise UsageError(ABX_INSTALL_HINT)
+    check_evaluation_output(args, "abx")
 
 
-def check_evaluation_output(args: argparse.Namespace) -> None:
+def check_evaluation_output(args: argparse.Namespace, command: str) -> None:
+    """OUT_DIR of ``zerospeech``/``abx``, and its settings record (cached units/features fit only their settings)."""
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
     check_creatable(Path(args.out_dir))
     check_device(args.device)
+    from .settings_record import check_settings
+
+    check_settings(args.out_dir, command, _encoding_settings(args), write=False)  # SettingsMismatch: a refusal
 
 
 def cmd_zerospeech(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_zerospeech, results_table
     from .ulm import UnitLM
 
+    from .settings_record import check_settings
+
     out_dir = Path(args.out_dir)
-    check_writable(out_dir)
-    if not args.ulm:
-        try:
-            registry.check_combination(args.k, args.lmbda)
-        except ValueError as e:
-            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
-    _check_run_settings(out_dir, "zerospeech", _encoding_settings(args))
     if args.ulm:
         ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
         if ulm.k != args.k:
-            raise SystemExit(f"error: {args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
+            raise UsageError(f"{args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
     else:
         ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
+    check_writable(out_dir)
+    check_settings(out_dir, "zerospeech", _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
-    try:
-        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
-                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
+                                  reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
     print(results_table(results))
     print(f"wrote the submission files under {out_dir}/lexical and {out_dir}/syntactic, metrics in {out_dir}/results.json")
     _say_if_random()
@@ -587,26 +580,17 @@ def cmd_zerospeech(args: argparse.Namespace) -> int:
 def cmd_abx(args: argparse.Namespace) -> int:
     from .checkpoints import write_atomically
     from .evaluation import abx_error_rates, abx_representations
+    from .settings_record import check_settings
 
-    item_file, out_dir = Path(args.item_file), Path(args.out_dir)
-    if not item_file.is_file():
-        raise SystemExit(f"error: item file {item_file} does not exist")
-    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
-    files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
-    if not files:
-        raise SystemExit(f"error: no audio file under {args.audio_dir} is named in {item_file} "
-                         f"(it names files like {sorted(wanted)[:2]})")
+    item_file, out_dir, files = Path(args.item_file), Path(args.out_dir), args.files
     check_writable(out_dir)
-    _check_run_settings(out_dir, "abx", _encoding_settings(args))
+    check_settings(out_dir, "abx", _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
     folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
-    try:
-        rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
-                                frame_rate=encoder.encoder.frame_rate, distance=args.distance,
-                                context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
-    except ImportError as e:
-        raise SystemExit(f"error: {e}") from e
+    rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
+                            frame_rate=encoder.encoder.frame_rate, distance=args.distance,
+                            context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
     write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
     print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g}, {len(files)} files")
     print(f"{'representation':<15} {'within':>7} {'across':>7}")
@@ -618,14 +602,10 @@ def cmd_abx(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .corpora import DownloadError, data_dir, download_corpus
+    from .corpora import data_dir, download_corpus
 
     folder = Path(args.dir) if args.dir else data_dir()
-    try:
-        archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)  # DownloadError: exit 1
     print(f"{args.corpus}: {archive}" + ("" if args.no_extract else f" (unpacked into {folder})"))
     return 0
 

@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -297,13 +298,16 @@ def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
     assert cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--max-steps", "4", *small]) == 0
     assert "resuming" in capsys.readouterr().out
     assert [m["step"] for m in dpslm_utils.TrainingRun(tmp_path / "run").metrics] == [2, 4]
-    with pytest.raises(SystemExit, match="chunk_size: 128 there, 64 now"):
-        cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--chunk-size", "64", *small])
-    with pytest.raises(SystemExit, match="beyond k - 1 = 7"):
-        cli.main(["train-ulm", str(tmp_path / "units"), str(tmp_path / "other"), "--k", "8", *small])
+    def refused(argv, message):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.fullmatch(f"dpslm: error: .*{message}.*\n", err), err
+
+    refused(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--chunk-size", "64", *small], "chunk_size: 128 there, 64 now")
+    refused(["train-ulm", str(tmp_path / "units"), str(tmp_path / "other"), "--k", "8", *small], "beyond k - 1 = 7")
     assert not (tmp_path / "other").exists()
     (tmp_path / "codes").mkdir()
-    with pytest.raises(SystemExit, match="no unit file .* has a codec file"):
-        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "e"), "--k", "16", *small])
-    with pytest.raises(SystemExit, match=r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]"):
-        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small])
+    refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "e"), "--k", "16", *small],
+            "no unit file .* has a codec file")
+    refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small],
+            r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]")
