@@ -60,6 +60,12 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[rank::world_size])
 
 
+def check_folder(folder: str | os.PathLike) -> None:
+    """Raise UsageError unless ``folder`` is an existing folder (an input)."""
+    if not Path(folder).is_dir():
+        raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
+
+
 def check_creatable(out_dir: Path) -> None:
     """Raise UsageError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
     for folder in (out_dir, *out_dir.parents):
@@ -213,8 +219,7 @@ def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
     ``settings()`` gives the settings to record (called only once the cheap checks passed).
     """
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    if not in_dir.is_dir():
-        raise UsageError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist")
+    check_folder(in_dir)
     args.files = find_audio(in_dir)
     if not args.files:
         raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
@@ -319,12 +324,19 @@ def _training_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None and name != "max_steps"}
 
 
-def _training_errors(train, *args, **kwargs):
-    """Run a trainer. Its ValueErrors (settings, an OUT_DIR of other settings, bad data) come before the first step: refusals."""
+def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
+    """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
+
+    The trainers raise ValueError (settings, an OUT_DIR of other settings, bad data) only before the first step: refusals.
+    """
     try:
-        return train(*args, **kwargs)
+        run = trainer(*folders, k=args.k, preset=args.preset, val_dir=args.val_dir, device=args.device,
+                      max_steps=args.max_steps, overwrite=args.overwrite, progress=not args.quiet,
+                      **_training_overrides(args))  # fmt: skip
     except ValueError as e:
         raise UsageError(str(e)) from e
+    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
+    return 0
 
 
 def check_training(args: argparse.Namespace) -> None:
@@ -332,8 +344,8 @@ def check_training(args: argparse.Namespace) -> None:
     if args.max_steps is not None:
         check_int("--max-steps", args.max_steps, minimum=1)
     for folder in (args.units_dir, getattr(args, "codes_dir", None), args.val_dir):
-        if folder is not None and not Path(folder).is_dir():
-            raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
+        if folder is not None:
+            check_folder(folder)
     check_creatable(Path(args.out_dir))
     check_device(args.device)
 
@@ -341,21 +353,13 @@ def check_training(args: argparse.Namespace) -> None:
 def cmd_train_ulm(args: argparse.Namespace) -> int:
     from .training import train_ulm
 
-    run = _training_errors(train_ulm, args.units_dir, args.out_dir, k=args.k, preset=args.preset, val_dir=args.val_dir,
-                    device=args.device, max_steps=args.max_steps, overwrite=args.overwrite,
-                    progress=not args.quiet, **_training_overrides(args))  # fmt: skip
-    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
-    return 0
+    return _train(train_ulm, [args.units_dir, args.out_dir], args)
 
 
 def cmd_train_ellav(args: argparse.Namespace) -> int:
     from .training import train_ellav
 
-    run = _training_errors(train_ellav, args.units_dir, args.codes_dir, args.out_dir, k=args.k, preset=args.preset,
-                      val_dir=args.val_dir, device=args.device, max_steps=args.max_steps,
-                      overwrite=args.overwrite, progress=not args.quiet, **_training_overrides(args))  # fmt: skip
-    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
-    return 0
+    return _train(train_ellav, [args.units_dir, args.codes_dir, args.out_dir], args)
 
 
 # -- resynthesize, score --------------------------------------------------------------------------
@@ -509,9 +513,7 @@ def _encoding_settings(args: argparse.Namespace) -> dict:
 
 
 def check_zerospeech(args: argparse.Namespace) -> None:
-    if not Path(args.dataset_dir).is_dir():
-        raise UsageError(f"{args.dataset_dir} is not a folder" if Path(args.dataset_dir).exists()
-                         else f"{args.dataset_dir} does not exist")
+    check_folder(args.dataset_dir)
     if args.ulm:
         check_file(args.ulm, "unit-LM checkpoint")
     else:
@@ -525,9 +527,7 @@ def check_zerospeech(args: argparse.Namespace) -> None:
 
 def check_abx(args: argparse.Namespace) -> None:
     check_file(args.item_file, "item file")
-    if not Path(args.audio_dir).is_dir():
-        raise UsageError(f"{args.audio_dir} is not a folder" if Path(args.audio_dir).exists()
-                         else f"{args.audio_dir} does not exist")
+    check_folder(args.audio_dir)
     item_file = Path(args.item_file)
     wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
     args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
