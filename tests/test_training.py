@@ -228,6 +228,17 @@ def _small_run(units, out, **overrides):
     return dpslm_utils.train_ulm(units, out, k=16, **{**settings, **overrides})
 
 
+def _assert_same_training(a, b, loss_rel: float, weights_atol: float) -> None:
+    """Runs a and b saw the same tokens, logged the same losses and ended with the same weights (rtol 1e-5)."""
+    for x, y in zip(a.metrics, b.metrics, strict=True):
+        assert x["tokens"] == y["tokens"]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=loss_rel)
+    state_a = torch.load(a.last_checkpoint, weights_only=True)["model_state_dict"]
+    state_b = torch.load(b.last_checkpoint, weights_only=True)["model_state_dict"]
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=weights_atol)
+
+
 def test_resuming_gives_the_uninterrupted_run(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dpslm_utils.training")
     markov_units(tmp_path / "units", files=12, length=40)
@@ -236,12 +247,7 @@ def test_resuming_gives_the_uninterrupted_run(tmp_path, caplog):
     parts = _small_run(tmp_path / "units", tmp_path / "parts", max_steps=6, dropout=0.1)  # resumes
     assert "resuming" in caplog.text
     assert [m["step"] for m in parts.metrics] == list(range(1, 7))
-    for a, b in zip(whole.metrics, parts.metrics, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
-    state_a = torch.load(whole.last_checkpoint, weights_only=True)["model_state_dict"]
-    state_b = torch.load(parts.last_checkpoint, weights_only=True)["model_state_dict"]
-    for name in state_a:
-        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=1e-6)
+    _assert_same_training(whole, parts, loss_rel=1e-6, weights_atol=1e-6)
 
     with pytest.raises(ValueError, match="lr: .* there"):
         _small_run(tmp_path / "units", tmp_path / "parts", max_steps=6, dropout=0.1, lr=1e-2)
@@ -260,14 +266,7 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     markov_units(tmp_path / "units", files=12, length=40)
     single = _small_run(tmp_path / "units", tmp_path / "single", max_steps=4, grad_accum=2)
     torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
-    ddp = dpslm_utils.TrainingRun(tmp_path / "ddp")
-    for a, b in zip(single.metrics, ddp.metrics, strict=True):
-        assert a["tokens"] == b["tokens"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    state_a = torch.load(single.last_checkpoint, weights_only=True)["model_state_dict"]
-    state_b = torch.load(ddp.last_checkpoint, weights_only=True)["model_state_dict"]
-    for name in state_a:
-        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=1e-5)
+    _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
 
 
 def test_plot_training_draws_train_and_validation_curves(tmp_path):
