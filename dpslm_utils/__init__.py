@@ -53,6 +53,11 @@ _EXPORTS: dict[str, str] = {
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",
+    # phones.py: the phone toplines
+    "PhoneLM": "phones",
+    "PhoneTTS": "phones",
+    "text_to_phones": "phones",
+    "US_ARPA_PHONES": "registry",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -65,6 +65,22 @@ class Continuation:
     """The prompt units followed by the new units, as speech."""
 
 
+def synthesize_batch(ellav: ELLAV, vocoder: WavTokenizer, prompts: list, temperature: float = 1.0, top_p: float = 0.8,
+                     seed: int | None = None, max_codec_tokens_per_unit: int = MAX_CODEC_TOKENS_PER_UNIT) -> list[Synthesis]:
+    """Speech for each prompt (units, or phones for a phone ELLA-V): ELLA-V codes in one batch, then the vocoder."""
+    prompts = [ellav.deduplicated_units(prompt) for prompt in prompts]
+    # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
+    max_tokens = (max_codec_tokens_per_unit + 3) * max(len(prompt) for prompt in prompts) + 1
+    codes, finished, alignments = ellav.generate(
+        prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_unit,
+        temperature=temperature, top_p=top_p, seed=seed, return_alignment=True,
+    )
+    return [
+        Synthesis(vocoder.decode(c)[0].cpu() if len(c) else torch.zeros(0), vocoder.sample_rate, c, a, f)
+        for c, a, f in zip(codes, alignments, finished)
+    ]
+
+
 def _default_device(device: str | torch.device | None) -> str:
     return str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
@@ -169,17 +185,7 @@ class DPSLM:
 
         ``max_codec_tokens_per_unit`` caps how long ELLA-V may dwell on one unit (25 ms per code).
         """
-        units = self.ellav.deduplicated_units(units)
-        # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
-        max_tokens = (max_codec_tokens_per_unit + 3) * len(units) + 1
-        codes, finished, alignments = self.ellav.generate(
-            [units] * n, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_unit,
-            temperature=temperature, top_p=top_p, seed=seed, return_alignment=True,
-        )
-        return [
-            Synthesis(self.vocoder.decode(c)[0].cpu() if len(c) else torch.zeros(0), self.vocoder.sample_rate, c, a, f)
-            for c, a, f in zip(codes, alignments, finished)
-        ]
+        return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_unit)
 
     def resynthesize(self, wav: torch.Tensor, sample_rate: int, n: int = 1, temperature: float = 1.0,
                      top_p: float = 0.8, seed: int | None = None) -> list[torch.Tensor]:

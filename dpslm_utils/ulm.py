@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints, registry
@@ -29,10 +28,10 @@ from .transformer import (
     check_count,
     check_sampling,
     new_generator,
-    pad_right,
     prefill,
     random_transformer,
     sample,
+    sequence_logprobs,
     steps,
 )
 
@@ -83,6 +82,16 @@ def write_random_tiny(path: Path, k: int) -> None:
     checkpoints.save_atomically(checkpoint, path)
 
 
+def load_transformer(path: str | os.PathLike, family: str) -> Transformer:
+    """The decoder of a Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}`` (unit or phone LM)."""
+    checkpoint = checkpoints.load_checkpoint(path)
+    checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, f"Mistral-ULM {family}")
+    try:
+        return Transformer.from_state_dict(checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{path} is not a valid {family} checkpoint: {e}") from e
+
+
 class UnitLM(nn.Module):
     """A Mistral-style language model over deduplicated units (ids ``0..k-1``)."""
 
@@ -99,15 +108,7 @@ class UnitLM(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> UnitLM:
         """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``."""
-        checkpoint = checkpoints.load_checkpoint(path)
-        checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "Mistral-ULM unit LM")
-        try:
-            transformer = Transformer.from_state_dict(
-                checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False
-            )
-        except ValueError as e:
-            raise checkpoints.CheckpointError(f"{path} is not a valid unit LM checkpoint: {e}") from e
-        return cls(transformer).to(device=device, dtype=dtype)
+        return cls(load_transformer(path, "unit LM")).to(device=device, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
@@ -140,15 +141,7 @@ class UnitLM(nn.Module):
         """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
-        ids = [self.tokenize(units) for units in batch]
-        result = []
-        for begin in range(0, len(ids), batch_size):
-            chunk = ids[begin : begin + batch_size]
-            tokens, lengths = pad_right(chunk, self.transformer.device)
-            logprobs = F.log_softmax(self.transformer(tokens[:, :-1]), dim=-1)
-            targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
-            result += [row[: length - 1] for row, length in zip(targets, lengths.tolist())]
-        return result
+        return sequence_logprobs(self.transformer, [self.tokenize(units) for units in batch], batch_size)
 
     def loglikelihood(self, units) -> float:
         """``Σ_i log p(unit_i | BOS, units before i)`` in nats for one deduplicated unit sequence."""
