@@ -58,6 +58,12 @@ _EXPORTS: dict[str, str] = {
     "PhoneTTS": "phones",
     "text_to_phones": "phones",
     "US_ARPA_PHONES": "registry",
+    # wer.py: resynthesis intelligibility
+    "resynthesis_wer": "wer",
+    "word_error_rate": "wer",
+    "normalize_text": "wer",
+    "whisper_asr": "wer",
+    "read_transcripts": "wer",
 }
 
 __all__ = sorted(_EXPORTS)

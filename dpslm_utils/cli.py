@@ -1,4 +1,4 @@
-"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score} ...`` (also the ``dpslm`` script).
+"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score,say,wer} ...`` (also the ``dpslm`` script).
 
 ``encode`` scales past one GPU by running the same command under
 ``torchrun --nproc-per-node N -m dpslm_utils encode ...``: every rank takes every N-th file.
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 from tqdm.auto import tqdm
 
 from . import registry
-from .audio import example_audio, load_audio, to_mono
+from .audio import example_audio, load_audio, save_wav, to_mono
 from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights, write_atomically
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -54,10 +53,6 @@ def check_writable(out_dir: Path) -> None:
 def units_text(units: torch.Tensor) -> str:
     """Deduplicated units as the text the originals use: ``"u12 u7 u300"``."""
     return " ".join(f"u{u}" for u in units.tolist())
-
-
-def save_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
-    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
 
 
 def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
@@ -189,6 +184,61 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- say, wer (phone toplines and resynthesis intelligibility) -------------------------------------
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from .phones import PhoneTTS, as_phones, text_to_phones
+
+    try:  # check the text before loading any model
+        phones = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
+    except (ValueError, TypeError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from e
+    tts = PhoneTTS.from_pretrained(device=args.device)
+    _say_if_random()
+    print(" ".join(phones))
+    (speech,) = tts.synthesize(phones, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    save_wav(Path(args.out_wav), speech.wav, speech.sample_rate)
+    print(f"{args.out_wav} ({len(speech.wav) / speech.sample_rate:.2f} s at {speech.sample_rate} Hz)")
+    return 0
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``"500:4500,500:0"`` -> ``[(500, 4500), (500, 0)]``, each a released (k, λ)."""
+    try:
+        pairs = [tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip()]
+        return [registry.check_combination(int(k), lmbda) for k, lmbda in pairs]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected K:LAMBDA pairs such as 500:4500,500:0 ({e})") from e
+
+
+def cmd_wer(args: argparse.Namespace) -> int:
+    from . import wer
+
+    try:
+        wer.read_transcripts(args.audio_dir, args.limit)  # fail on a bad folder before loading any model
+        asr = wer.whisper_asr(args.asr_model, device=args.device)
+    except (ValueError, wer.ASRUnavailable) as e:
+        raise SystemExit(f"error: {e}") from e
+    out_dir = Path(args.out_dir)
+    check_writable(out_dir)
+    rows = wer.resynthesis_wer(
+        args.audio_dir, args.pairs, asr=asr, limit=args.limit, references=not args.no_references,
+        exact_search=args.exact_search, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, save_audio=out_dir / "audio" if args.save_audio else None,
+    )  # fmt: skip
+    print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7}")
+    for row in rows:
+        name = row["system"] if row["k"] is None else f"k={row['k']} λ={row['lmbda']:g}"
+        bits = "" if row["bits_per_second"] is None else f"{row['bits_per_second']:.1f}"
+        units = "" if row["units_per_second"] is None else f"{row['units_per_second']:.1f}"
+        print(f"{name:>16} {bits:>8} {units:>8} {100 * row['wer']:>7.2f}")
+    csv_path, json_path = wer.write_results(rows, out_dir)
+    print(f"wrote {csv_path} and {json_path}")
+    _say_if_random()
+    return 0
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 
@@ -295,13 +345,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     _add_model_args(p)
     p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser("say", help="text -> ARPAbet phones -> phone ELLA-V -> 24 kHz speech (the phone topline)")
+    p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL")')
+    p.add_argument("out_wav")
+    p.add_argument("--phones", action="store_true", help="TEXT is a space-separated phone sequence")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(run=cmd_say)
+
+    p = sub.add_parser("wer", help="resynthesis WER and bitrate per (k, λ) on a LibriSpeech-layout folder")
+    p.add_argument("audio_dir", help="folder with *.trans.txt transcripts beside the .flac/.wav files")
+    p.add_argument("out_dir", help="writes wer.csv and wer.json (and audio/ with --save-audio)")
+    p.add_argument("--pairs", type=_pairs, default=[(registry.DEFAULT_K, registry.DEFAULT_LMBDA)],
+                   help="comma-separated K:LAMBDA, e.g. 500:4500,500:0 (default 500:4500)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances (sorted by id)")
+    p.add_argument("--no-references", action="store_true", help="skip the original-audio and codec rows")
+    p.add_argument("--exact-search", action="store_true",
+                   help="exact DPDP instead of the paper's 5%%-nearest-codes search the released models were trained on")
+    p.add_argument("--asr-model", default="base.en", help="Whisper model name (default base.en; large-v3 on a GPU)")
+    p.add_argument("--temperature", type=float, default=1.0, help="ELLA-V sampling (paper: 1.0)")
+    p.add_argument("--top-p", type=float, default=0.0, help="ELLA-V nucleus (paper: 0.0, the most likely code)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per ELLA-V batch")
+    p.add_argument("--save-audio", action="store_true", help="keep every resynthesis under OUT_DIR/audio/")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(run=cmd_wer)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command != "encode":  # encode takes any released codebook and any λ >= 0
+    if hasattr(args, "lmbda") and args.command != "encode":  # encode takes any released codebook and any λ >= 0
         try:
             args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
         except ValueError as e:
