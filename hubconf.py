@@ -2,47 +2,55 @@
 
 Each entry point returns the same object as the matching ``from_pretrained`` in ``dpslm_utils``
 (official checkpoints, downloaded and hash-checked into the dpslm cache; ``DPSLM_WEIGHTS=random-tiny``
-gives small random models instead).
+gives small random models instead). ``torch.hub.list`` shows every public callable of this file, so
+only the entry points are public here.
 """
+
+from __future__ import annotations
+
+import dpslm_utils as _dpslm
 
 dependencies = ["torch", "torchaudio", "soundfile", "numpy", "tqdm"]
 
-from dpslm_utils import (  # noqa: E402  (torch.hub reads `dependencies` before importing)
-    DPSLM,
-    ELLAV,
-    UnitEncoder,
-    UnitLM,
-    WavLMEncoder,
-    WavTokenizer,
-    load_codebook,
-)
+
+def dpslm(k: int = 500, lmbda: float = 4500, device=None, num_neighbors=None, hours: str = "1k") -> _dpslm.DPSLM:
+    """The whole DP-SLM pipeline for one of the 24 released (k, λ) pairs.
+
+    Speech -> WavLM Large layer-11 features -> DPDP units -> unit LM (scores, continuations) and
+    ELLA-V + WavTokenizer (24 kHz speech). ``hours="60k"`` picks the large unit LM (k=500, λ=4500);
+    ``num_neighbors=None`` quantizes with the exact DPDP optimum.
+    """
+    return _dpslm.DPSLM.from_pretrained(k, lmbda, device=device, num_neighbors=num_neighbors, hours=hours)
 
 
-def dpslm(k: int = 500, lmbda: float = 4500, device=None, num_neighbors=None, hours: str = "1k") -> DPSLM:
-    """The whole pipeline for one of the 24 released (k, λ) pairs."""
-    return DPSLM.from_pretrained(k, lmbda, device=device, num_neighbors=num_neighbors, hours=hours)
+def unit_encoder(k: int = 500, lmbda: float = 4500, device=None, num_neighbors=None) -> _dpslm.UnitEncoder:
+    """Speech -> DPDP units: WavLM Large layer 11 and a released k-means codebook, with any λ >= 0."""
+    return _dpslm.UnitEncoder.from_pretrained(k, lmbda, device=device, num_neighbors=num_neighbors)
 
 
-def unit_encoder(k: int = 500, lmbda: float = 4500, device=None, num_neighbors=None) -> UnitEncoder:
-    """Speech -> DPDP units (WavLM Large layer 11 + a released codebook, any λ >= 0)."""
-    return UnitEncoder.from_pretrained(k, lmbda, device=device, num_neighbors=num_neighbors)
-
-
-def wavlm_large(device=None) -> WavLMEncoder:
-    return WavLMEncoder.from_pretrained(device=device)
+def wavlm_large(device=None) -> _dpslm.WavLMEncoder:
+    """WavLM Large as a feature extractor: ``encoder(wav, sample_rate, layer=11) -> [frames, 1024]`` at 50 Hz."""
+    return _dpslm.WavLMEncoder.from_pretrained(device=device)
 
 
 def codebook(k: int = 500, layer: int = 11, device=None):
-    return load_codebook(k, layer, device=device)
+    """A released k-means codebook of WavLM Large layer-11 features: FloatTensor ``[k, 1024]``."""
+    return _dpslm.load_codebook(k, layer, device=device)
 
 
-def unit_lm(k: int = 500, lmbda: float = 4500, hours: str = "1k", device=None) -> UnitLM:
-    return UnitLM.from_pretrained(k, lmbda, hours=hours, device=device)
+def unit_lm(k: int = 500, lmbda: float = 4500, hours: str = "1k", device=None) -> _dpslm.UnitLM:
+    """The released unit language model for (k, λ): log-likelihoods, surprisal and continuations of units."""
+    return _dpslm.UnitLM.from_pretrained(k, lmbda, hours=hours, device=device)
 
 
-def ellav(k: int = 500, lmbda: float = 4500, device=None) -> ELLAV:
-    return ELLAV.from_pretrained(k, lmbda, device=device)
+def ellav(k: int = 500, lmbda: float = 4500, device=None) -> _dpslm.ELLAV:
+    """The released ELLA-V acoustic model for (k, λ): deduplicated units -> 40 Hz WavTokenizer codes."""
+    return _dpslm.ELLAV.from_pretrained(k, lmbda, device=device)
 
 
-def wavtokenizer(name: str = "small_600_24k_4096", device=None) -> WavTokenizer:
-    return WavTokenizer.from_pretrained(name, device=device)
+def wavtokenizer(name: str = "small_600_24k_4096", device=None) -> _dpslm.WavTokenizer:
+    """A released WavTokenizer codec: ``decode(codes) -> 24 kHz speech``, ``encode(wav, sr) -> codes``.
+
+    ``small_600_24k_4096`` (40 Hz, ELLA-V's codec) or ``small_320_24k_4096`` (75 Hz).
+    """
+    return _dpslm.WavTokenizer.from_pretrained(name, device=device)

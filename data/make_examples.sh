@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Re-create the bundled example recordings with Debian's espeak-ng and sox:
 #   sudo apt-get install espeak-ng sox && bash data/make_examples.sh
-# Each is synthesised at espeak-ng's native 22.05 kHz, then resampled to 16 kHz mono 16-bit FLAC.
+# Each is synthesised at espeak-ng's native 22.05 kHz, then resampled to 16 kHz mono 16-bit FLAC, into
+# dpslm_utils/examples/ (package data: they ship in the wheel, read with importlib.resources).
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/../dpslm_utils/examples"
 say() {  # say OUT_NAME VOICE TEXT
     local tmp
     tmp=$(mktemp --suffix=.wav)

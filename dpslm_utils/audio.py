@@ -7,6 +7,7 @@ resampling only.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -17,14 +18,13 @@ import torchaudio
 
 from .registry import OFFICIAL_EXAMPLES
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
 BUNDLED_EXAMPLES: dict[str, str] = {
     "librispeech": "mister_quilter.flac",
     "manufacture": "manufacture.flac",
     "manufelture": "manufelture.flac",
 }
-"""The project's own espeak-ng recordings (see data/README.md), standing in for the official examples."""
+"""The project's own espeak-ng recordings, standing in for the official examples: package data in
+``dpslm_utils/examples/`` (made by ``data/make_examples.sh``, described in ``data/README.md``)."""
 
 _UNREACHABLE: set[str] = set()
 """Official examples whose download failed in this process: not tried again until it restarts."""
@@ -98,6 +98,14 @@ def resample(wav: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Ten
     return torchaudio.functional.resample(wav, int(sample_rate), int(target_rate))
 
 
+def bundled_example(name: str) -> tuple[torch.Tensor, int]:
+    """The project's own recording ``name`` (a key of :data:`BUNDLED_EXAMPLES`), read from the installed
+    package: ``(wav [channels, samples], sample_rate)``."""
+    resource = importlib.resources.files(__package__) / "examples" / BUNDLED_EXAMPLES[name]
+    with importlib.resources.as_file(resource) as path:
+        return load_audio(path)
+
+
 def example_audio(name: str = "librispeech", official: bool = True) -> tuple[torch.Tensor, int]:
     """An example recording ``(wav [1, samples], sample_rate)`` by name.
 
@@ -105,7 +113,7 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
     middle classes ..."), ``"manufacture"`` and ``"manufelture"`` (a word / non-word pair). With
     ``official=True`` the original project's recording is used when it is cached or can be
     downloaded; otherwise (or with ``official=False``) the project's own espeak-ng recording of the
-    same words from ``data/``. A line is printed saying which one you got.
+    same words, shipped with the package. A line is printed saying which one you got.
     """
     from .checkpoints import CheckpointError, download
 
@@ -119,8 +127,7 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
             return to_mono(wav), sr
         except CheckpointError:
             _UNREACHABLE.add(name)
-    path = DATA_DIR / BUNDLED_EXAMPLES[name]
-    wav, sr = load_audio(path)
+    wav, sr = bundled_example(name)
     reason = " (the official one could not be fetched)" if official else ""
-    print(f"[dpslm] example {name!r}: bundled espeak-ng recording data/{path.name}{reason}")
+    print(f"[dpslm] example {name!r}: bundled espeak-ng recording {BUNDLED_EXAMPLES[name]}{reason}")
     return to_mono(wav), sr

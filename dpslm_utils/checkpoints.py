@@ -3,12 +3,13 @@
 Every loader in this package has the same two entry points:
 
 * ``Class.from_checkpoint(path)`` reads an official file (always ``torch.load(weights_only=True)``);
-* ``Class.from_pretrained(...)`` = registry lookup + :func:`pretrained_path` + ``from_checkpoint``.
+* ``Class.from_pretrained(...)`` = registry lookup + :func:`load_pretrained` (which calls
+  ``from_checkpoint`` on the right file and marks the model's ``random_weights``).
 
 :func:`pretrained_path` is where the ``DPSLM_WEIGHTS`` switch lives. With ``DPSLM_WEIGHTS=random-tiny``
-it does not download anything: it asks the caller's writer to build a small, seeded, random model of
-the real architecture and to save it *in the official file format*, and hands that file to the very
-same ``from_checkpoint`` code that reads the real release.
+it does not download anything: :mod:`dpslm_utils.random_tiny` builds a small, seeded, random model of
+the real architecture and saves it *in the official file format*, and that file goes to the very same
+``from_checkpoint`` code that reads the real release.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -32,6 +33,8 @@ WEIGHTS_ENV = "DPSLM_WEIGHTS"
 CACHE_ENV = "DPSLM_CACHE"
 WEIGHT_MODES = ("pretrained", "random-tiny")
 RANDOM_WEIGHTS_MESSAGE = "RANDOM WEIGHTS (DPSLM_WEIGHTS=random-tiny): outputs carry no meaning"
+
+Model = TypeVar("Model")
 
 
 class CheckpointError(RuntimeError):
@@ -171,18 +174,46 @@ def save_atomically(obj: Any, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def pretrained_path(remote: RemoteFile, write_random_tiny: Callable[[Path], None]) -> Iterator[Path]:
+def pretrained_path(remote: RemoteFile, family: str, **arguments: Any) -> Iterator[Path]:
     """Yield the path of the checkpoint a ``from_pretrained`` call should read.
 
-    Pretrained mode: the verified, cached download of ``remote``. Random-tiny mode:
-    ``write_random_tiny(path)`` writes a seeded random checkpoint in the same official format to a
-    temporary file, which is removed again after the caller has loaded it.
+    Pretrained mode: the verified, cached download of ``remote``. Random-tiny mode: a seeded random
+    checkpoint of the same ``family`` in the same official format (:func:`dpslm_utils.random_tiny.write`
+    with ``arguments``), in a temporary file that is removed again after the caller has loaded it.
     """
     if not using_random_weights():
         yield download(remote)
         return
+    from . import random_tiny  # sits above the stages; only needed offline
+
     with tempfile.TemporaryDirectory(prefix="dpslm-random-tiny-") as tmp:
         path = Path(tmp) / remote.filename
-        write_random_tiny(path)
+        random_tiny.write(family, path, **arguments)
         print(f"[dpslm] {remote.filename}: {RANDOM_WEIGHTS_MESSAGE}")
         yield path
+
+
+def load_pretrained(load: Callable[[Path], Model], remote: RemoteFile, family: str, **arguments: Any) -> Model:
+    """``load(path)`` on the file :func:`pretrained_path` gives, with ``random_weights`` set on the result.
+
+    The one ``from_pretrained`` sequence of every model class: ``remote`` comes from the registry,
+    ``load`` is the class's ``from_checkpoint`` (with the caller's options bound), ``family`` and
+    ``arguments`` say which random-tiny checkpoint stands in for ``remote`` offline.
+    """
+    with pretrained_path(remote, family, **arguments) as path:
+        model = load(path)
+    model.random_weights = using_random_weights()
+    return model
+
+
+def describe(model: Any, **fields: Any) -> str:
+    """The one ``repr`` format of the loaded models: ``Name(field=value, ..., parameters=1.2M)``.
+
+    Appends the parameter count (for modules that have parameters) and, for random-tiny models,
+    :data:`RANDOM_WEIGHTS_MESSAGE`.
+    """
+    if isinstance(model, torch.nn.Module) and (parameters := sum(p.numel() for p in model.parameters())):
+        fields["parameters"] = f"{parameters / 1e6:.2f}M"
+    text = ", ".join(f"{name}={value}" for name, value in fields.items())
+    note = f", {RANDOM_WEIGHTS_MESSAGE}" if getattr(model, "random_weights", False) else ""
+    return f"{type(model).__name__}({text}{note})"

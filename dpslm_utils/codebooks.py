@@ -5,15 +5,13 @@ codebooks (nicolvisser/WavLM-codebooks) cluster WavLM Large layer-11 features (D
 K in {100, 200, 500, 1000, 2000} centres; each file holds ``{"codebook": FloatTensor[K, 1024]}``.
 
 With ``DPSLM_WEIGHTS=random-tiny``, :func:`load_codebook` instead builds a seeded ``[K, 64]``
-codebook matched to the random-tiny WavLM's features (see :func:`write_random_tiny_codebook`).
+codebook matched to the random-tiny WavLM's features (see :func:`dpslm_utils.random_tiny.write_codebook`).
 """
 
 from __future__ import annotations
 
-import functools
 import numbers
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -22,13 +20,6 @@ from . import checkpoints, registry
 
 CODEBOOK_DIM = 1024
 """Feature size of the released codebooks (WavLM Large's hidden size)."""
-
-RANDOM_TINY_SEED = 500
-RANDOM_TINY_JITTER = 0.25
-"""Random-tiny codebook ``[K, 64]`` (64 = the random-tiny WavLM's feature size): K frames of that
-WavLM's layer-11 features of the bundled example recordings (``data/``), drawn with replacement under
-``RANDOM_TINY_SEED``, plus Gaussian noise of ``RANDOM_TINY_JITTER`` × the features' per-dimension
-standard deviation (so that K may exceed the number of frames)."""
 
 _DISTANCE_CHUNK_ELEMENTS = 1 << 22
 """Largest [rows, K] block of distances :func:`nearest` holds at once (16 MiB in float32)."""
@@ -106,29 +97,8 @@ def load_codebook(k: int = 500, layer: int = 11, device: torch.device | str | No
     cache. With ``DPSLM_WEIGHTS=random-tiny`` a seeded ``[k, 64]`` codebook for the random-tiny
     WavLM is returned instead.
     """
-    remote = registry.codebook_file(k, layer)
-    with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny_codebook, k=k)) as path:
+    with checkpoints.pretrained_path(registry.codebook_file(k, layer), "codebook", k=k) as path:
         return codebook_from_checkpoint(path, device)
-
-
-def write_random_tiny_codebook(path: Path, k: int) -> None:
-    """Save a seeded ``{"codebook": [k, 64]}`` fitted to the random-tiny WavLM (see :data:`RANDOM_TINY_SEED`).
-
-    The centres are jittered copies of real random-tiny layer-11 feature frames, so that DPDP on
-    random-tiny features of speech spreads over many units, and the released λ values give segment
-    lengths of the right order, instead of collapsing onto the few entries nearest to the features.
-    """
-    from .audio import BUNDLED_EXAMPLES, DATA_DIR, load_audio
-    from .wavlm import WavLMEncoder
-
-    encoder = WavLMEncoder.from_pretrained()
-    recordings = [load_audio(DATA_DIR / name) for name in BUNDLED_EXAMPLES.values()]
-    features = torch.cat([encoder(wav, sample_rate, layer=11) for wav, sample_rate in recordings])  # [T, 64]
-    generator = torch.Generator().manual_seed(RANDOM_TINY_SEED)
-    frames = torch.randint(features.shape[0], (k,), generator=generator)
-    noise = torch.randn(k, features.shape[1], generator=generator)
-    codebook = features[frames] + RANDOM_TINY_JITTER * features.std(dim=0) * noise
-    checkpoints.save_atomically({"codebook": codebook.float().contiguous()}, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ the last EOP; as that count includes the forced unit token, the first unit can r
 ``max + 2`` codec tokens and every later unit up to ``max + 1`` (the original's behaviour, kept so
 that outputs match). ``max_tokens`` counts every generated token (codec, EOP and unit tokens).
 
+Names: ELLA-V was written for phones, and this module keeps the original's names where they mirror
+its API (``max_codec_tokens_per_phone``, ``num_phone_types``, EOP). A "phone" here is a unit. The
+per-unit cap has this one name everywhere in the package, :meth:`DPSLM.synthesize
+<dpslm_utils.pipeline.DPSLM.synthesize>` included.
+
 Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"token_to_id_dict",
 "num_phone_types", "phone_token_rate", "num_codec_types", "codec_token_rate", ...}, "model_state":
 {...}}`` — the unit LM's decoder with a bias on the output projection.
@@ -26,7 +31,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,15 +39,12 @@ from torch import nn
 
 from . import checkpoints, registry
 from .transformer import (
-    RANDOM_TINY_DIMS,
-    ModelArgs,
     Transformer,
     check_count,
     check_sampling,
     new_generator,
     pad_right,
     prefill,
-    random_transformer,
     sample,
     steps,
 )
@@ -53,11 +55,8 @@ SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
 UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
 NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE, PHONE_RATE = 4096, 40.0, 50.0, 100.0
-RANDOM_TINY_SEED = 4004
-RANDOM_TINY_OUTPUT_SCALE, RANDOM_TINY_EOP_BOOST = 3.0, 10.0
-"""The random-tiny model's output weights are scaled (peaked codec distributions, as a trained model's)
-and its EOP bias raised, so that units get a varying number of codec tokens, about 3 on average,
-both greedily and with the default sampling (temperature 1, top_p 0.8)."""
+MAX_CODEC_TOKENS_PER_PHONE = 10
+"""The original's default cap on codec tokens per unit (the first unit may get 2 more, later ones 1 more)."""
 
 
 def unit_tokenizer(k: int, phones: tuple[str, ...] | None = None) -> dict:
@@ -79,29 +78,6 @@ def unit_tokenizer(k: int, phones: tuple[str, ...] | None = None) -> dict:
     }  # fmt: skip
 
 
-def write_random_tiny(path: Path, k: int, phones: tuple[str, ...] | None = None) -> None:
-    """Save a seeded random ELLA-V (units ``0..k-1``, or ``phones``) of the released architecture, shrunk,
-    in the official format.
-
-    The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
-    emits them), the output weights scaled and EOP's bias raised (see :data:`RANDOM_TINY_EOP_BOOST`).
-    """
-    tokenizer = unit_tokenizer(k, phones)
-    token_to_id = tokenizer["token_to_id_dict"]
-    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=len(token_to_id))
-    model = random_transformer(args, output_bias=True, seed=RANDOM_TINY_SEED + k)
-    with torch.no_grad():
-        model.output.weight *= RANDOM_TINY_OUTPUT_SCALE
-        bias = model.output.bias
-        units = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + tokenizer["num_phone_types"])
-        never_emitted = [token_to_id["UNK"], token_to_id["BOS"], token_to_id["EOS"], *units]
-        bias[never_emitted] = -30.0
-        bias[token_to_id["EOP"]] += RANDOM_TINY_EOP_BOOST
-    checkpoint = {"model_args": {**args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
-                  "model_state": model.state_dict()}  # fmt: skip
-    checkpoints.save_atomically(checkpoint, path)
-
-
 @dataclass(frozen=True)
 class Alignment:
     """How many codec tokens (40 Hz frames) each deduplicated prompt unit received."""
@@ -118,6 +94,17 @@ class Alignment:
     def frame_units(self) -> torch.Tensor:
         """The unit behind each generated codec token, LongTensor ``[sum(codec_counts)]``."""
         return self.units.repeat_interleave(self.codec_counts)
+
+
+class Generation(NamedTuple):
+    """What :meth:`ELLAV.generate` returns for a batch of B prompts (unpacks as ``codes, finished, alignments``)."""
+
+    codes: list[torch.Tensor]
+    """``codes[i]``: LongTensor ``[L_i]`` of WavTokenizer codes in [0, 4096) at 40 Hz."""
+    finished: list[bool]
+    """``finished[i]`` is False when row i ran out of ``max_tokens`` before its last unit was done."""
+    alignments: list[Alignment]
+    """``alignments[i]``: how many codes each deduplicated unit of prompt i received."""
 
 
 class ELLAV(nn.Module):
@@ -168,30 +155,20 @@ class ELLAV(nn.Module):
     @classmethod
     def from_pretrained(cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None) -> ELLAV:
         """The released ELLA-V model for (k, λ) units."""
-        remote = registry.ellav_file(k, lmbda)
-        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, k=k)) as path:
-            model = cls.from_checkpoint(path, device, dtype)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        return checkpoints.load_pretrained(load, registry.ellav_file(k, lmbda), "ellav", k=k)
 
     @classmethod
     def from_pretrained_phones(cls, device=None, dtype: torch.dtype | None = None) -> ELLAV:
         """The released phone model: ARPAbet phones (:data:`~dpslm_utils.registry.US_ARPA_PHONES`) -> codes."""
-        phones = registry.US_ARPA_PHONES
-        writer = functools.partial(write_random_tiny, k=len(phones), phones=phones)
-        with checkpoints.pretrained_path(registry.ELLAV_PHONEMES, writer) as path:
-            model = cls.from_checkpoint(path, device, dtype)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        return checkpoints.load_pretrained(load, registry.ELLAV_PHONEMES, "phone_ellav")
 
     def __repr__(self) -> str:
-        args = self.transformer.args
-        parameters = sum(p.numel() for p in self.parameters())
-        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
-        vocabulary = f"k={self.k}" if self.reads_units else f"phones={self.k}"
-        return (f"ELLAV({vocabulary}, unit_rate={self.unit_rate:g} Hz, codec_rate={self.codec_rate:g} Hz, "
-                f"dim={args.dim}, n_layers={args.n_layers}, parameters={parameters / 1e6:.1f}M, "
-                f"dtype={self.transformer.dtype}, device={self.transformer.device}{note})")  # fmt: skip
+        t = self.transformer
+        vocabulary = {"k" if self.reads_units else "phones": self.k}
+        return checkpoints.describe(self, **vocabulary, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
+                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
         """Unit ids (ints, or names ``"u{n}"`` / phones) with consecutive repeats removed: LongTensor ``[N]``."""
@@ -215,7 +192,7 @@ class ELLAV(nn.Module):
         self,
         prompts,
         max_tokens: int = 1000,
-        max_codec_tokens_per_phone: int = 10,
+        max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
         seed: int | None = None,
@@ -263,15 +240,14 @@ class ELLAV(nn.Module):
         self,
         prompts,
         max_tokens: int = 1000,
-        max_codec_tokens_per_phone: int = 10,
+        max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
         progress: bool = False,
         seed: int | None = None,
         chunk_size: int | None = None,
-        return_alignment: bool = False,
-    ) -> tuple[list[torch.Tensor], list[bool]] | tuple[list[torch.Tensor], list[bool], list[Alignment]]:
-        """Codec tokens for a batch of unit prompts: ``(codes, finished)`` or ``(codes, finished, alignments)``.
+    ) -> Generation:
+        """Codec tokens for a batch of unit prompts: a :class:`Generation` ``(codes, finished, alignments)``.
 
         ``prompts``: one unit sequence or a list of them, as ints or ``"u{n}"`` names (consecutive
         repeats are removed first). ``codes[i]`` is LongTensor ``[L_i]`` of WavTokenizer codes in
@@ -293,15 +269,13 @@ class ELLAV(nn.Module):
             )
         codec = self.codec_of_token.cpu()[tokens]
         codes = [row[row >= 0] for row in codec]
-        if not return_alignment:
-            return codes, finished.tolist()
         is_eop = (tokens == self.eop_id).long()
         unit_index = is_eop.cumsum(dim=1) - is_eop  # EOPs before each token = the unit it belongs to
         alignments = []
         for units, index, row in zip(map(self.deduplicated_units, prompts), unit_index, codec):
             counts = torch.bincount(index[row >= 0], minlength=len(units))
             alignments.append(Alignment(units, counts, self.codec_rate))
-        return codes, finished.tolist(), alignments
+        return Generation(codes, finished.tolist(), alignments)
 
 
 def _prompt_list(prompts) -> list:

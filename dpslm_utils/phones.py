@@ -26,15 +26,14 @@ import torch
 from torch import nn
 
 from . import checkpoints, registry
-from .ellav import ELLAV
-from .pipeline import MAX_CODEC_TOKENS_PER_UNIT, Synthesis, _default_device, _shared_vocoder, synthesize_batch
-from .transformer import RANDOM_TINY_DIMS, ModelArgs, Transformer, random_transformer, sequence_logprobs
+from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE
+from .pipeline import Synthesis, _default_device, _shared_vocoder, synthesize_batch
+from .transformer import Transformer, sequence_logprobs
 from .ulm import load_transformer
 
 SILENCE = "SIL"
 PAUSE_MARKS = ".,;:!?"
 """Punctuation after which :func:`text_to_phones` puts a silence (with ``silences=True``)."""
-RANDOM_TINY_SEED = 5005
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,21 +116,6 @@ def read_phone_tokenizer(path: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
-def write_random_tiny_phone_lm(path: Path) -> None:
-    """Save a seeded random phone LM of the released architecture, shrunk, in the Mistral-ULM format."""
-    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=2 + len(registry.US_ARPA_PHONES))
-    model = random_transformer(args, output_bias=False, seed=RANDOM_TINY_SEED)
-    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
-    checkpoints.save_atomically(checkpoint, path)
-
-
-def write_phone_tokenizer(path: Path) -> None:
-    """The phone LM's tokenizer JSON for :data:`US_ARPA_PHONES`: BOS 0, UNK 1, then the phones."""
-    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *registry.US_ARPA_PHONES])}
-    text = json.dumps({"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": 0, "UNK_id": 1}, indent=4)
-    checkpoints.write_atomically(path, lambda tmp: tmp.write_text(text))
-
-
 class PhoneLM(nn.Module):
     """The Mistral-style LM over ARPAbet phones: ids ``[BOS (0)] + [id of each phone]``, no EOS."""
 
@@ -160,18 +144,14 @@ class PhoneLM(nn.Module):
     @classmethod
     def from_pretrained(cls, device=None, dtype: torch.dtype | None = None) -> PhoneLM:
         """The released phone LM (1k hours of LibriSpeech phone alignments) and ``us_arpa_tokenizer.json``."""
-        with (checkpoints.pretrained_path(registry.PHONE_LM, write_random_tiny_phone_lm) as path,
-              checkpoints.pretrained_path(registry.PHONE_LM_TOKENIZER, write_phone_tokenizer) as tokenizer_path):
-            model = cls.from_checkpoint(path, tokenizer_path, device, dtype)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        with checkpoints.pretrained_path(registry.PHONE_LM_TOKENIZER, "phone_lm_tokenizer") as tokenizer_path:
+            load = functools.partial(cls.from_checkpoint, tokenizer_path=tokenizer_path, device=device, dtype=dtype)
+            return checkpoints.load_pretrained(load, registry.PHONE_LM, "phone_lm")
 
     def __repr__(self) -> str:
-        args = self.transformer.args
-        parameters = sum(p.numel() for p in self.parameters())
-        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
-        return (f"PhoneLM(phones={len(self.phones)}, dim={args.dim}, n_layers={args.n_layers}, "
-                f"parameters={parameters / 1e6:.1f}M, dtype={self.transformer.dtype}{note})")  # fmt: skip
+        t = self.transformer
+        return checkpoints.describe(self, phones=len(self.phones), dim=t.args.dim, n_layers=t.args.n_layers,
+                                    dtype=t.dtype, device=t.device)  # fmt: skip
 
     def tokenize(self, phones, allow_unknown: bool = False) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS, then each phone's id.
@@ -229,15 +209,14 @@ class PhoneTTS:
         return self.ellav.random_weights or self.vocoder.random_weights
 
     def __repr__(self) -> str:
-        marker = ", RANDOM WEIGHTS" if self.random_weights else ""
-        return f"PhoneTTS(phones={self.ellav.k}, device={self.ellav.transformer.device}{marker})"
+        return checkpoints.describe(self, phones=self.ellav.k, device=self.ellav.transformer.device)
 
     def phonemize(self, text: str) -> list[str]:
         """The phones :meth:`say` speaks for ``text``: CMU pronunciations with ``SIL`` at the ends and pauses."""
         return text_to_phones(text, silences=True)
 
     def synthesize(self, phones, n: int = 1, temperature: float = 1.0, top_p: float = 0.8, seed: int | None = None,
-                   max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_UNIT) -> list[Synthesis]:
+                   max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
         """``n`` renditions of a phone sequence (``"SIL HH AH0 L OW1 SIL"`` or a list) as 24 kHz speech."""
         phones = as_phones(phones)
         return synthesize_batch(self.ellav, self.vocoder, [phones] * n, temperature, top_p, seed,

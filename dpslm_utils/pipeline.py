@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from . import checkpoints
 from .checkpoints import weights_mode
 from .codebooks import load_codebook
-from .ellav import ELLAV, Alignment
+from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE, Alignment
 from .quantize import DPDPQuantizer, deduplicate, dpdp_batch
 from .registry import DEFAULT_K, DEFAULT_LMBDA, check_combination
 from .ulm import UnitLM
@@ -22,7 +23,6 @@ from .wavtokenizer import WavTokenizer
 
 VOCODER = "small_600_24k_4096"  # the 40 Hz codec every released ELLA-V model predicts
 FEATURE_LAYER = 11
-MAX_CODEC_TOKENS_PER_UNIT = 10  # ELLA-V's default cap (the first unit may get 2 more, later ones 1 more)
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,14 @@ class Continuation:
 
 
 def synthesize_batch(ellav: ELLAV, vocoder: WavTokenizer, prompts: list, temperature: float = 1.0, top_p: float = 0.8,
-                     seed: int | None = None, max_codec_tokens_per_unit: int = MAX_CODEC_TOKENS_PER_UNIT) -> list[Synthesis]:
+                     seed: int | None = None, max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
     """Speech for each prompt (units, or phones for a phone ELLA-V): ELLA-V codes in one batch, then the vocoder."""
     prompts = [ellav.deduplicated_units(prompt) for prompt in prompts]
     # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
-    max_tokens = (max_codec_tokens_per_unit + 3) * max(len(prompt) for prompt in prompts) + 1
+    max_tokens = (max_codec_tokens_per_phone + 3) * max(len(prompt) for prompt in prompts) + 1
     codes, finished, alignments = ellav.generate(
-        prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_unit,
-        temperature=temperature, top_p=top_p, seed=seed, return_alignment=True,
+        prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
+        temperature=temperature, top_p=top_p, seed=seed,
     )
     return [
         Synthesis(vocoder.decode(c)[0].cpu() if len(c) else torch.zeros(0), vocoder.sample_rate, c, a, f)
@@ -164,8 +164,7 @@ class DPSLM:
         return any(m.random_weights for m in (self.units, self.ulm, self.ellav, self.vocoder))
 
     def __repr__(self) -> str:
-        marker = ", RANDOM WEIGHTS" if self.random_weights else ""
-        return f"DPSLM(k={self.k}, lmbda={self.lmbda:g}, device={self.units.encoder.device}{marker})"
+        return checkpoints.describe(self, k=self.k, lmbda=f"{self.lmbda:g}", device=self.units.encoder.device)
 
     # -- speech -> units ------------------------------------------------------------------------
 
@@ -180,12 +179,14 @@ class DPSLM:
     # -- units -> speech ------------------------------------------------------------------------
 
     def synthesize(self, units: torch.Tensor | list, n: int = 1, temperature: float = 1.0, top_p: float = 0.8,
-                   seed: int | None = None, max_codec_tokens_per_unit: int = MAX_CODEC_TOKENS_PER_UNIT) -> list[Synthesis]:
+                   seed: int | None = None,
+                   max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
         """``n`` renditions of one unit sequence as 24 kHz speech (ELLA-V samples the codes, in one batch).
 
-        ``max_codec_tokens_per_unit`` caps how long ELLA-V may dwell on one unit (25 ms per code).
+        ``max_codec_tokens_per_phone`` (ELLA-V's name; a phone is a unit) caps how long ELLA-V may dwell
+        on one unit (25 ms per code).
         """
-        return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_unit)
+        return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_phone)
 
     def resynthesize(self, wav: torch.Tensor, sample_rate: int, n: int = 1, temperature: float = 1.0,
                      top_p: float = 0.8, seed: int | None = None) -> list[torch.Tensor]:

@@ -22,6 +22,7 @@ then the lowest unit index, and so on for what precedes it.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import checkpoints
-from .codebooks import check_codebook, check_vectors, codebook_from_checkpoint, load_codebook, squared_distances
+from . import checkpoints, registry
+from .codebooks import check_codebook, check_vectors, codebook_from_checkpoint, squared_distances
 from .registry import DEFAULT_K, DEFAULT_LMBDA
 
 _MAX_DISTANCE_CELLS = 1 << 24
@@ -110,9 +111,8 @@ class DPDPQuantizer(nn.Module):
         device: torch.device | str | None = None,
     ) -> DPDPQuantizer:
         """A quantizer on the released WavLM Large ``layer`` codebook of size ``k`` (see :func:`load_codebook`)."""
-        quantizer = cls(load_codebook(k, layer, device), lmbda, num_neighbors)
-        quantizer.random_weights = checkpoints.using_random_weights()
-        return quantizer
+        load = functools.partial(cls.from_checkpoint, lmbda=lmbda, num_neighbors=num_neighbors, device=device)
+        return checkpoints.load_pretrained(load, registry.codebook_file(k, layer), "codebook", k=k)
 
     @property
     def k(self) -> int:
@@ -124,9 +124,9 @@ class DPDPQuantizer(nn.Module):
         quantized = self.codebook[units]
         return features - (features - quantized).detach(), units
 
-    def extra_repr(self) -> str:
-        text = f"k={self.k}, dim={self.codebook.shape[1]}, lmbda={self.lmbda:g}, num_neighbors={self.num_neighbors}"
-        return text + (f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else "")
+    def __repr__(self) -> str:
+        return checkpoints.describe(self, k=self.k, dim=self.codebook.shape[1], lmbda=f"{self.lmbda:g}",
+                                    num_neighbors=self.num_neighbors)  # fmt: skip
 
 
 def dpdp_cost(features: Tensor, codebook: Tensor, units: Tensor, lmbda: float) -> tuple[float, float]:

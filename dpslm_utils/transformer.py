@@ -40,10 +40,6 @@ RELEASED_DIMS = dict(dim=1024, n_layers=12, head_dim=64, hidden_dim=4096, n_head
                      norm_eps=1e-6, rope_theta=10000.0)  # fmt: skip
 """Size of every released unit LM and ELLA-V model (vocab_size: k + 1 for the unit LM, 4 + k + 4096 for ELLA-V)."""
 
-RANDOM_TINY_DIMS = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=4, n_kv_heads=2,
-                        norm_eps=1e-6, rope_theta=10000.0)  # fmt: skip
-"""Size of the seeded random models built with ``DPSLM_WEIGHTS=random-tiny`` (same architecture)."""
-
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -251,30 +247,6 @@ class Transformer(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"the weights do not fit the model_args: {e}") from e
         return model.eval()
-
-
-def random_transformer(args: ModelArgs, output_bias: bool, seed: int) -> Transformer:
-    """A seeded random model (the global RNG is left untouched).
-
-    Linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norm weights ~ 1 + N(0, 0.1²) and output
-    bias ~ N(0, 0.02²): every tensor carries information, so a loader that mixes them up is noticed.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):
-        model = Transformer(args, output_bias)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif name == "output.bias":
-                param.copy_(0.02 * noise)
-            elif name == "tok_embeddings.weight":
-                param.copy_(noise)
-            else:
-                param.copy_(noise / math.sqrt(param.shape[1]))
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------

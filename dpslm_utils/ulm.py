@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import numbers
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,14 +21,11 @@ from torch import nn
 
 from . import checkpoints, registry
 from .transformer import (
-    RANDOM_TINY_DIMS,
-    ModelArgs,
     Transformer,
     check_count,
     check_sampling,
     new_generator,
     prefill,
-    random_transformer,
     sample,
     sequence_logprobs,
     steps,
@@ -40,7 +36,6 @@ UNIT_OFFSET = 1
 """Token id of unit ``u`` is ``u + UNIT_OFFSET``; id 0 is BOS."""
 
 CHECKPOINT_KEYS = ("model_args", "model_state_dict")
-RANDOM_TINY_SEED = 3003
 
 
 def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> torch.Tensor:
@@ -74,14 +69,6 @@ def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
 
 
-def write_random_tiny(path: Path, k: int) -> None:
-    """Save a seeded random unit LM of the released architecture, shrunk, in the Mistral-ULM format."""
-    args = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=k + 1)
-    model = random_transformer(args, output_bias=False, seed=RANDOM_TINY_SEED + k)
-    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
-    checkpoints.save_atomically(checkpoint, path)
-
-
 def load_transformer(path: str | os.PathLike, family: str) -> Transformer:
     """The decoder of a Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}`` (unit or phone LM)."""
     checkpoint = checkpoints.load_checkpoint(path)
@@ -113,18 +100,12 @@ class UnitLM(nn.Module):
     @classmethod
     def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
         """The released unit LM for (k, λ), trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
-        remote = registry.unit_lm_file(k, lmbda, hours)
-        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, k=k)) as path:
-            model = cls.from_checkpoint(path, device, dtype)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        return checkpoints.load_pretrained(load, registry.unit_lm_file(k, lmbda, hours), "unit_lm", k=k)
 
     def __repr__(self) -> str:
-        args = self.transformer.args
-        parameters = sum(p.numel() for p in self.parameters())
-        note = f", {checkpoints.RANDOM_WEIGHTS_MESSAGE}" if self.random_weights else ""
-        return (f"UnitLM(k={self.k}, dim={args.dim}, n_layers={args.n_layers}, parameters={parameters / 1e6:.1f}M, "
-                f"dtype={self.transformer.dtype}, device={self.transformer.device}{note})")  # fmt: skip
+        t = self.transformer
+        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)
 
     def tokenize(self, units) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""

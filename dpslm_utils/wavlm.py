@@ -17,10 +17,10 @@ reference fixtures). What this module adds:
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,24 +72,6 @@ WAVLM_LARGE_CONFIG: dict[str, Any] = {
 }
 """The released WavLM Large (315M parameters): the network fields of its cfg."""
 
-RANDOM_TINY_CONFIG: dict[str, Any] = {
-    **WAVLM_LARGE_CONFIG,
-    "conv_feature_layers": "[(32,10,5)] + [(32,3,2)] * 4 + [(32,2,2)] * 2",
-    "encoder_layers": 12,
-    "encoder_embed_dim": 64,
-    "encoder_ffn_embed_dim": 128,
-    "encoder_attention_heads": 4,
-}
-"""WavLM Large's layout at tiny size (0.46M parameters) for ``DPSLM_WEIGHTS=random-tiny``: same strides
-and 320-sample hop, 12 layers so that layer 11 exists, 64-d features."""
-
-RANDOM_TINY_SEED = 11
-RANDOM_TINY_GAIN = 12.0
-"""Gain on every write into the random-tiny residual stream, so its layer-11 features spread widely enough
-for the released λ values (600 to 9000) to give segment lengths of the same order as with WavLM Large."""
-_RESIDUAL_WRITERS = ("feature_projection.projection.", "pos_conv_embed.conv.bias", "attention.out_proj.",
-                     "feed_forward.output_dense.")
-
 SAMPLE_RATE = 16000
 HOP_LENGTH = 320  # samples per frame: 16000 / 320 = 50 frames per second
 RECEPTIVE_FIELD = 400  # samples seen by one frame of the conv stack
@@ -137,7 +119,7 @@ class WavLMEncoder(nn.Module):
         self.dim: int = config["encoder_embed_dim"]
         self.num_layers: int = config["encoder_layers"]
         self.random_weights = False
-        self.model = _build_torchaudio_wavlm(config)
+        self.model = build_torchaudio_wavlm(config)
         self.eval()
 
     # -- loading -------------------------------------------------------------------------------
@@ -166,10 +148,8 @@ class WavLMEncoder(nn.Module):
     def from_pretrained(cls, device: torch.device | str | None = None) -> WavLMEncoder:
         """The released WavLM Large (downloaded and cached), or a random tiny one with
         ``DPSLM_WEIGHTS=random-tiny``."""
-        with checkpoints.pretrained_path(registry.WAVLM_LARGE, write_random_tiny_checkpoint) as path:
-            encoder = cls.from_checkpoint(path, device)
-        encoder.random_weights = checkpoints.using_random_weights()
-        return encoder
+        load = functools.partial(cls.from_checkpoint, device=device)
+        return checkpoints.load_pretrained(load, registry.WAVLM_LARGE, "wavlm")
 
     # -- features ------------------------------------------------------------------------------
 
@@ -255,12 +235,8 @@ class WavLMEncoder(nn.Module):
         return next(self.parameters()).device
 
     def __repr__(self) -> str:
-        params = sum(p.numel() for p in self.parameters())
-        text = (
-            f"WavLMEncoder(layers={self.num_layers}, dim={self.dim}, heads={self.config['encoder_attention_heads']}, "
-            f"parameters={params / 1e6:.2f}M, device={self.device})"
-        )
-        return f"{text}  [{checkpoints.RANDOM_WEIGHTS_MESSAGE}]" if self.random_weights else text
+        heads = self.config["encoder_attention_heads"]
+        return checkpoints.describe(self, layers=self.num_layers, dim=self.dim, heads=heads, device=self.device)
 
 
 # -- architecture from the checkpoint's cfg --------------------------------------------------------
@@ -328,7 +304,7 @@ def _parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     return layers
 
 
-def _build_torchaudio_wavlm(config: dict[str, Any]) -> torchaudio.models.Wav2Vec2Model:
+def build_torchaudio_wavlm(config: dict[str, Any]) -> torchaudio.models.Wav2Vec2Model:
     """torchaudio's WavLM for a (checked) network config; dropouts 0: this module only does inference."""
     return torchaudio.models.wavlm_model(
         extractor_mode="group_norm" if config["extractor_mode"] == "default" else "layer_norm",
@@ -418,39 +394,10 @@ def _to_torchaudio(
     return {name: gather(keys).float() for name, keys in names.items()}
 
 
-def _to_microsoft(model: nn.Module, config: dict[str, Any]) -> dict[str, Tensor]:
+def microsoft_state_dict(model: nn.Module, config: dict[str, Any]) -> dict[str, Tensor]:
     """``model``'s parameters under Microsoft's key names (the inverse of :func:`_to_torchaudio`)."""
     state_dict = {}
     for name, value in model.state_dict().items():
         keys = _microsoft_names(name, config["extractor_mode"])
         state_dict.update(zip(keys, (part.clone() for part in value.chunk(len(keys)))))
     return state_dict
-
-
-# -- random tiny weights ---------------------------------------------------------------------------
-
-
-def write_random_tiny_checkpoint(path: Path) -> None:
-    """Write a seeded random :data:`RANDOM_TINY_CONFIG` WavLM in Microsoft's format ``{"cfg", "model"}``.
-
-    torchaudio's default init (unlike the original's N(0, 0.02) linear layers) already gives every
-    layer a visible effect; on top, every parameter it leaves constant (norm gains and biases, linear
-    biases, the gates' ``grep_a``) gets seeded noise, so that each tensor of the file matters. Every
-    layer that writes into the residual stream is then scaled by :data:`RANDOM_TINY_GAIN`.
-    ``mask_emb`` is written too (uniform, as the original inits it), for the exact official layout.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_TINY_SEED)
-        model = _build_torchaudio_wavlm(RANDOM_TINY_CONFIG)
-        with torch.no_grad():
-            for parameter in model.parameters():
-                first = parameter.flatten()[0]
-                if torch.all(parameter == first):  # e.g. LayerNorm gains (all 1) and biases (all 0)
-                    noise_std = 0.1 * first.abs() if first != 0 else 0.02
-                    parameter.add_(noise_std * torch.randn_like(parameter))
-            for name, parameter in model.named_parameters():
-                if any(writer in name for writer in _RESIDUAL_WRITERS):
-                    parameter.mul_(RANDOM_TINY_GAIN)
-        state_dict = {"mask_emb": torch.rand(RANDOM_TINY_CONFIG["encoder_embed_dim"])}
-    state_dict |= _to_microsoft(model, RANDOM_TINY_CONFIG)
-    checkpoints.save_atomically({"cfg": dict(RANDOM_TINY_CONFIG), "model": state_dict}, path)

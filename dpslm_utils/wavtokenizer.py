@@ -18,8 +18,7 @@ import functools
 import math
 import os
 import re
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,14 +56,6 @@ CONFIGS: dict[str, WavTokenizerConfig] = {
     "small_320_24k_4096": WavTokenizerConfig(downsamples=(8, 5, 4, 2), n_fft=1280),  # 75 Hz
 }
 """The released models (``configs.py`` of the original repository)."""
-
-RANDOM_TINY_CONFIGS: dict[str, WavTokenizerConfig] = {
-    name: replace(config, n_filters=4, dimension=64, dim=64, intermediate_dim=128, num_layers=2)
-    for name, config in CONFIGS.items()
-}
-"""What ``DPSLM_WEIGHTS=random-tiny`` builds: strides, n_fft and the 4096 codes as released, all widths shrunk."""
-
-RANDOM_TINY_SEED = 0
 
 # Key names in the official checkpoints. The SEANet decoder was trained with the codec but is never
 # run at inference; the k-means/EMA state of the codebook is training-only.
@@ -379,11 +370,8 @@ class WavTokenizer(nn.Module):
         cls, name: str = "small_600_24k_4096", device: str | torch.device | None = None
     ) -> WavTokenizer:
         """The released ``small_600_24k_4096`` (40 Hz, ELLA-V's codec) or ``small_320_24k_4096`` (75 Hz)."""
-        remote = registry.wavtokenizer_file(name)
-        with checkpoints.pretrained_path(remote, functools.partial(write_random_tiny, name=name)) as path:
-            model = cls.from_checkpoint(path, config=name, device=device)
-        model.random_weights = checkpoints.using_random_weights()
-        return model
+        load = functools.partial(cls.from_checkpoint, config=name, device=device)
+        return checkpoints.load_pretrained(load, registry.wavtokenizer_file(name), "wavtokenizer", name=name)
 
     # -- codes -> audio --------------------------------------------------------------------------
 
@@ -451,13 +439,9 @@ class WavTokenizer(nn.Module):
         return self.quantize(self.encoder(wav.unsqueeze(1)))[0]
 
     def __repr__(self) -> str:
-        c = self.config
-        text = (
-            f"WavTokenizer({self.name}: {self.num_codes} codes at {self.frame_rate} Hz, {SAMPLE_RATE} Hz audio, "
-            f"hop {self.hop_length}, backbone {c.dim}x{c.num_layers}, "
-            f"{sum(p.numel() for p in self.parameters()) / 1e6:.1f}M parameters"
-        )
-        return text + (f"; {checkpoints.RANDOM_WEIGHTS_MESSAGE})" if self.random_weights else ")")
+        return checkpoints.describe(self, name=self.name, num_codes=self.num_codes, frame_rate=f"{self.frame_rate}Hz",
+                                    hop_length=self.hop_length, dim=self.config.dim, n_layers=self.config.num_layers,
+                                    device=self.device)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,26 +510,15 @@ def _config_from_state_dict(
     return config
 
 
-def write_random_tiny(path: Path, name: str = "small_600_24k_4096") -> None:
-    """Save a seeded random WavTokenizer (:data:`RANDOM_TINY_CONFIGS`) in the official Lightning format.
+def lightning_state_dict(model: WavTokenizer) -> dict[str, torch.Tensor]:
+    """``model``'s weights as an official checkpoint's ``"state_dict"`` (the inverse of loading).
 
-    The codebook is drawn around the random encoder's output on a probe chirp (its mean +- its
-    standard deviation per dimension), as the original fits it to data by k-means, so that
-    different frames of real audio pick different codes. The SEANet decoder (never run) and the
-    training-only keys of a real checkpoint are left out.
+    The codebook's training statistics are written as a fitted codebook's (``inited`` = 1); the SEANet
+    decoder, never run at inference, is left out.
     """
-    if name not in RANDOM_TINY_CONFIGS:
-        raise ValueError(f"unknown WavTokenizer config {name!r}; choose from {sorted(RANDOM_TINY_CONFIGS)}")
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(RANDOM_TINY_SEED)
-        model = WavTokenizer(RANDOM_TINY_CONFIGS[name], name)
-        t = torch.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
-        probe = 0.3 * torch.sin(2 * math.pi * (200 + 400 * t) * t) + 0.05 * torch.randn_like(t)
-        embeddings = model.encoder(probe[None, None])[0]  # [dimension, frames]
-        model.codebook.normal_().mul_(embeddings.std(1)).add_(embeddings.mean(1))
     names = _checkpoint_names(model)
     state = {names[key]: tensor for key, tensor in model.state_dict().items()}
     state[_CODEBOOK_PREFIX + "inited"] = torch.ones(1)
     state[_CODEBOOK_PREFIX + "cluster_size"] = torch.ones(model.num_codes)
     state[_CODEBOOK_PREFIX + "embed_avg"] = model.codebook  # same storage: costs nothing in the file
-    checkpoints.save_atomically({"state_dict": state}, Path(path))
+    return state

@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from dpslm_utils import checkpoints
 from dpslm_utils.registry import RemoteFile
@@ -92,13 +91,10 @@ def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, ca
     remote = RemoteFile("https://unreachable.invalid/model-abcdef12.pt", "abcdef12")
     seen = []
 
-    def write(path):
-        checkpoints.save_atomically({"w": torch.arange(3)}, path)
-
-    with checkpoints.pretrained_path(remote, write) as path:
+    with checkpoints.pretrained_path(remote, "unit_lm", k=3) as path:  # random_tiny.write_unit_lm
         seen.append(path)
         assert path.name == "model-abcdef12.pt"
-        assert torch.equal(checkpoints.load_checkpoint(path)["w"], torch.arange(3))
+        assert checkpoints.load_checkpoint(path)["model_args"]["vocab_size"] == 3 + 1
     assert not seen[0].exists()
     assert checkpoints.RANDOM_WEIGHTS_MESSAGE in capsys.readouterr().out
 

@@ -56,10 +56,10 @@ def test_load_codebook_rejects_unreleased_sizes_and_layers():
 
 def test_random_tiny_codebook_is_seeded_and_spreads_units(random_tiny):
     from dpslm_utils import WavLMEncoder, example_audio
-    from dpslm_utils.wavlm import RANDOM_TINY_CONFIG
+    from dpslm_utils.random_tiny import WAVLM_CONFIG
 
     codebook = load_codebook(100)
-    assert codebook.shape == (100, RANDOM_TINY_CONFIG["encoder_embed_dim"]) and codebook.dtype == torch.float32
+    assert codebook.shape == (100, WAVLM_CONFIG["encoder_embed_dim"]) and codebook.dtype == torch.float32
     assert torch.equal(codebook, load_codebook(100))  # same seed, same codebook
     encoder = WavLMEncoder.from_pretrained()
     wav, sample_rate = example_audio("librispeech", official=False)

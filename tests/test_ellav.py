@@ -8,7 +8,8 @@ import torch
 
 from dpslm_utils import checkpoints
 from dpslm_utils.checkpoints import CheckpointError
-from dpslm_utils.ellav import ELLAV, write_random_tiny
+from dpslm_utils.ellav import ELLAV
+from dpslm_utils.random_tiny import write_ellav
 from dpslm_utils.transformer import pad_right, prefill
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -27,7 +28,7 @@ def ellav() -> ELLAV:
 
 @pytest.fixture(scope="module")
 def runs(ellav) -> dict:
-    """generate(..., return_alignment=True) and generate_tokens() for every fixture config, once."""
+    """generate() and generate_tokens() for every fixture config, once."""
     results = {}
     for name, config in CONFIGS.items():
         arguments = dict(
@@ -36,7 +37,7 @@ def runs(ellav) -> dict:
         )  # fmt: skip
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            codes, finished, alignments = ellav.generate(PROMPTS[config["prompts"]], return_alignment=True, **arguments)
+            codes, finished, alignments = ellav.generate(PROMPTS[config["prompts"]], **arguments)
         tokens, _ = ellav.generate_tokens(PROMPTS[config["prompts"]], **arguments)
         results[name] = dict(codes=codes, finished=finished, alignments=alignments, tokens=tokens, warnings=caught)
     return results
@@ -107,12 +108,12 @@ def test_prompts_as_ints_strings_framewise_or_single_give_the_same_codes(ellav, 
     framewise = PROMPTS["single"][0]
     as_ints = [int(name[1:]) for name in framewise]
     for prompts in (framewise, as_ints, torch.tensor(as_ints), [torch.unique_consecutive(torch.tensor(as_ints))]):
-        codes, finished = ellav.generate(prompts, max_tokens=400, temperature=0.0)
+        codes, finished, _ = ellav.generate(prompts, max_tokens=400, temperature=0.0)
         assert [c.tolist() for c in codes] == expected and finished == [True]
 
 
 def test_chunked_prefill_works_for_prompts_of_different_lengths(ellav, runs):
-    codes, _ = ellav.generate(PROMPTS["batch3"], max_tokens=400, temperature=0.0, chunk_size=4)
+    codes, _, _ = ellav.generate(PROMPTS["batch3"], max_tokens=400, temperature=0.0, chunk_size=4)
     assert [c.tolist() for c in codes] == [c.tolist() for c in runs["batch3_greedy_t1"]["codes"]]
 
 
@@ -125,7 +126,7 @@ def test_sampling_is_seeded(ellav):
 
 def test_an_empty_result_is_an_empty_long_tensor(ellav):
     with pytest.warns(UserWarning, match="did not reach their last unit"):
-        codes, finished = ellav.generate(PROMPTS["single"], max_tokens=1, temperature=0.0)  # first unit: EOP at once
+        codes, finished, _ = ellav.generate(PROMPTS["single"], max_tokens=1, temperature=0.0)  # first unit: EOP at once
     assert codes[0].dtype == torch.long and codes[0].shape == (0,) and finished == [False]
 
 
@@ -167,7 +168,7 @@ def test_other_checkpoint_families_are_rejected(name):
 
 
 def test_random_tiny_matches_the_official_format_and_gives_varied_durations(monkeypatch, tmp_path):
-    write_random_tiny(tmp_path / "tiny.pt", k=50)
+    write_ellav(tmp_path / "tiny.pt", k=50)
     written = torch.load(tmp_path / "tiny.pt", weights_only=True)
     official = torch.load(FIXTURES / "ellav_tiny.pt", weights_only=True)
     assert written["tokenizer"] == official["tokenizer"]  # built as the original unit-training script does
@@ -181,7 +182,7 @@ def test_random_tiny_matches_the_official_format_and_gives_varied_durations(monk
     units = torch.randint(0, 500, (40,), generator=torch.Generator().manual_seed(0))
     for temperature, top_p in ((0.0, 0.0), (1.0, 0.8)):
         _, finished, (alignment,) = model.generate(
-            units, temperature=temperature, top_p=top_p, seed=0, return_alignment=True
+            units, temperature=temperature, top_p=top_p, seed=0
         )
         assert finished == [True]
         assert len(alignment.codec_counts.unique()) >= 5  # neither always the maximum nor always zero

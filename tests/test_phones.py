@@ -73,7 +73,7 @@ def test_phone_ellav_reads_phones_at_100_hz(phone_ellav):
 def test_phone_ellav_prompts_and_greedy_codes_equal_the_original(phone_ellav):
     prompts = ELLAV_CASES["prompts"]
     assert [phone_ellav.encode(p).tolist() for p in prompts] == ELLAV_CASES["encoded"]
-    codes, finished = phone_ellav.generate(prompts, max_tokens=200, max_codec_tokens_per_phone=10, top_p=0.0, seed=0)
+    codes, finished, _ = phone_ellav.generate(prompts, max_tokens=200, max_codec_tokens_per_phone=10, top_p=0.0, seed=0)
     assert [c.tolist() for c in codes] == [c.tolist() for c in ELLAV_CASES["codes"]]
     assert finished == ELLAV_CASES["finished"]
 

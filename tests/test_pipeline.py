@@ -99,7 +99,7 @@ def test_invalid_combinations_are_refused(k, lmbda, random_tiny):
 
 def test_synthesize_caps_codes_per_unit_as_ella_v_counts_them(model, speech):
     units = model.encode(*speech).units
-    (s,) = model.synthesize(units, max_codec_tokens_per_unit=2, seed=0)
+    (s,) = model.synthesize(units, max_codec_tokens_per_phone=2, seed=0)
     counts = s.alignment.codec_counts
     assert s.finished and counts[0] <= 4 and (counts[1:] <= 3).all()
 

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from dpslm_utils.transformer import (
-    RANDOM_TINY_DIMS,
     ModelArgs,
     RMSNorm,
     Transformer,
@@ -17,13 +16,13 @@ from dpslm_utils.transformer import (
     check_sampling,
     new_generator,
     prefill,
-    random_transformer,
     rotary_angles,
     sample,
 )
+from dpslm_utils.random_tiny import TRANSFORMER_DIMS, random_transformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ARGS = ModelArgs(**RANDOM_TINY_DIMS, vocab_size=37)
+ARGS = ModelArgs(**TRANSFORMER_DIMS, vocab_size=37)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,10 @@ def model() -> Transformer:
 
 
 def test_model_args_ignore_dropout_and_max_batch_size_and_reject_unknown_or_missing_keys():
-    full = {**RANDOM_TINY_DIMS, "vocab_size": 37}
+    full = {**TRANSFORMER_DIMS, "vocab_size": 37}
     assert ModelArgs.from_dict({**full, "dropout": 0.1, "max_batch_size": 0}) == ARGS
     with pytest.raises(ValueError, match="missing keys \\['vocab_size'\\]"):
-        ModelArgs.from_dict(RANDOM_TINY_DIMS)
+        ModelArgs.from_dict(TRANSFORMER_DIMS)
     with pytest.raises(ValueError, match="unknown keys \\['sliding_window'\\]"):
         ModelArgs.from_dict({**full, "sliding_window": 4096})
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):

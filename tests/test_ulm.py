@@ -130,9 +130,9 @@ def test_random_tiny_is_seeded_in_the_official_format_and_flagged(monkeypatch, t
     assert first.loglikelihood([1, 2, 3]) == second.loglikelihood([1, 2, 3])
     assert UnitLM.from_pretrained(500, 4500, hours="60k").k == 500
 
-    from dpslm_utils.ulm import write_random_tiny
+    from dpslm_utils.random_tiny import write_unit_lm
 
-    write_random_tiny(tmp_path / "tiny.pt", k=100)
+    write_unit_lm(tmp_path / "tiny.pt", k=100)
     written = torch.load(tmp_path / "tiny.pt", weights_only=True)
     official = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
     assert written.keys() == official.keys()

@@ -11,7 +11,8 @@ import torch
 
 from conftest import FIXTURES, load_fixture
 from dpslm_utils.checkpoints import CheckpointError
-from dpslm_utils.wavlm import RANDOM_TINY_CONFIG, WavLMEncoder, num_frames, write_random_tiny_checkpoint
+from dpslm_utils.random_tiny import WAVLM_CONFIG, write_wavlm
+from dpslm_utils.wavlm import WavLMEncoder, num_frames
 
 CHECKPOINTS = {  # checkpoint file -> its config's name in wavlm_fixture.pt
     "wavlm_large_tiny.pt": "large",
@@ -241,7 +242,7 @@ def test_num_frames_edges(large):
 def test_random_tiny_checkpoint_has_the_official_layout(tmp_path):
     """Same keys as an original-written checkpoint (the 3-layer fixture, extended to 12 layers)."""
     path = tmp_path / "tiny.pt"
-    write_random_tiny_checkpoint(path)
+    write_wavlm(path)
     written = torch.load(path, weights_only=True)
     assert set(written) == {"cfg", "model"}
     reference_keys = load_fixture("wavlm_large_tiny.pt")["model"].keys()
@@ -260,7 +261,7 @@ def test_random_tiny_checkpoint_has_the_official_layout(tmp_path):
 def test_random_tiny_from_pretrained(random_tiny):
     encoder = WavLMEncoder.from_pretrained()
     assert encoder.random_weights and "RANDOM WEIGHTS" in repr(encoder)
-    assert encoder.num_layers == 12 and encoder.dim == RANDOM_TINY_CONFIG["encoder_embed_dim"] == 64
+    assert encoder.num_layers == 12 and encoder.dim == WAVLM_CONFIG["encoder_embed_dim"] == 64
     wav = _chirp(2.0, 16000) + 0.05 * torch.randn(32000, generator=torch.Generator().manual_seed(0))
     features = [encoder(wav, 16000, layer=layer) for layer in range(1, 13)]
     assert all(f.shape == (100, 64) for f in features)

@@ -9,12 +9,11 @@ from conftest import FIXTURES, load_fixture
 
 from dpslm_utils import CheckpointError, WavTokenizer
 from dpslm_utils.wavtokenizer import (
-    RANDOM_TINY_CONFIGS,
     InverseSTFT,
     ISTFTHead,
     _reflect_pad,
-    write_random_tiny,
 )
+from dpslm_utils.random_tiny import WAVTOKENIZER_CONFIGS, write_wavtokenizer
 
 WAVEFORM_ATOL = 1e-5
 FEATURE_ATOL = 1e-4
@@ -37,7 +36,7 @@ def vocoder():
 def tiny_state(tmp_path_factory):
     """The random-tiny small_600 checkpoint's state dict (written once per module)."""
     path = tmp_path_factory.mktemp("wavtokenizer") / "tiny.ckpt"
-    write_random_tiny(path)
+    write_wavtokenizer(path)
     return torch.load(path, weights_only=True)["state_dict"]
 
 
@@ -285,9 +284,9 @@ def test_random_tiny_file_has_the_official_layout(tiny_state, tmp_path):
     official = load_fixture("wavtokenizer_small_600_tiny.ckpt")["state_dict"]  # also 2 ConvNeXt layers
     model_keys = {k for k in official if k.startswith(MODEL_PREFIXES) and not k.startswith(DECODER_PREFIX)}
     assert set(tiny_state) == model_keys
-    assert tiny_state[CODEBOOK + "embed"].shape == (4096, RANDOM_TINY_CONFIGS["small_600_24k_4096"].dimension)
+    assert tiny_state[CODEBOOK + "embed"].shape == (4096, WAVTOKENIZER_CONFIGS["small_600_24k_4096"].dimension)
     path = tmp_path / "again.ckpt"
-    write_random_tiny(path)
+    write_wavtokenizer(path)
     assert path.stat().st_size < 5e6
     again = torch.load(path, weights_only=True)["state_dict"]
     assert all(torch.equal(again[k], v) for k, v in tiny_state.items())  # seeded
@@ -299,7 +298,7 @@ def test_random_tiny_file_has_the_official_layout(tiny_state, tmp_path):
 def test_from_pretrained_random_tiny(random_tiny, name, hop_length, frame_rate):
     model = WavTokenizer.from_pretrained(name)
     assert model.random_weights is True and "RANDOM WEIGHTS" in repr(model)
-    assert model.config == RANDOM_TINY_CONFIGS[name]  # all sizes were read back from the weights
+    assert model.config == WAVTOKENIZER_CONFIGS[name]  # all sizes were read back from the weights
     assert (model.hop_length, model.frame_rate, model.num_codes) == (hop_length, frame_rate, 4096)
     codes = torch.randint(0, 4096, (2, 40), generator=torch.Generator().manual_seed(0))
     wav = model.decode(codes)

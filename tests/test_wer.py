@@ -16,17 +16,17 @@ from dpslm_utils import PAPER_NUM_NEIGHBORS, bitrate, cli, wer
 from dpslm_utils.audio import load_audio, to_mono
 from dpslm_utils.pipeline import UnitEncoder
 
-DATA = Path(__file__).parent.parent / "data"
+RECORDINGS = Path(__file__).parent.parent / "dpslm_utils" / "examples"
 TEXTS = {"7-11-0000": "MANUFACTURE", "7-11-0001": "MANUFELTURE"}
 
 
 @pytest.fixture
 def librispeech(tmp_path) -> Path:
-    """A LibriSpeech-layout folder: speaker 7, chapter 11, two utterances from data/."""
+    """A LibriSpeech-layout folder: speaker 7, chapter 11, two of the bundled example recordings."""
     chapter = tmp_path / "LibriSpeech" / "7" / "11"
     chapter.mkdir(parents=True)
     for uid, text in TEXTS.items():
-        shutil.copy(DATA / f"{text.lower()}.flac", chapter / f"{uid}.flac")
+        shutil.copy(RECORDINGS / f"{text.lower()}.flac", chapter / f"{uid}.flac")
     (chapter / "7-11.trans.txt").write_text("".join(f"{uid} {text}\n" for uid, text in TEXTS.items()))
     return tmp_path / "LibriSpeech"
 
@@ -67,7 +67,7 @@ def test_read_transcripts_finds_audio_beside_each_transcript(librispeech):
     with pytest.raises(ValueError, match="no audio for 7-11-0001"):
         wer.read_transcripts(librispeech)
     with pytest.raises(ValueError, match="no transcripts"):
-        wer.read_transcripts(DATA)
+        wer.read_transcripts(RECORDINGS)
 
 
 # -- resynthesis_wer --------------------------------------------------------------------------------
