@@ -226,6 +226,7 @@ def cmd_wer(args: argparse.Namespace) -> int:
         args.audio_dir, args.pairs, asr=asr, limit=args.limit, references=not args.no_references,
         exact_search=args.exact_search, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         batch_size=args.batch_size, device=args.device, save_audio=out_dir / "audio" if args.save_audio else None,
+        results_dir=out_dir / "systems",
     )  # fmt: skip
     print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7}")
     for row in rows:
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("wer", help="resynthesis WER and bitrate per (k, λ) on a LibriSpeech-layout folder")
     p.add_argument("audio_dir", help="folder with *.trans.txt transcripts beside the .flac/.wav files")
-    p.add_argument("out_dir", help="writes wer.csv and wer.json (and audio/ with --save-audio)")
+    p.add_argument("out_dir", help="writes wer.csv and wer.json (and audio/ with --save-audio); systems/ lets a rerun resume")
     p.add_argument("--pairs", type=_pairs, default=[(registry.DEFAULT_K, registry.DEFAULT_LMBDA)],
                    help="comma-separated K:LAMBDA, e.g. 500:4500,500:0 (default 500:4500)")
     p.add_argument("--limit", type=int, default=None, help="only the first N utterances (sorted by id)")

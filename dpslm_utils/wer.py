@@ -18,6 +18,7 @@ default (``pip install -e ".[asr]"``). Both texts are compared after :func:`norm
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -221,6 +222,7 @@ def resynthesis_wer(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     save_audio: str | os.PathLike | None = None,
+    results_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """WER of the resynthesis of every utterance under ``audio_dir``, one row per system.
@@ -232,7 +234,9 @@ def resynthesis_wer(
     Units use the paper's restricted search (``PAPER_NUM_NEIGHBORS[k]``) unless ``exact_search``;
     ELLA-V samples with ``temperature`` / ``top_p`` (the paper: 1.0 / 0.0), ``batch_size`` utterances
     at a time. ``asr`` defaults to :func:`whisper_asr`. ``save_audio`` writes every resynthesis as
-    ``<save_audio>/<system>/<utterance id>.wav``.
+    ``<save_audio>/<system>/<utterance id>.wav``. With ``results_dir``, every finished row is kept
+    there (``<system>.json``) and reused by a later call with the same utterances and settings, so an
+    interrupted sweep resumes where it stopped.
     """
     pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
     if not pairs and not references:
@@ -240,6 +244,9 @@ def resynthesis_wer(
     utterances = read_transcripts(audio_dir, limit)
     device = _default_device(device)
     asr = asr if asr is not None else whisper_asr(device=device)
+    settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
+                "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "batch_size": batch_size}  # fmt: skip
     vocoder = _shared_vocoder(device, checkpoints.weights_mode())
 
     def measure(name: str, speak: Callable[[list[Utterance]], list[tuple[torch.Tensor, int]]], **row) -> dict:
@@ -264,12 +271,11 @@ def resynthesis_wer(
     def copy_synthesis(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
         return [(vocoder.decode(vocoder.encode(wav, sr)[None])[0].cpu(), vocoder.sample_rate) for wav, sr in original(batch)]
 
-    rows = []
-    if references:
-        rows.append(measure("original", original))
+    def codec_row() -> dict:
         rate, bits = vocoder.frame_rate, math.log2(vocoder.num_codes)
-        rows.append(measure("codec", copy_synthesis, units_per_second=rate, entropy_bits=bits, bits_per_second=rate * bits))
-    for k, lmbda in pairs:
+        return measure("codec", copy_synthesis, units_per_second=rate, entropy_bits=bits, bits_per_second=rate * bits)
+
+    def units_row(k: int, lmbda: int) -> dict:
         num_neighbors = None if exact_search else registry.PAPER_NUM_NEIGHBORS[k]
         encoder = UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors)
         ellav = ELLAV.from_pretrained(k, lmbda, device=device)
@@ -283,9 +289,28 @@ def resynthesis_wer(
 
         row = measure(f"k{k}_lmbda{lmbda}", resynthesize, k=k, lmbda=lmbda, num_neighbors=num_neighbors)
         rate = bitrate(frame_units)
-        rows.append({**row, "system": "units", "units_per_second": rate.units_per_second,
-                     "entropy_bits": rate.entropy_bits, "bits_per_second": rate.bits_per_second})  # fmt: skip
-    return rows
+        return {**row, "system": "units", "units_per_second": rate.units_per_second,
+                "entropy_bits": rate.entropy_bits, "bits_per_second": rate.bits_per_second}  # fmt: skip
+
+    systems = [("original", lambda: measure("original", original)), ("codec", codec_row)] if references else []
+    systems += [(f"k{k}_lmbda{lmbda}", functools.partial(units_row, k, lmbda)) for k, lmbda in pairs]
+    return [_kept(results_dir, name, settings, compute) for name, compute in systems]
+
+
+def _kept(folder: str | os.PathLike | None, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()``, or the row stored in ``folder/<name>.json`` by an earlier call with the same ``settings``."""
+    if folder is None:
+        return compute()
+    path = Path(folder) / f"{name}.json"
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:  # a damaged file is measured again
+        stored = None
+    if stored is not None and stored.get("settings") == settings:
+        return stored["row"]
+    row = compute()
+    checkpoints.write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"settings": settings, "row": row})))
+    return row
 
 
 def _read_mono(path: Path) -> tuple[torch.Tensor, int]:

@@ -149,6 +149,17 @@ def test_cli_wer_writes_the_table(random_tiny, librispeech, tmp_path, monkeypatc
         ("units", "100", "3000", "5", "0.5")]
     assert "k=100 λ=3000" in capsys.readouterr().out
 
+    def deaf(wav, sr):
+        raise AssertionError("a finished system is not measured again")
+
+    deaf.__name__ = "<lambda>"  # the same ASR name: the stored row is reused
+    monkeypatch.setattr(wer, "whisper_asr", lambda name, device: deaf)
+    (out / "wer.csv").unlink()
+    assert cli.main(["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--device", "cpu"]) == 0
+    assert list(csv.DictReader((out / "wer.csv").open())) == rows
+    with pytest.raises(AssertionError, match="not measured again"):  # other settings: measured again
+        cli.main(["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--seed", "1"])
+
 
 def test_cli_wer_errors_are_one_line(librispeech, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
