@@ -30,6 +30,7 @@ from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE
 from .pipeline import Synthesis, _default_device, _shared_vocoder, synthesize_batch
 from .transformer import Transformer, sequence_logprobs
 from .ulm import load_transformer
+from .wavtokenizer import WavTokenizer
 
 SILENCE = "SIL"
 PAUSE_MARKS = ".,;:!?"
@@ -108,6 +109,8 @@ def read_phone_tokenizer(path: str | os.PathLike) -> dict[str, int]:
         vocab = data["phoneme_to_id"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise checkpoints.CheckpointError(f"{path} is not a phone tokenizer JSON with 'phoneme_to_id': {e!r}") from e
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        raise checkpoints.CheckpointError(f"{path}: 'phoneme_to_id' must map phone strings to integer ids")
     ids = sorted(vocab.values())
     if ids != list(range(len(vocab))) or data.get("BOS_id", 0) != 0 or data.get("UNK_id", 1) != 1:
         raise checkpoints.CheckpointError(f"{path}: phone ids must be 0..{len(vocab) - 1}, BOS 0 and UNK 1")
@@ -192,7 +195,7 @@ class PhoneLM(nn.Module):
 class PhoneTTS:
     """Text -> ARPAbet phones -> phone ELLA-V -> WavTokenizer -> 24 kHz speech."""
 
-    def __init__(self, ellav: ELLAV, vocoder):
+    def __init__(self, ellav: ELLAV, vocoder: WavTokenizer):
         if ellav.reads_units:
             raise ValueError("PhoneTTS needs a phone ELLA-V (ELLAV.from_pretrained_phones()), not a units model")
         self.ellav, self.vocoder = ellav, vocoder

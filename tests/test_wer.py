@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import soundfile
-import torch
 
 from dpslm_utils import PAPER_NUM_NEIGHBORS, bitrate, cli, wer
 from dpslm_utils.audio import load_audio, to_mono
