@@ -215,6 +215,10 @@ def _pairs(text: str) -> list[tuple[int, int]]:
 def cmd_wer(args: argparse.Namespace) -> int:
     from . import wer
 
+    if not args.pairs and args.no_references:
+        raise SystemExit("error: nothing to measure: give --pairs or drop --no-references")
+    if args.batch_size < 1:
+        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}")
     try:
         wer.read_transcripts(args.audio_dir, args.limit)  # fail on a bad folder before loading any model
         asr = wer.whisper_asr(args.asr_model, device=args.device)

@@ -36,6 +36,7 @@ from .audio import load_audio, resample, save_wav, to_mono
 from .ellav import ELLAV
 from .pipeline import UnitEncoder, _default_device, _shared_vocoder, synthesize_batch
 from .quantize import bitrate
+from .transformer import check_count
 
 ASR = Callable[[torch.Tensor, int], str]
 """A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
@@ -241,6 +242,7 @@ def resynthesis_wer(
     pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
     if not pairs and not references:
         raise ValueError("nothing to measure: give at least one (k, lmbda) pair or references=True")
+    check_count("batch_size", batch_size)
     utterances = read_transcripts(audio_dir, limit)
     device = _default_device(device)
     asr = asr if asr is not None else whisper_asr(device=device)

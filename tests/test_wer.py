@@ -164,6 +164,10 @@ def test_cli_wer_errors_are_one_line(librispeech, tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["wer", str(librispeech), str(tmp_path / "out"), "--pairs", "500:4400"])
     assert exit_info.value.code == 2 and "K:LAMBDA" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: nothing to measure"):
+        cli.main(["wer", str(librispeech), str(tmp_path / "out"), "--pairs", "", "--no-references"])
+    with pytest.raises(SystemExit, match="error: --batch-size must be >= 1, got 0"):
+        cli.main(["wer", str(librispeech), str(tmp_path / "out"), "--batch-size", "0"])
     monkeypatch.setitem(sys.modules, "whisper", None)
     with pytest.raises(SystemExit, match="error: the default ASR is OpenAI Whisper, which is not installed"):
         cli.main(["wer", str(librispeech), str(tmp_path / "out")])
