@@ -64,6 +64,7 @@ def text_to_phones(text: str, silences: bool = False) -> list[str]:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    text = text.replace("\u2019", "'")  # typographic apostrophe: don’t -> don't
     tokens = re.findall(rf"[^\s{re.escape(PAUSE_MARKS)}\-\"()\[\]]+|[{re.escape(PAUSE_MARKS)}]", text)
     words = [token.strip("'").lower() for token in tokens if token not in PAUSE_MARKS]
     dictionary = _pronunciations()

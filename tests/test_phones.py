@@ -89,6 +89,7 @@ def test_phone_ellav_names_unknown_phones(phone_ellav):
 def test_text_to_phones_uses_the_first_cmu_pronunciation():
     assert text_to_phones("Hello world") == ["HH", "AH0", "L", "OW1", "W", "ER1", "L", "D"]
     assert text_to_phones("don't MANUFACTURE") == "D OW1 N T M AE2 N Y AH0 F AE1 K CH ER0".split()
+    assert text_to_phones("Don\u2019t") == text_to_phones("don't")
 
 
 def test_text_to_phones_puts_silences_at_the_ends_and_pauses():
