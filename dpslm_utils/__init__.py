@@ -64,6 +64,13 @@ _EXPORTS: dict[str, str] = {
     "normalize_text": "wer",
     "whisper_asr": "wer",
     "read_transcripts": "wer",
+    # training.py, datasets.py: train your own unit LM / ELLA-V
+    "train_ulm": "training",
+    "train_ellav": "training",
+    "TrainingRun": "training",
+    "save_units": "datasets",
+    "load_frame_units": "datasets",
+    "ellav_example": "datasets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,8 @@
-"""Command line: ``python -m dpslm_utils {demo,encode,resynthesize,score,say,wer} ...`` (also the ``dpslm`` script).
+"""Command line: ``python -m dpslm_utils {demo,encode,encode-codec,train-ulm,train-ellav,resynthesize,score,say,wer} ...``.
 
-``encode`` scales past one GPU by running the same command under
-``torchrun --nproc-per-node N -m dpslm_utils encode ...``: every rank takes every N-th file.
+(Also the ``dpslm`` script.) ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
+one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
+encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import registry
+from . import distributed, registry
 from .audio import example_audio, load_audio, save_wav, to_mono
-from .checkpoints import RANDOM_WEIGHTS_MESSAGE, WEIGHTS_ENV, CheckpointError, using_random_weights, write_atomically
+from .checkpoints import (
+    RANDOM_WEIGHTS_MESSAGE,
+    WEIGHTS_ENV,
+    CheckpointError,
+    using_random_weights,
+    weights_mode,
+    write_atomically,
+)
+from .settings_record import SettingsMismatch, check_settings
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
@@ -74,13 +83,10 @@ def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> di
 
 
 def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch.Tensor) -> None:
-    if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
-        table = torch.stack([units, durations], dim=1).numpy().astype(np.int64)
-        def save_table(tmp: Path) -> None:
-            with tmp.open("wb") as f:  # np.save(path) would append ".npy" to the temporary name
-                np.save(f, table)
+    from .datasets import save_units
 
-        write_atomically(outputs["npy"], save_table)
+    if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
+        save_units(outputs["npy"], units, durations)
     if "txt" in outputs:
         write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
 
@@ -88,56 +94,78 @@ def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch
 def _read_frame_units(outputs: dict[str, Path]) -> torch.Tensor | None:
     if "npy" not in outputs:
         return None
-    table = torch.from_numpy(np.load(outputs["npy"]))
-    return table[:, 0].repeat_interleave(table[:, 1])
+    from .datasets import load_frame_units
+
+    return load_frame_units(outputs["npy"])
+
+
+def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats: list[str], load, encode, write):
+    """Shared driver of ``encode`` and ``encode-codec``: every audio file under IN_DIR -> files under OUT_DIR.
+
+    Resumable (files whose outputs exist are skipped), refuses an OUT_DIR made with other settings,
+    reports unreadable files and goes on, shards the files across torchrun ranks. ``load()`` builds the
+    model once, ``encode(model, wav, sr)`` encodes one file, ``write(outputs, result)`` saves it.
+    Returns ``(all files, failed files, dist)``.
+    """
+    try:
+        dist = distributed.setup(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    check_writable(out_dir)
+    try:
+        check_settings(out_dir, command, settings, write=False)
+    except SettingsMismatch as e:
+        distributed.teardown(dist)
+        raise SystemExit(f"error: {e}") from e
+    files = find_audio(in_dir)
+    mine = shard(files, dist.rank, dist.world_size)
+    todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
+    print(f"{dist.prefix}{len(files)} audio files under {in_dir}: {len(mine)} for this process, "
+          f"{len(mine) - len(todo)} already encoded, {len(todo)} to do")
+
+    model = load(dist.device)
+    check_settings(out_dir, command, settings, write=dist.is_main)  # recorded once the settings proved loadable
+    _say_if_random()
+    failed = []
+    for path in tqdm(todo, desc=f"{command} (rank {dist.rank})" if dist.enabled else command, disable=args.quiet):
+        try:
+            wav, sr = _read_mono(path)
+            result = encode(model, wav, sr)
+        except (ValueError, OSError) as e:
+            failed.append(path)
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        write(_outputs(path, in_dir, out_dir, formats), result)
+    failed = distributed.gather_lists(dist, failed)
+    distributed.barrier(dist)
+    distributed.teardown(dist)
+    return files, failed, dist
+
+
+def _report_failed(failed: list) -> int:
+    if failed:
+        print(f"{len(failed)} file(s) could not be encoded and were skipped:", *failed, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from .pipeline import UnitEncoder
     from .quantize import bitrate
 
-    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    distributed = world_size > 1
-    if distributed:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
-        if args.device is None and torch.cuda.is_available():
-            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    check_writable(out_dir)
     formats = ["txt", "npy"] if args.format == "both" else [args.format]
-    files = find_audio(in_dir)
-    mine = shard(files, rank, world_size)
-    todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
-    prefix = f"[rank {rank}/{world_size}] " if distributed else ""
-    print(f"{prefix}{len(files)} audio files under {in_dir}: {len(mine)} for this process, "
-          f"{len(mine) - len(todo)} already encoded, {len(todo)} to do")
-
-    encoder = UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
-    _say_if_random()
-    failed = []
-    for path in tqdm(todo, desc=f"encode (rank {rank})" if distributed else "encode", disable=args.quiet):
-        try:
-            wav, sr = _read_mono(path)
-            encoded = encoder.encode(wav, sr)
-        except (ValueError, OSError) as e:
-            failed.append(path)
-            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-            continue
-        _write_units(_outputs(path, in_dir, out_dir, formats), encoded.units, encoded.durations)
-
-    if distributed:
-        gathered: list = [None] * world_size
-        dist.all_gather_object(gathered, failed)
-        failed = [p for part in gathered for p in part]
-        dist.barrier()
-        dist.destroy_process_group()
-    if rank != 0:
+    settings = {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
+    files, failed, dist = _encode_tree(
+        args, "encode", settings, formats,
+        load=lambda device: UnitEncoder.from_pretrained(args.k, args.lmbda, device, args.num_neighbors),
+        encode=lambda encoder, wav, sr: encoder.encode(wav, sr),
+        write=lambda outputs, encoded: _write_units(outputs, encoded.units, encoded.durations),
+    )  # fmt: skip
+    if not dist.is_main:
         return 1 if failed else 0
-
     skipped = set(failed)
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
     frame_units = [_read_frame_units(_outputs(f, in_dir, out_dir, formats)) for f in files if f not in skipped]
     frame_units = [u for u in frame_units if u is not None and len(u)]
     if frame_units:
@@ -145,9 +173,63 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"encoded {len(frame_units)} files with k={args.k}, lmbda={args.lmbda:g}: "
               f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, "
               f"{rate.bits_per_second:.1f} bits/s")
-    if failed:
-        print(f"{len(failed)} file(s) could not be encoded and were skipped:", *failed, sep="\n  ", file=sys.stderr)
-        return 1
+    return _report_failed(failed)
+
+
+def cmd_encode_codec(args: argparse.Namespace) -> int:
+    from .wavtokenizer import WavTokenizer
+
+    from .datasets import save_array
+
+    def write(outputs: dict[str, Path], codes: torch.Tensor) -> None:
+        save_array(outputs["npy"], codes.cpu().numpy().astype(np.int16))  # 4096 codes fit in int16
+
+    files, failed, dist = _encode_tree(
+        args, "encode-codec", {"codec": args.codec, "weights": weights_mode()}, ["npy"],
+        load=lambda device: WavTokenizer.from_pretrained(args.codec, device=device),
+        encode=lambda codec, wav, sr: codec.encode(wav, sr),
+        write=write,
+    )  # fmt: skip
+    if dist.is_main:
+        print(f"{len(files) - len(failed)} of {len(files)} files have {args.codec} codes under {args.out_dir}")
+    return _report_failed(failed) if dist.is_main else (1 if failed else 0)
+
+
+# -- train-ulm, train-ellav -----------------------------------------------------------------------
+
+
+def _training_overrides(args: argparse.Namespace) -> dict:
+    from .training import PRESETS
+
+    names = PRESETS["ulm"]["tiny"].keys()
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None and name != "max_steps"}
+
+
+def _training_errors(train, *args, **kwargs):
+    """Run a trainer; bad settings or data become a one-line error."""
+    try:
+        return train(*args, **kwargs)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def cmd_train_ulm(args: argparse.Namespace) -> int:
+    from .training import train_ulm
+
+    run = _training_errors(train_ulm, args.units_dir, args.out_dir, k=args.k, preset=args.preset, val_dir=args.val_dir,
+                    device=args.device, max_steps=args.max_steps, overwrite=args.overwrite,
+                    progress=not args.quiet, **_training_overrides(args))  # fmt: skip
+    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
+    return 0
+
+
+def cmd_train_ellav(args: argparse.Namespace) -> int:
+    from .training import train_ellav
+
+    run = _training_errors(train_ellav, args.units_dir, args.codes_dir, args.out_dir, k=args.k, preset=args.preset,
+                      val_dir=args.val_dir, device=args.device, max_steps=args.max_steps,
+                      overwrite=args.overwrite, progress=not args.quiet, **_training_overrides(args))  # fmt: skip
+    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
     return 0
 
 
@@ -314,6 +396,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from .training import PRESETS
+
+    p.add_argument("--k", type=int, required=True, help="codebook size of the units")
+    p.add_argument("--preset", choices=["tiny", "released"], default="tiny",
+                   help="tiny: small model for a CPU; released: the original configuration")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available; under torchrun each rank its GPU)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    p.add_argument("--val-dir", default=None, help="validation units (default: hold out 2%% of the files)")
+    p.add_argument("--overwrite", action="store_true", help="start over, deleting the run in OUT_DIR (else: resume it, or refuse other settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    settings = p.add_argument_group("settings (default: the preset's)")
+    for name, value in PRESETS["ulm"]["tiny"].items():
+        if name != "max_steps":
+            settings.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, metavar=type(value).__name__.upper())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +434,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="txt: 'u12 u7 ...'; npy: int64 [N, 2] of (unit, duration in 50 Hz frames)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_encode)
+
+    p = sub.add_parser("encode-codec", help="every audio file under IN_DIR -> WavTokenizer codes (.npy) under OUT_DIR")
+    p.add_argument("in_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--codec", choices=["small_600_24k_4096", "small_320_24k_4096"], default="small_600_24k_4096",
+                   help="WavTokenizer (default: the 40 Hz one ELLA-V uses)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_encode_codec)
+
+    p = sub.add_parser("train-ulm", help="train a unit LM on the units under UNITS_DIR (resumable)")
+    p.add_argument("units_dir")
+    p.add_argument("out_dir")
+    _add_training_args(p)
+    p.set_defaults(run=cmd_train_ulm)
+
+    p = sub.add_parser("train-ellav", help="train an ELLA-V on units + codec tokens (matched by relative path)")
+    p.add_argument("units_dir")
+    p.add_argument("codes_dir")
+    p.add_argument("out_dir")
+    _add_training_args(p)
+    p.set_defaults(run=cmd_train_ellav)
 
     p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
     p.add_argument("input")
@@ -384,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if hasattr(args, "lmbda") and args.command != "encode":  # encode takes any released codebook and any λ >= 0
+    if args.command in ("demo", "resynthesize", "score"):  # these need a released (k, λ) pair
         try:
             args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
         except ValueError as e:

@@ -534,3 +534,45 @@ def plot_token_strip(tokens: torch.Tensor, token_to_id: dict[str, int], ax: plt.
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     return ax
+
+
+def _training_metrics(run) -> list[dict]:
+    """``metrics.jsonl`` of a TrainingRun (anything with ``.metrics``) or of a training output folder."""
+    if hasattr(run, "metrics"):
+        return run.metrics
+    import json
+    from pathlib import Path
+
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: expected a training output folder or a TrainingRun")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def plot_training(runs, ax: plt.Axes | None = None, x: str = "step", title: str = "") -> plt.Axes:
+    """Train (thin line) and validation (dots, thick line) loss of one or several training runs.
+
+    ``runs``: a TrainingRun or output folder, a list of them, or a dict label -> run. ``x``: "step"
+    (optimizer steps) or "tokens" (training tokens seen, all processes together).
+    """
+    if x not in ("step", "tokens"):
+        raise ValueError(f"x must be 'step' or 'tokens', got {x!r}")
+    if isinstance(runs, dict):
+        labelled = list(runs.items())
+    else:
+        runs = runs if isinstance(runs, (list, tuple)) else [runs]
+        labelled = [(str(getattr(run, "out_dir", run)), run) for run in runs]
+    ax = _axes(ax, (8, 4))
+    for i, (label, run) in enumerate(labelled):
+        metrics = _training_metrics(run)
+        color = f"C{i}"
+        train = [(m[x], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
+        val = [(m[x], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
+        if train:
+            ax.plot(*zip(*train), color=color, lw=0.8, alpha=0.6, label=f"{label} (train)")
+        if val:
+            ax.plot(*zip(*val), color=color, lw=2, marker="o", ms=4, label=f"{label} (validation)")
+    ax.set(xlabel="optimizer step" if x == "step" else "training tokens", ylabel="cross-entropy (nats/token)",
+           title=title)  # fmt: skip
+    ax.legend(fontsize=8)
+    return ax

@@ -142,13 +142,14 @@ def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, dropout: float = 0.0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, cos, sin, positions, mask, cache: KVCache | None, layer: int, kv_len: int) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -159,25 +160,26 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, positions, k, v, kv_len)
         out = attention(q, k, v, mask)
-        return self.wo(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.dropout(self.wo(out.transpose(1, 2).reshape(batch, length, -1)))
 
 
 class FeedForward(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, dropout: float = 0.0):
         super().__init__()
         self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, dropout: float = 0.0):
         super().__init__()
-        self.attention = Attention(args)
-        self.feed_forward = FeedForward(args)
+        self.attention = Attention(args, dropout)
+        self.feed_forward = FeedForward(args, dropout)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
@@ -187,11 +189,14 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs, output_bias: bool = False):
+    """The decoder. ``dropout`` (training only: after the attention output projection and after the
+    feed-forward, as Mistral-ULM) is inactive in eval mode and adds no parameters."""
+
+    def __init__(self, args: ModelArgs, output_bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, dropout) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=output_bias)
 
@@ -233,6 +238,20 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, positions, mask, cache, i, kv_len)
         return self.output(self.norm(h)).float()
+
+    def forward_packed(self, tokens: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
+        """Training forward over packed sequences: logits ``[N, vocab_size]`` for ``tokens [N]``.
+
+        ``tokens`` is the concatenation of ``len(seqlens)`` independent sequences (the originals'
+        packed batch). Each restarts at position 0 and attends only to its own earlier tokens, the
+        original's block-diagonal causal mask. The sequences are laid out as right-padded rows of one
+        causal batch: the same result as that mask, without its ``N x N`` memory and work.
+        """
+        if sum(seqlens) != len(tokens) or min(seqlens, default=0) < 1:
+            raise ValueError(f"seqlens {seqlens} must be positive and sum to the {len(tokens)} tokens")
+        rows = pad_right(tokens.split(list(seqlens)), tokens.device)[0]
+        keep = torch.arange(rows.shape[1], device=tokens.device) < torch.tensor(seqlens, device=tokens.device)[:, None]
+        return self(rows)[keep]
 
     @classmethod
     def from_state_dict(cls, model_args: dict, state_dict: dict, output_bias: bool) -> Transformer:

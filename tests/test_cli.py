@@ -51,7 +51,7 @@ def test_encode_writes_units_skips_broken_files_and_resumes(corpus, tmp_path, ca
     assert code == 1  # one file could not be read; the others were encoded
     assert "broken.wav" in captured.err and "units/s" in captured.out
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == ["a.npy", "a.txt", "c.npy", "c.txt", "sub/b.npy", "sub/b.txt"]
+    assert written == ["a.npy", "a.txt", "c.npy", "c.txt", "dpslm_settings.json", "sub/b.npy", "sub/b.txt"]
 
     for name in ("a.flac", "sub/b.wav", "c.wav"):
         expected = _expected_units(corpus / name)
@@ -71,6 +71,28 @@ def test_encode_writes_units_skips_broken_files_and_resumes(corpus, tmp_path, ca
     assert "2 to do" in capsys.readouterr().out  # a.flac, and broken.wav is tried again
     assert (out / "a.txt").read_text().split() == [f"u{u}" for u in _expected_units(corpus / "a.flac").units.tolist()]
     assert (out / "c.npy").stat().st_mtime_ns == before
+
+
+def test_encode_refuses_a_rerun_with_other_settings(corpus, tmp_path):
+    (corpus / "broken.wav").unlink()
+    out = tmp_path / "out"
+    assert cli.main(["encode", str(corpus), str(out), "--k", "100", "--lmbda", "600", "--quiet"]) == 0
+    with pytest.raises(SystemExit, match=r"lmbda: 600.0 there, 1500.0 now"):
+        cli.main(["encode", str(corpus), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
+    with pytest.raises(SystemExit, match="command: 'encode' there, 'encode-codec' now"):
+        cli.main(["encode-codec", str(corpus), str(out), "--quiet"])
+
+
+def test_encode_codec_writes_the_codes_of_every_file(corpus, tmp_path, capsys):
+    out = tmp_path / "codes"
+    assert cli.main(["encode-codec", str(corpus), str(out), "--quiet"]) == 1  # broken.wav is reported
+    assert "broken.wav" in capsys.readouterr().err
+    codec = dpslm_utils.WavTokenizer.from_pretrained("small_600_24k_4096", device="cpu")
+    for name in ("a.flac", "sub/b.wav", "c.wav"):
+        wav, sr = dpslm_utils.load_audio(corpus / name)
+        stem = out / Path(name).with_suffix("")
+        codes = np.load(stem.with_name(stem.name + ".npy"))
+        assert codes.dtype == np.int16 and codes.tolist() == codec.encode(dpslm_utils.to_mono(wav), sr).tolist()
 
 
 def test_encode_summary_bitrate_matches_the_library(corpus, tmp_path, capsys):

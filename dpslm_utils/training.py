@@ -1,0 +1,574 @@
+"""Train a unit LM or an ELLA-V on your own units: plain PyTorch, resumable, DDP under torchrun.
+
+    train_ulm(units_dir, out_dir, k=500)                  # the unit LM (Mistral-ULM objective)
+    train_ellav(units_dir, codes_dir, out_dir, k=500)     # units -> WavTokenizer codes (ELLA-V)
+
+Both train the package's one decoder (:class:`~dpslm_utils.transformer.Transformer`) with the
+originals' objective and optimisation: AdamW, a linear ramp from ``lr_init`` to ``lr`` over
+``warmup_steps``, a cosine decay to ``lr_final`` over ``decay_steps``, then constant; gradient
+clipping, gradient accumulation, bf16 autocast on CUDA (float32 on CPU). ``preset="released"`` is the
+original configuration; ``preset="tiny"`` trains a small model on a CPU in a minute or two.
+
+OUT_DIR receives ``config.json`` (every setting and a data summary), ``metrics.jsonl`` (one line per
+``log_interval`` steps: train loss, learning rate, tokens/s; plus validation loss every
+``eval_interval`` steps), ``best.pt`` (lowest validation loss) and ``last.pt`` in the official
+checkpoint layouts (``UnitLM.from_checkpoint`` / ``ELLAV.from_checkpoint`` and the originals load
+them) and ``train_state.pt`` (optimizer, step, random state) to resume. Running the same call again
+resumes from the last saved step; other settings into the same OUT_DIR are refused unless
+``overwrite=True``.
+
+Under ``torchrun --nproc-per-node N`` every rank computes ``grad_accum`` micro-batches per step and
+DDP averages the gradients: a step sees ``N x grad_accum x batch_size`` sequences, exactly the
+micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file. The data
+order is a function of ``seed`` and the step (a seeded shuffle per epoch, seeded chunk starts), so a
+resumed run sees the batches the uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import datasets
+from .checkpoints import save_atomically, write_atomically
+from .distributed import Distributed, barrier, setup, teardown
+from .ellav import unit_tokenizer
+from .transformer import ModelArgs, Transformer
+
+# fmt: off
+_RELEASED_MODEL = dict(dim=1024, n_layers=12, head_dim=64, hidden_dim=4096, n_heads=16, n_kv_heads=16,
+                       norm_eps=1e-6, rope_theta=10000.0)
+_TINY_MODEL = dict(dim=96, n_layers=2, head_dim=24, hidden_dim=256, n_heads=4, n_kv_heads=4,
+                   norm_eps=1e-6, rope_theta=10000.0)
+_SHARED = dict(lr_init=1e-7, lr_final=1e-5, beta1=0.9, beta2=0.999, grad_clip=1.0, val_fraction=0.02, seed=0)
+PRESETS: dict[str, dict[str, dict]] = {
+    "ulm": {
+        "released": dict(_RELEASED_MODEL, dropout=0.15, batch_size=12, grad_accum=8, chunk_size=1024, lr=5e-4,
+                         warmup_steps=2000, decay_steps=8000, max_steps=10000, weight_decay=0.05, eps=1e-8,
+                         eval_interval=1000, log_interval=10, **_SHARED),
+        "tiny": dict(_TINY_MODEL, dropout=0.1, batch_size=16, grad_accum=1, chunk_size=128, lr=3e-3,
+                     warmup_steps=20, decay_steps=280, max_steps=300, weight_decay=0.05, eps=1e-8,
+                     eval_interval=50, log_interval=10, **dict(_SHARED, lr_final=1e-4)),
+    },
+    "ellav": {
+        "released": dict(_RELEASED_MODEL, dropout=0.0, batch_size=8, grad_accum=8, chunk_size=0, lr=5e-4,
+                         warmup_steps=1000, decay_steps=9000, max_steps=10000, weight_decay=0.01, eps=1e-9,
+                         eval_interval=1000, log_interval=10, **_SHARED),
+        "tiny": dict(_TINY_MODEL, dropout=0.0, batch_size=8, grad_accum=1, chunk_size=0, lr=3e-3,
+                     warmup_steps=20, decay_steps=280, max_steps=300, weight_decay=0.01, eps=1e-9,
+                     eval_interval=50, log_interval=10, **dict(_SHARED, lr_final=1e-4)),
+    },
+}
+"""Every setting of each preset. ``chunk_size`` is the unit LM's (ELLA-V trains on whole utterances)."""
+# fmt: on
+
+RESUMABLE_CHANGES = ("max_steps", "eval_interval", "log_interval")
+"""Settings that may change between a run and its resumption (train longer, log more often)."""
+
+
+@dataclass
+class TrainingRun:
+    """A training output folder: its settings, metrics and checkpoints."""
+
+    out_dir: Path
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.out_dir / "config.json").read_text())
+
+    @property
+    def metrics(self) -> list[dict]:
+        """The lines of ``metrics.jsonl``: ``step``, ``tokens``, ``train_loss``, ``lr``, ``tokens_per_s`` (+ ``val_loss``)."""
+        path = self.out_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    def __repr__(self) -> str:
+        metrics = [m for m in self.metrics if m.get("val_loss") is not None]
+        best = f", best val_loss {min(m['val_loss'] for m in metrics):.4f}" if metrics else ""
+        return f"TrainingRun({str(self.out_dir)!r}, {self.config.get('task')}, step {self.config.get('steps_done', 0)}{best})"
+
+
+def learning_rate(step: int, config: dict) -> float:
+    """The originals' schedule after ``step`` optimizer steps: linear ramp, cosine decay, then constant."""
+    warmup, decay = config["warmup_steps"], config["decay_steps"]
+    lr_init, lr_max, lr_final = config["lr_init"], config["lr"], config["lr_final"]
+    if step <= warmup:
+        return lr_init + (lr_max - lr_init) * step / max(warmup, 1)
+    if step <= warmup + decay:
+        return (0.5 * math.cos((step - warmup) / decay * math.pi) + 0.5) * (lr_max - lr_final) + lr_final
+    return lr_final
+
+
+def resolve_config(task: str, preset: str, k: int, overrides: dict) -> dict:
+    """The preset's settings with ``overrides`` applied; raise ValueError naming unknown or bad values."""
+    if preset not in PRESETS[task]:
+        raise ValueError(f"preset must be one of {sorted(PRESETS[task])}, got {preset!r}")
+    config = dict(PRESETS[task][preset])
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(config)}")
+    config.update({name: value for name, value in overrides.items() if value is not None})
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer (the codebook size), got {k!r}")
+    for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "batch_size", "grad_accum",
+                 "max_steps", "eval_interval", "log_interval"):  # fmt: skip
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if task == "ulm" and config["chunk_size"] < 2:
+        raise ValueError(f"chunk_size must be at least 2 tokens, got {config['chunk_size']!r}")
+    if not 0 <= config["dropout"] < 1 or not 0 < config["val_fraction"] < 1:
+        raise ValueError("dropout must be in [0, 1) and val_fraction in (0, 1)")
+    ModelArgs(**_model_sizes(config), vocab_size=1)  # checks heads and head_dim
+    return {"task": task, "preset": preset, "k": int(k), **{n: _plain(v) for n, v in config.items()}}
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _model_sizes(config: dict) -> dict:
+    return {name: config[name] for name in _TINY_MODEL}
+
+
+# -- the two tasks: data, loss, checkpoint --------------------------------------------------------
+
+
+class _UnitLMTask:
+    """Chunks of the unit corpus; whole utterances for validation."""
+
+    ignore_index = -100
+    output_bias = False
+
+    def __init__(self, config: dict, train: datasets.UnitCorpus, val: datasets.UnitCorpus):
+        self.config, self.train, self.val = config, train, val
+        self.vocab_size = config["k"] + datasets.UNIT_OFFSET
+        self._plan: tuple[int, torch.Tensor] | None = None
+        self.lengths = train.offsets.diff()
+        for corpus in (train, val):
+            if len(corpus.ids) and int(corpus.ids.max()) >= self.vocab_size:
+                raise ValueError(f"the data holds unit {int(corpus.ids.max()) - 1}, beyond k - 1 = {config['k'] - 1}: is k right?")
+
+    def num_items(self) -> int:
+        return len(self.train)
+
+    def batch(self, epoch: int, items: torch.Tensor) -> datasets.PackedBatch:
+        if self._plan is None or self._plan[0] != epoch:  # the epoch's random chunk starts
+            generator = torch.Generator().manual_seed(_seed(self.config["seed"], epoch, 1))
+            self._plan = (epoch, (torch.rand(len(self.train), generator=generator, dtype=torch.float64)
+                                  * self.lengths).long())  # fmt: skip
+        chunks = [self.train.chunk(int(i), int(self._plan[1][i]), self.config["chunk_size"]) for i in items]
+        chunks = [c for c in chunks if len(c) >= 2]
+        return datasets.PackedBatch.pack(chunks, [datasets.chunk_loss_mask(len(c)) for c in chunks])
+
+    def val_batches(self, rank: int, world_size: int):
+        utterances = [self.val.utterance(i) for i in range(rank, len(self.val), world_size)]
+        utterances = [u for u in utterances if len(u) >= 2]
+        for begin in range(0, len(utterances), self.config["batch_size"]):
+            group = utterances[begin : begin + self.config["batch_size"]]
+            yield datasets.PackedBatch.pack(group, [datasets.chunk_loss_mask(len(u)) for u in group])
+
+    def checkpoint(self, model: Transformer) -> dict:
+        """Mistral-ULM's ``save_pretrained_checkpoint`` layout."""
+        args = model.args.to_dict()
+        model_args = {name: args[name] for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")}
+        model_args |= {"dropout": self.config["dropout"], "norm_eps": args["norm_eps"],
+                       "vocab_size": args["vocab_size"], "rope_theta": args["rope_theta"]}  # fmt: skip
+        return {"model_args": model_args, "model_state_dict": _cpu_state(model)}
+
+
+class _ELLAVTask:
+    """Whole utterances, each one ``encode_train`` example."""
+
+    output_bias = True
+
+    def __init__(self, config: dict, train: list, val: list):
+        self.config, self.train, self.val = config, train, val
+        self.tokenizer = unit_tokenizer(config["k"])
+        self.vocab_size = len(self.tokenizer["token_to_id_dict"])
+        self.ignore_index = self.tokenizer["UNK_id"]
+
+    def num_items(self) -> int:
+        return len(self.train)
+
+    def _pack(self, pairs: list) -> datasets.PackedBatch:
+        examples = [datasets.ellav_example(units, codes, self.tokenizer) for units, codes in pairs]
+        return datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+
+    def batch(self, epoch: int, items: torch.Tensor) -> datasets.PackedBatch:
+        return self._pack([self.train[int(i)] for i in items])
+
+    def val_batches(self, rank: int, world_size: int):
+        pairs = self.val[rank::world_size]
+        for begin in range(0, len(pairs), self.config["batch_size"]):
+            yield self._pack(pairs[begin : begin + self.config["batch_size"]])
+
+    def checkpoint(self, model: Transformer) -> dict:
+        """ELLA-V's layout: ``model_args`` (with ``max_batch_size``), the tokenizer dict, ``model_state``."""
+        return {"model_args": {**model.args.to_dict(), "max_batch_size": 0}, "tokenizer": self.tokenizer,
+                "model_state": _cpu_state(model)}  # fmt: skip
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+def _seed(seed: int, epoch: int, purpose: int) -> int:
+    return (seed * 1_000_003 + epoch * 101 + purpose) % (2**63)
+
+
+class _Batches:
+    """Micro-batch ``g`` of the endless stream: epoch ``g // per_epoch``, each epoch a seeded shuffle."""
+
+    def __init__(self, task, config: dict):
+        self.task, self.config = task, config
+        self.per_epoch = math.ceil(task.num_items() / config["batch_size"])
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def __getitem__(self, index: int) -> datasets.PackedBatch:
+        epoch, position = divmod(index, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(_seed(self.config["seed"], epoch, 0))
+            self._order = (epoch, torch.randperm(self.task.num_items(), generator=generator))
+        size = self.config["batch_size"]
+        return self.task.batch(epoch, self._order[1][position * size : (position + 1) * size])
+
+
+class _PackedLoss(nn.Module):
+    """Mean cross-entropy over the loss-masked targets of a packed batch (what DDP wraps)."""
+
+    def __init__(self, model: Transformer, ignore_index: int):
+        super().__init__()
+        self.model, self.ignore_index = model, ignore_index
+
+    def forward(self, src_ids, tgt_ids, loss_mask, seqlens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean loss, number of targets counted)``."""
+        logits = self.model.forward_packed(src_ids, seqlens)
+        counted = loss_mask & (tgt_ids != self.ignore_index)
+        nll = F.cross_entropy(logits[counted], tgt_ids[counted], reduction="sum")
+        count = counted.sum()
+        return nll / count.clamp(min=1), count
+
+
+# -- reading the data -----------------------------------------------------------------------------
+
+
+def _split(files: dict, val_dir, config: dict, read_val) -> tuple[dict, dict]:
+    """Training and validation files: ``val_dir``'s, or a seeded held-out fraction (at least one file)."""
+    if val_dir is not None:
+        return files, read_val(val_dir)
+    if len(files) < 2:
+        raise ValueError(f"found {len(files)} usable file(s): need at least 2 to hold one out for validation "
+                         "(or give val_dir)")  # fmt: skip
+    keys = list(files)
+    count = max(1, round(config["val_fraction"] * len(keys)))
+    held_out = set(random.Random(config["seed"]).sample(keys, count))
+    return {k: v for k, v in files.items() if k not in held_out}, {k: v for k, v in files.items() if k in held_out}
+
+
+def _unit_data(units_dir, val_dir, config: dict) -> tuple[_UnitLMTask, dict]:
+    def find(root):
+        files = datasets.find_files(root, datasets.UNIT_SUFFIXES)
+        if not files:
+            raise ValueError(f"no unit files (.npy, .txt) under {root}")
+        return files
+
+    train_files, val_files = _split(find(units_dir), val_dir, config, find)
+    train = datasets.read_unit_corpus(list(train_files.values()), Path(units_dir))
+    val = datasets.read_unit_corpus(list(val_files.values()), Path(val_dir or units_dir))
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("no training or no validation utterances (are the unit files empty?)")
+    summary = {"train_files": len(train), "val_files": len(val), "train_tokens": len(train.ids),
+               "val_tokens": len(val.ids), "train_hours": round(train.frames / 50 / 3600, 4),
+               "units_per_second": round((len(train.ids) - len(train)) / max(train.frames / 50, 1e-9), 2)}  # fmt: skip
+    return _UnitLMTask(config, train, val), summary
+
+
+def _ellav_data(units_dir, codes_dir, val_dir, config: dict) -> tuple[_ELLAVTask, dict]:
+    tokenizer = unit_tokenizer(config["k"])
+
+    def pairs(unit_root, code_root):
+        units = datasets.find_files(unit_root, datasets.UNIT_SUFFIXES)
+        codes = datasets.find_files(code_root, datasets.CODE_SUFFIXES)
+        matched = [key for key in units if key in codes]
+        if not matched:
+            raise ValueError(f"no unit file under {unit_root} has a codec file of the same relative path under {code_root}")
+        if len(matched) < len(units):
+            print(f"{len(units) - len(matched)} unit file(s) without codes are left out", file=sys.stderr)
+        result, mismatched = {}, []
+        for key in matched:
+            frame_units, frame_codes = datasets.load_frame_units(units[key]), datasets.load_codes(codes[key])
+            if datasets.durations_match(len(frame_units), len(frame_codes), tokenizer) and len(frame_units):
+                result[key] = (frame_units.int(), frame_codes.int())
+            else:
+                mismatched.append(f"{key} ({len(frame_units) / 50:.2f} s of units, {len(frame_codes) / 40:.2f} s of codes)")
+        if mismatched:
+            print(f"skipped {len(mismatched)} file(s) whose unit and codec durations differ by more than 0.1 s:",
+                  *mismatched[:10], *(["..."] if len(mismatched) > 10 else []), sep="\n  ", file=sys.stderr)  # fmt: skip
+        return result
+
+    train, val = _split(pairs(units_dir, codes_dir), val_dir, config, lambda d: pairs(d, codes_dir))
+    if not train or not val:
+        raise ValueError("no training or no validation utterances left")
+    frames = sum(len(u) for u, _ in train.values())
+    units = sum(len(torch.unique_consecutive(u)) for u, _ in train.values())
+    summary = {"train_files": len(train), "val_files": len(val), "train_hours": round(frames / 50 / 3600, 4),
+               "train_codes": sum(len(c) for _, c in train.values()),
+               "units_per_second": round(units / max(frames / 50, 1e-9), 2)}  # fmt: skip
+    return _ELLAVTask(config, list(train.values()), list(val.values())), summary
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+
+def train_ulm(units_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None, max_steps=None,
+              overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
+    """Train a unit LM on the unit files under ``units_dir`` (see :mod:`dpslm_utils.datasets`) into ``out_dir``.
+
+    ``k``: codebook size (vocabulary k + 1). ``overrides``: any setting of :data:`PRESETS` (``lr``,
+    ``batch_size``, ``grad_accum``, ``chunk_size``, ``dim``, ``n_layers``, ...). Returns the run;
+    ``run.best_checkpoint`` loads with ``UnitLM.from_checkpoint``.
+    """
+    config = resolve_config("ulm", preset, k, {**overrides, "max_steps": max_steps})
+    config |= {"units_dir": str(Path(units_dir).resolve()), "val_dir": _resolved(val_dir)}
+    return _run(config, out_dir, lambda: _unit_data(units_dir, val_dir, config), device, overwrite, progress)
+
+
+def train_ellav(units_dir, codes_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None,
+                max_steps=None, overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
+    """Train an ELLA-V (units -> WavTokenizer codes) on unit and codec files matched by relative path.
+
+    ``val_dir`` holds validation unit files (their codes are looked up in ``codes_dir``). Files whose
+    unit and codec durations differ by more than 0.1 s are reported and skipped. Returns the run;
+    ``run.best_checkpoint`` loads with ``ELLAV.from_checkpoint``.
+    """
+    config = resolve_config("ellav", preset, k, {**overrides, "max_steps": max_steps})
+    config |= {"units_dir": str(Path(units_dir).resolve()), "codes_dir": str(Path(codes_dir).resolve()),
+               "val_dir": _resolved(val_dir)}  # fmt: skip
+    return _run(config, out_dir, lambda: _ellav_data(units_dir, codes_dir, val_dir, config), device, overwrite, progress)
+
+
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _prepare_out_dir(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
+    """Return the saved config to resume from; refuse other settings; with ``overwrite`` start over."""
+    config_path = out_dir / "config.json"
+    if not config_path.exists():
+        return None
+    saved = json.loads(config_path.read_text())
+    differences = [f"{name}: {saved.get(name)!r} there, {config.get(name)!r} now" for name in sorted(set(saved) | set(config))
+                   if name not in (*RESUMABLE_CHANGES, "data", "steps_done") and saved.get(name) != config.get(name)]  # fmt: skip
+    if not differences and not overwrite:
+        return saved
+    if differences and not overwrite:
+        raise ValueError(f"{out_dir} holds a training run with other settings ({'; '.join(differences)}). "
+                         "Use another folder, or overwrite=True (--overwrite) to start over there")  # fmt: skip
+    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "train_state.pt"):
+        (out_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def _run(config: dict, out_dir, read_data, device, overwrite: bool, progress: bool) -> TrainingRun:
+    dist = setup(device)
+    try:
+        return _train(config, Path(out_dir), read_data, dist, overwrite, progress)
+    finally:
+        teardown(dist)
+
+
+def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite: bool, progress: bool) -> TrainingRun:
+    if dist.is_main:
+        saved = _prepare_out_dir(out_dir, config, overwrite)
+    barrier(dist)
+    if not dist.is_main:
+        saved = _prepare_out_dir(out_dir, config, overwrite=False)
+    task, config["data"] = read_data()  # bad data is refused before OUT_DIR is made
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    run = TrainingRun(out_dir)
+    state_path = out_dir / "train_state.pt"
+    resuming = saved is not None and state_path.exists()
+
+    torch.manual_seed(_seed(config["seed"], 0, 2))  # PyTorch's default initialisation, as the originals
+    args = ModelArgs(**_model_sizes(config), vocab_size=task.vocab_size)
+    model = Transformer(args, output_bias=task.output_bias, dropout=config["dropout"]).to(dist.device)
+    torch.manual_seed(_seed(config["seed"], dist.rank, 3))  # each rank its own dropout masks
+    loss_module: nn.Module = _PackedLoss(model, task.ignore_index)
+    if dist.enabled:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dist.device] if dist.device.type == "cuda" else None)  # fmt: skip
+    optimizer = _optimizer(model, config, dist.device)
+    step, best_val, tokens_seen = 0, float("inf"), 0
+    if resuming:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(_load_model_state(run.last_checkpoint, task))
+        optimizer.load_state_dict(state["optimizer"])
+        step, best_val, tokens_seen = state["step"], state["best_val_loss"], state["tokens"]
+        _set_rng(state["rng"][dist.rank % len(state["rng"])])
+        if dist.is_main:
+            print(f"resuming {out_dir} from step {step} (best validation loss so far {best_val:.4f})")
+            _truncate_metrics(out_dir / "metrics.jsonl", step)
+    elif dist.is_main:
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    if dist.is_main:
+        _write_config(out_dir, config, step)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{config['task']} ({config['preset']}): {params / 1e6:.2f}M parameters on {dist.device}"
+              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; data {config['data']}")  # fmt: skip
+
+    batches = _Batches(task, config)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda"
+                else contextlib.nullcontext())  # fmt: skip
+    accum, world = config["grad_accum"], dist.world_size
+    bar = _progress(progress and dist.is_main, step, config["max_steps"], config["task"])
+    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    while step < config["max_steps"]:
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        step_loss, step_tokens = torch.zeros((), device=dist.device), 0
+        for micro in range(accum):
+            batch = batches[(step * accum + micro) * world + dist.rank].to(dist.device)
+            sync = contextlib.nullcontext() if not dist.enabled or micro == accum - 1 else loss_module.no_sync()
+            with sync:  # DDP averages the gradients across ranks at the last micro-batch only
+                with autocast:
+                    loss, _ = loss_module(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+                (loss / accum).backward()
+            step_loss += loss.detach() / accum
+            step_tokens += batch.num_tokens
+        if config["grad_clip"]:
+            nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        summed = _all_reduce(dist, torch.stack([step_loss.float(), torch.tensor(float(step_tokens), device=dist.device)]))
+        tokens_seen += int(summed[1])
+        window_loss.append(float(summed[0]) / world)
+        window_tokens += int(summed[1])
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{window_loss[-1]:.3f}", tok_s=f"{window_tokens / (time.perf_counter() - window_start):.0f}")
+
+        evaluate = step % config["eval_interval"] == 0 or step == config["max_steps"]
+        if step % config["log_interval"] == 0 or evaluate:
+            record = {"step": step, "tokens": tokens_seen, "train_loss": sum(window_loss) / len(window_loss),
+                      "lr": lr, "tokens_per_s": window_tokens / (time.perf_counter() - window_start)}  # fmt: skip
+            if evaluate:
+                record["val_loss"] = validation_loss(model, task, dist)
+            if dist.is_main:
+                _append_metrics(out_dir / "metrics.jsonl", record)
+                if evaluate:
+                    if record["val_loss"] < best_val:
+                        best_val = record["val_loss"]
+                        save_atomically(task.checkpoint(model), run.best_checkpoint)
+                    save_atomically(task.checkpoint(model), run.last_checkpoint)
+            if evaluate:
+                best_val = min(best_val, record["val_loss"])
+                rng = _gather_rng(dist)
+                if dist.is_main:
+                    save_atomically({"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "rng": rng,
+                                     "optimizer": optimizer.state_dict()}, state_path)  # fmt: skip
+                    _write_config(out_dir, config, step)
+                    if bar is not None:
+                        bar.write(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+            window_loss, window_tokens, window_start = [], 0, time.perf_counter()
+    if bar is not None:
+        bar.close()
+    barrier(dist)
+    return run
+
+
+def _optimizer(model: Transformer, config: dict, device: torch.device) -> torch.optim.AdamW:
+    """AdamW on every parameter, as the originals (weight decay on all of them)."""
+    return torch.optim.AdamW(model.parameters(), lr=config["lr"], betas=(config["beta1"], config["beta2"]),
+                             weight_decay=config["weight_decay"], eps=config["eps"],
+                             fused=device.type == "cuda")  # fmt: skip
+
+
+@torch.no_grad()
+def validation_loss(model: Transformer, task, dist: Distributed) -> float:
+    """Mean cross-entropy over every counted validation target (all ranks together)."""
+    model.eval()
+    loss_fn = _PackedLoss(model, task.ignore_index)
+    totals = torch.zeros(2, device=dist.device, dtype=torch.float64)
+    for batch in task.val_batches(dist.rank, dist.world_size):
+        batch = batch.to(dist.device)
+        with (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else contextlib.nullcontext()):
+            loss, count = loss_fn(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+        totals += torch.stack([loss.double() * count, count.double()])
+    totals = _all_reduce(dist, totals)
+    model.train()
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def _all_reduce(dist: Distributed, tensor: torch.Tensor) -> torch.Tensor:
+    if dist.enabled:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def _gather_rng(dist: Distributed) -> list[dict]:
+    """Every rank's random state (dropout), so a resumed run draws as the uninterrupted one."""
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if dist.device.type == "cuda" else None}
+    if not dist.enabled:
+        return [state]
+    gathered: list = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, state)
+    return gathered
+
+
+def _set_rng(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _load_model_state(path: Path, task) -> dict:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint["model_state_dict" if isinstance(task, _UnitLMTask) else "model_state"]
+
+
+def _write_config(out_dir: Path, config: dict, steps_done: int) -> None:
+    text = json.dumps({**config, "steps_done": steps_done}, indent=2) + "\n"
+    write_atomically(out_dir / "config.json", lambda tmp: tmp.write_text(text))
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the saved step (they will be logged again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
+
+
+def _progress(enabled: bool, initial: int, total: int, description: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"train {description}", unit="step")
