@@ -235,8 +235,9 @@ def resynthesis_wer(
     Units use the paper's restricted search (``PAPER_NUM_NEIGHBORS[k]``) unless ``exact_search``;
     ELLA-V samples with ``temperature`` / ``top_p`` (the paper: 1.0 / 0.0), ``batch_size`` utterances
     at a time. ``asr`` defaults to :func:`whisper_asr`. ``save_audio`` writes every resynthesis as
-    ``<save_audio>/<system>/<utterance id>.wav``. With ``results_dir``, every finished row is kept
-    there (``<system>.json``) and reused by a later call with the same utterances and settings, so an
+    ``<save_audio>/<name>/<utterance id>.wav`` (name: ``original``, ``codec``, ``k500_lmbda4500``, with
+    ``_exact`` for the exact search). With ``results_dir``, every finished row is kept
+    there (``<name>.json``) and reused by a later call with the same utterances and settings, so an
     interrupted sweep resumes where it stopped.
     """
     pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
@@ -277,6 +278,9 @@ def resynthesis_wer(
         rate, bits = vocoder.frame_rate, math.log2(vocoder.num_codes)
         return measure("codec", copy_synthesis, units_per_second=rate, entropy_bits=bits, bits_per_second=rate * bits)
 
+    def units_name(k: int, lmbda: int) -> str:
+        return f"k{k}_lmbda{lmbda}" + ("_exact" if exact_search else "")
+
     def units_row(k: int, lmbda: int) -> dict:
         num_neighbors = None if exact_search else registry.PAPER_NUM_NEIGHBORS[k]
         encoder = UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors)
@@ -289,13 +293,13 @@ def resynthesis_wer(
             speech = synthesize_batch(ellav, vocoder, [e.units for e in encoded], temperature, top_p, seed)
             return [(s.wav, s.sample_rate) for s in speech]
 
-        row = measure(f"k{k}_lmbda{lmbda}", resynthesize, k=k, lmbda=lmbda, num_neighbors=num_neighbors)
+        row = measure(units_name(k, lmbda), resynthesize, k=k, lmbda=lmbda, num_neighbors=num_neighbors)
         rate = bitrate(frame_units)
         return {**row, "system": "units", "units_per_second": rate.units_per_second,
                 "entropy_bits": rate.entropy_bits, "bits_per_second": rate.bits_per_second}  # fmt: skip
 
     systems = [("original", lambda: measure("original", original)), ("codec", codec_row)] if references else []
-    systems += [(f"k{k}_lmbda{lmbda}", functools.partial(units_row, k, lmbda)) for k, lmbda in pairs]
+    systems += [(units_name(k, lmbda), functools.partial(units_row, k, lmbda)) for k, lmbda in pairs]
     return [_kept(results_dir, name, settings, compute) for name, compute in systems]
 
 

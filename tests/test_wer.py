@@ -142,10 +142,13 @@ def test_whisper_asr_names_the_url_and_the_cache_path_when_offline(monkeypatch, 
 def test_cli_wer_writes_the_table(random_tiny, librispeech, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(wer, "whisper_asr", lambda name, device: lambda wav, sr: "manufacture")
     out = tmp_path / "out"
-    assert cli.main(["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--device", "cpu"]) == 0
+    arguments = ["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--device", "cpu"]
+    assert cli.main(arguments) == 0
     rows = list(csv.DictReader((out / "wer.csv").open()))
     assert [(r["system"], r["k"], r["lmbda"], r["num_neighbors"], r["wer"]) for r in rows] == [
         ("units", "100", "3000", "5", "0.5")]
+    assert cli.main([*arguments, "--exact-search"]) == 0  # every code allowed: no neighbour count
+    assert list(csv.DictReader((out / "wer.csv").open()))[0]["num_neighbors"] == ""
     assert "k=100 λ=3000" in capsys.readouterr().out
 
     def deaf(wav, sr):
@@ -154,7 +157,7 @@ def test_cli_wer_writes_the_table(random_tiny, librispeech, tmp_path, monkeypatc
     deaf.__name__ = "<lambda>"  # the same ASR name: the stored row is reused
     monkeypatch.setattr(wer, "whisper_asr", lambda name, device: deaf)
     (out / "wer.csv").unlink()
-    assert cli.main(["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--device", "cpu"]) == 0
+    assert cli.main(arguments) == 0
     assert list(csv.DictReader((out / "wer.csv").open())) == rows
     with pytest.raises(AssertionError, match="not measured again"):  # other settings: measured again
         cli.main(["wer", str(librispeech), str(out), "--pairs", "100:3000", "--no-references", "--seed", "1"])
