@@ -67,6 +67,8 @@ def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
     utterances = []
     for transcript in sorted(root.rglob("*.trans.txt")):
         for number, line in enumerate(transcript.read_text().splitlines(), start=1):
@@ -82,8 +84,6 @@ def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[
             utterances.append(Utterance(uid, audio, text.strip()))
     if not utterances:
         raise ValueError(f"no transcripts (*.trans.txt in the LibriSpeech layout) under {root}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
     return sorted(utterances, key=lambda u: u.id)[:limit]
 
 
@@ -91,7 +91,7 @@ _ONES = ("zero one two three four five six seven eight nine ten eleven twelve th
          "sixteen seventeen eighteen nineteen").split()  # fmt: skip
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
-_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint", "&": "and"}
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
 
 
 def _number_words(n: int) -> str:
@@ -114,9 +114,10 @@ def normalize_text(text: str) -> str:
     stay (LibriSpeech keeps them); numbers up to 10¹² become words (years are read as plain numbers).
     """
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+    text = text.replace("\u2019", "'").replace("&", " and ")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
     text = re.sub(r"\d{1,12}", lambda m: f" {_number_words(int(m.group()))} ", text)
-    words = re.sub(r"[^a-z0-9'&]+", " ", text).split()
+    words = re.sub(r"[^a-z0-9']+", " ", text).split()
     words = [_ABBREVIATIONS.get(w, w) for w in (w.strip("'") for w in words)]
     return " ".join(w for w in words if w)
 

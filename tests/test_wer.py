@@ -37,6 +37,7 @@ def test_normalize_text_spells_out_numbers_and_drops_punctuation_and_case():
     assert wer.normalize_text("Mr. Quilter's 2 CATS, café!") == "mister quilter's two cats cafe"
     assert wer.normalize_text("In 1,905 -- twenty-one 'quotes'") == "in one thousand nine hundred five twenty one quotes"
     assert wer.normalize_text("CHAPTER ONE") == wer.normalize_text("Chapter 1.")
+    assert wer.normalize_text("Don\u2019t stop & go") == "don't stop and go"
 
 
 def test_word_error_rate_counts_edits_over_all_references():
@@ -62,6 +63,8 @@ def test_read_transcripts_finds_audio_beside_each_transcript(librispeech):
     assert [(u.id, u.text, u.path.name) for u in utterances] == [
         ("7-11-0000", "MANUFACTURE", "7-11-0000.flac"), ("7-11-0001", "MANUFELTURE", "7-11-0001.flac")]
     assert len(wer.read_transcripts(librispeech, limit=1)) == 1
+    with pytest.raises(ValueError, match="limit must be None or an integer >= 1, got 0"):
+        wer.read_transcripts(librispeech, limit=0)
     (librispeech / "7" / "11" / "7-11-0001.flac").unlink()
     with pytest.raises(ValueError, match="no audio for 7-11-0001"):
         wer.read_transcripts(librispeech)
