@@ -279,7 +279,10 @@ def cmd_say(args: argparse.Namespace) -> int:
     tts = PhoneTTS.from_pretrained(device=args.device)
     _say_if_random()
     print(" ".join(phones))
-    (speech,) = tts.synthesize(phones, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    try:
+        (speech,) = tts.synthesize(phones, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:  # a phone the model does not know, or bad sampling settings
+        raise SystemExit(f"error: {e}") from e
     save_wav(Path(args.out_wav), speech.wav, speech.sample_rate)
     print(f"{args.out_wav} ({len(speech.wav) / speech.sample_rate:.2f} s at {speech.sample_rate} Hz)")
     return 0

@@ -193,3 +193,9 @@ def test_cli_say_rejects_unknown_words_before_loading_models(tmp_path):
     with pytest.raises(SystemExit, match="error: not in the CMU Pronouncing Dictionary: 'xyzzyq'"):
         cli.main(["say", "hello xyzzyq", str(tmp_path / "x.wav")])
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_cli_say_names_an_unknown_phone(random_tiny, tmp_path):
+    with pytest.raises(SystemExit, match="error: 'ZZZ' is not a phone of this model"):
+        cli.main(["say", "SIL ZZZ SIL", str(tmp_path / "x.wav"), "--phones", "--device", "cpu"])
+    assert not (tmp_path / "x.wav").exists()
