@@ -406,12 +406,12 @@ def plot_continuation(wav: torch.Tensor, sample_rate: int, boundary_seconds: flo
     return ax
 
 
-def plot_kl_grid(rows: list[dict], x: str, y: str, group: str | None = "k", annotate: str | None = "lmbda",
-                 ax: plt.Axes | None = None, xlabel: str | None = None, ylabel: str | None = None,
-                 title: str = "") -> plt.Axes:
-    """One curve per value of ``group`` through ``rows`` (dicts, e.g. one per (k, λ)): ``row[x]`` against
-    ``row[y]``, points in the order of ``x``; ``group=None`` draws a single curve. Each point is
-    labelled with ``row[annotate]`` unless ``annotate`` is None."""
+def plot_k_lambda_curves(rows: list[dict], x: str, y: str, group: str | None = "k", annotate: str | None = "lmbda",
+                         ax: plt.Axes | None = None, xlabel: str | None = None, ylabel: str | None = None,
+                         title: str = "") -> plt.Axes:
+    """A measurement over (k, λ) pairs, one curve per k: ``rows`` are dicts (one per pair), drawn as
+    ``row[x]`` against ``row[y]`` in the order of ``x``, one curve per value of ``row[group]``
+    (``group=None``: a single curve), each point labelled with ``row[annotate]`` (λ) unless None."""
     ax = _axes(ax, (6, 4))
     groups = sorted({row[group] for row in rows}) if group is not None else [None]
     for i, value in enumerate(groups):

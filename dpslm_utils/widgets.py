@@ -9,16 +9,22 @@ rendered to PNG here, without pyplot, so no backend ever shows them a second tim
 from __future__ import annotations
 
 import io
+from collections import OrderedDict
 
 import ipywidgets as widgets
+import numpy as np
 import torch
-from IPython.display import DisplayHandle, Image, Markdown, display
+from IPython.display import Audio, DisplayHandle, Image, Markdown, display
 from matplotlib.figure import Figure
 
 from . import plots
+from .checkpoints import weights_mode
 from .codebooks import load_codebook
+from .ellav import ELLAV
+from .pipeline import DPSLM, _default_device, _shared_vocoder
 from .quantize import bitrate, deduplicate, dpdp
-from .registry import VALID_LAMBDAS
+from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
+from .ulm import UnitLM
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -49,37 +55,45 @@ class DPDPExplorer:
     """DPDP units of one utterance for a chosen codebook size k and duration penalty λ.
 
     WavLM runs once (``encoder(wav, sample_rate, layer=layer)``); each codebook is loaded once per
-    k with :func:`dpslm_utils.load_codebook` and kept. Changing the λ slider or the k drop-down
-    reruns DPDP and redraws the segmentation over the spectrogram, the histogram of segment
-    durations and a line with units/s and bitrate. :meth:`show` puts it in the notebook;
-    :func:`dpdp_explorer` builds and shows one.
+    k and kept. The controls: k (every released codebook, 2000 included), λ, the search (exact, or
+    the paper's: each frame restricted to its ``PAPER_NUM_NEIGHBORS[k]`` nearest entries) and a
+    segment. Each change reruns DPDP and redraws the segmentation (the chosen segment shaded), the
+    duration histogram and the units/s-vs-λ curve of this k and search with the current point
+    marked, the summary line, and an audio player with the chosen segment's samples.
+    :meth:`show` puts it in the notebook; :func:`dpdp_explorer` builds and shows one.
     """
 
     def __init__(self, wav: torch.Tensor, sample_rate: int, encoder, k: int = 500, lmbda: int = 4500,
-                 ks: tuple[int, ...] = (100, 200, 500, 1000), max_lmbda: int = 10000, step: int = 100,
-                 neighbor_fraction: float | None = None, layer: int = 11):
+                 ks: tuple[int, ...] = CODEBOOK_SIZES, max_lmbda: int = 10000, step: int = 100,
+                 restricted: bool = False, layer: int = 11, curve_points: int = 11):
         if k not in ks:
             raise ValueError(f"k={k} is not one of the choices ks={list(ks)}")
         if not 0 <= lmbda <= max_lmbda:
             raise ValueError(f"lmbda={lmbda} is outside the slider's range 0..{max_lmbda}")
-        if neighbor_fraction is not None and not 0 < neighbor_fraction <= 1:
-            raise ValueError(f"neighbor_fraction must be None or in (0, 1], got {neighbor_fraction}")
         self.wav, self.sample_rate = wav, sample_rate
-        self.neighbor_fraction = neighbor_fraction
         self.features = encoder(wav, sample_rate, layer=layer)
         self.frame_rate = float(getattr(encoder, "frame_rate", 50.0))
         self.codebooks = _Codebooks(layer, self.features.device)
+        self.curve_lmbdas = np.linspace(0, max_lmbda, curve_points).round().astype(int)
+        self._curves: dict[tuple[int, bool], np.ndarray] = {}  # (k, restricted) -> units/s at curve_lmbdas
         self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k")
         self.lmbda_slider = widgets.IntSlider(value=int(lmbda), min=0, max=int(max_lmbda), step=int(step),
                                               description="λ", continuous_update=False,
-                                              layout=widgets.Layout(width="60%"))
-        self.controls = widgets.HBox([self.k_dropdown, self.lmbda_slider])
+                                              layout=widgets.Layout(width="50%"))
+        self.search_toggle = widgets.ToggleButtons(options=[("exact", False), ("paper: 5 % nearest", True)],
+                                                   value=bool(restricted), description="search")
+        self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment",
+                                                continuous_update=False, layout=widgets.Layout(width="50%"))
+        self.controls = widgets.VBox([widgets.HBox([self.k_dropdown, self.lmbda_slider]),
+                                      widgets.HBox([self.search_toggle, self.segment_slider])])
         self.units: torch.Tensor | None = None
         self.summary = ""
         self.figure: Figure | None = None
-        self._figure_handle = self._text_handle = None
-        self.k_dropdown.observe(self._changed, names="value")
-        self.lmbda_slider.observe(self._changed, names="value")
+        self._handles: dict[str, DisplayHandle] = {}
+        self._recomputing = False
+        for control in (self.k_dropdown, self.lmbda_slider, self.search_toggle):
+            control.observe(self._changed, names="value")
+        self.segment_slider.observe(self._segment_changed, names="value")
         self.redraw()
 
     @property
@@ -91,56 +105,121 @@ class DPDPExplorer:
         return int(self.lmbda_slider.value)
 
     @property
+    def restricted(self) -> bool:
+        return bool(self.search_toggle.value)
+
+    @property
     def num_neighbors(self) -> int | None:
-        return None if self.neighbor_fraction is None else max(1, round(self.neighbor_fraction * self.k))
+        """``None`` (exact search) or the paper's ``PAPER_NUM_NEIGHBORS[k]`` (5 % of k)."""
+        return PAPER_NUM_NEIGHBORS[self.k] if self.restricted else None
+
+    def quantize(self, lmbda: int) -> torch.Tensor:
+        """Per-frame units ``[T]`` of the utterance for the current k and search at ``lmbda``."""
+        return dpdp(self.features, self.codebooks[self.k], lmbda, self.num_neighbors).cpu()
+
+    def curve(self) -> np.ndarray:
+        """Units per second at each of ``curve_lmbdas`` for the current k and search (computed once)."""
+        key = (self.k, self.restricted)
+        if key not in self._curves:
+            self._curves[key] = np.array([bitrate(self.quantize(int(lmbda)), self.frame_rate).units_per_second
+                                          for lmbda in self.curve_lmbdas])
+        return self._curves[key]
+
+    def segment_audio(self) -> torch.Tensor:
+        """The samples ``[1, n]`` of the chosen segment (its frames at ``sample_rate``)."""
+        start, end = self._segment_frames()
+        hop = self.sample_rate / self.frame_rate
+        return self.wav[..., round(start * hop): round(end * hop)]
+
+    def _segment_frames(self) -> tuple[int, int]:
+        _, durations = deduplicate(self.units)
+        ends = durations.cumsum(0)
+        i = self.segment_slider.value
+        return int(ends[i] - durations[i]), int(ends[i])
 
     def redraw(self) -> None:
-        """Recompute the units for the current (k, λ) and redraw the figure and the summary line."""
-        self.units = dpdp(self.features, self.codebooks[self.k], self.lmbda, self.num_neighbors).cpu()
-        _, durations = deduplicate(self.units)
+        """Rerun DPDP for the current controls; redraw the figure, the summary and the segment audio."""
+        self.units = self.quantize(self.lmbda)
+        units, durations = deduplicate(self.units)
+        self._recomputing = True  # moving the segment slider's range fires its observer: draw once, below
+        try:
+            self.segment_slider.max = len(units) - 1
+            self.segment_slider.value = min(self.segment_slider.value, len(units) - 1)
+        finally:
+            self._recomputing = False
         rate = bitrate(self.units, self.frame_rate)
         valid = VALID_LAMBDAS.get(self.k, ())
         released = ("Released unit LM and ELLA-V exist for this pair" if self.lmbda in valid else
                     f"No released unit LM / ELLA-V for this pair (λ with models for k={self.k}: {list(valid)})"
                     if valid else f"No released unit LM / ELLA-V for k={self.k}")
-        self.summary = (f"**k = {self.k}, λ = {self.lmbda}**: {len(durations)} segments in "
+        search = f"paper search ({self.num_neighbors} nearest of {self.k})" if self.restricted else "exact search"
+        self.summary = (f"**k = {self.k}, λ = {self.lmbda}**, {search}: {len(durations)} segments in "
                         f"{self.units.numel() / self.frame_rate:.2f} s → **{rate.units_per_second:.1f} units/s**, "
                         f"mean duration {1000 * durations.float().mean() / self.frame_rate:.0f} ms, entropy "
                         f"{rate.entropy_bits:.2f} bits/unit → **{rate.bits_per_second:.0f} bits/s** "
                         f"(one utterance: the entropy is underestimated). {released}.")
-        self.figure = self._draw(durations, rate)
-        if self._figure_handle is not None:
-            self._figure_handle.update(Image(figure_png(self.figure)))
-            self._text_handle.update(Markdown(self.summary))
+        self._draw_and_play()
 
-    def _draw(self, durations: torch.Tensor, rate) -> Figure:
-        fig = Figure(figsize=(13, 3.4))
-        grid = fig.add_gridspec(1, 2, width_ratios=(3.2, 1), wspace=0.15, bottom=0.2)
+    def _draw_and_play(self) -> None:
+        """Draw the figure for the current units and segment, then update what is shown."""
+        units, durations = deduplicate(self.units)
+        rate = bitrate(self.units, self.frame_rate)
+        fig = Figure(figsize=(14, 3.4))
+        grid = fig.add_gridspec(1, 3, width_ratios=(3.2, 1, 1.2), wspace=0.3, bottom=0.2)
         ax = fig.add_subplot(grid[0])
         plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=ax,
                                 title=f"k = {self.k}, λ = {self.lmbda}: {rate.units_per_second:.1f} units/s, "
                                       f"{rate.bits_per_second:.0f} bits/s")
+        start, end = self._segment_frames()
+        ax.axvspan(start / self.frame_rate, end / self.frame_rate, color="cyan", alpha=0.25, lw=0)
         plots.plot_durations(durations, self.frame_rate, ax=fig.add_subplot(grid[1]))
+        curve_ax = fig.add_subplot(grid[2])
+        curve_ax.plot(self.curve_lmbdas, self.curve(), "o-", ms=3, color="C0")
+        curve_ax.plot([self.lmbda], [rate.units_per_second], "*", ms=14, color="C3", mec="black")
+        curve_ax.set(xlabel="λ", ylabel="units per second", title=f"k = {self.k}: units/s vs λ")
+        curve_ax.grid(alpha=0.3)
         plots.mark_random_weights(fig)
-        return fig
+        self.figure = fig
+        self._publish()
+
+    def _publish(self) -> None:
+        """Put the current figure, summary and segment audio into the displayed outputs (if shown)."""
+        if not self._handles:
+            return
+        units, _ = deduplicate(self.units)
+        start, end = self._segment_frames()
+        i = self.segment_slider.value
+        self._update("figure", Image(figure_png(self.figure)))
+        self._update("summary", Markdown(self.summary))
+        self._update("segment", Markdown(f"hear segment {i} (unit u{int(units[i])}, "
+                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms):"))
+        self._update("audio", Audio(self.segment_audio()[0].numpy(), rate=self.sample_rate))
 
     def _changed(self, change) -> None:
         self.redraw()
 
+    def _segment_changed(self, change) -> None:
+        if not self._recomputing:
+            self._draw_and_play()
+
+    def _update(self, name: str, content) -> None:
+        if name in self._handles:
+            self._handles[name].update(content)
+
     def show(self) -> DPDPExplorer:
-        """Display the controls, the figure and the summary (the default view is drawn right away)."""
+        """Display the controls, the figure, the summary and the segment audio (drawn right away)."""
         display(self.controls)
-        self._figure_handle, self._text_handle = DisplayHandle(), DisplayHandle()
-        self._figure_handle.display(Image(figure_png(self.figure)))
-        self._text_handle.display(Markdown(self.summary))
+        for name in ("figure", "summary", "segment", "audio"):
+            self._handles[name] = DisplayHandle()
+            self._handles[name].display(Markdown(""))
+        self._publish()
         return self
 
 
 def dpdp_explorer(wav: torch.Tensor, sample_rate: int, encoder, k: int = 500, lmbda: int = 4500,
                   **options) -> DPDPExplorer:
-    """Build a :class:`DPDPExplorer` for ``wav`` and show it: a λ slider and a k drop-down over the
-    segmentation plot, the duration histogram and units/s + bitrate. Returns the explorer (its
-    ``units``, ``summary``, ``k_dropdown`` and ``lmbda_slider`` can be used from code)."""
+    """Build a :class:`DPDPExplorer` for ``wav`` and show it. Returns the explorer (its ``units``,
+    ``summary``, ``segment_audio()`` and controls can be used from code)."""
     return DPDPExplorer(wav, sample_rate, encoder, k, lmbda, **options).show()
 
 
@@ -149,35 +228,83 @@ def dpdp_explorer(wav: torch.Tensor, sample_rate: int, encoder, k: int = 500, lm
 # ---------------------------------------------------------------------------------------------
 
 
-class KLambdaExplorer:
-    """One utterance under any of the 24 released (k, λ) pairs: units, bitrate and resynthesized speech.
+class Voice:
+    """What resynthesis from known units needs, and nothing more: one pair's ELLA-V + the vocoder.
 
-    The features are computed by the caller once (WavLM layer 11, ``[T, D]``). Choosing k and λ in
-    the drop-downs (λ offers the released values of the chosen k) reruns only DPDP, with each
-    codebook loaded once per k, and redraws the segmentation, units/s, bitrate and the unit
-    sequence. The *resynthesize* button loads the pipeline of the selected pair with
-    ``pipeline_factory(k, lmbda)`` (default :meth:`dpslm_utils.DPSLM.from_pretrained`) on its first
-    use only, keeps it, and plays ELLA-V + WavTokenizer's rendition of the units under a spectrogram
-    that shows which unit each stretch of speech came from. :meth:`show` puts it in the notebook;
-    :func:`k_lambda_explorer` builds and shows one.
+    ``synthesize`` is :meth:`dpslm_utils.DPSLM.synthesize` itself (it only reads ``ellav`` and
+    ``vocoder``), so the explorer speaks exactly as the pipeline does without loading WavLM again
+    or the unit LM.
+    """
+
+    synthesize = DPSLM.synthesize
+
+    def __init__(self, ellav, vocoder):
+        self.ellav, self.vocoder = ellav, vocoder
+
+
+def released_voice(k: int, lmbda: int, device=None) -> Voice:
+    """The released ELLA-V of (k, λ) with the shared 40 Hz WavTokenizer."""
+    device = _default_device(device)
+    return Voice(ELLAV.from_pretrained(k, lmbda, device=device), _shared_vocoder(device, weights_mode()))
+
+
+def released_unit_lm(k: int, lmbda: int, device=None):
+    """The released unit LM of (k, λ) (1k hours)."""
+    return UnitLM.from_pretrained(k, lmbda, device=device)
+
+
+class KLambdaExplorer:
+    """One utterance under any of the 24 released (k, λ) pairs: units, bitrate, speech and scores.
+
+    The features ``[T, D]`` (WavLM layer 11) are computed by the caller once. Choosing k and λ (λ
+    offers the released values of the chosen k) reruns only DPDP, by default with the paper's
+    restricted search (``PAPER_NUM_NEIGHBORS[k]``) that made the models' training units, and redraws
+    the segmentation, units/s, bitrate and unit sequence. *resynthesize* speaks the units with the
+    pair's ELLA-V + WavTokenizer (``voice_factory(k, lmbda)``, default :func:`released_voice`) at the
+    chosen temperature, top-p and seed; at most ``max_loaded`` voices stay in memory (the least
+    recently used is dropped). *keep as A* pins the current rendition for an A/B comparison with the
+    next pair. *score word / non-word* (when ``word_features``/``nonword_features`` are given) loads
+    the pair's unit LM (``lm_factory``), stores the log-likelihood margin and frees the model again.
+    :meth:`show` puts it in the notebook; :func:`k_lambda_explorer` builds and shows one.
     """
 
     def __init__(self, wav: torch.Tensor, sample_rate: int, features: torch.Tensor, k: int = 500,
-                 lmbda: int = 4500, frame_rate: float = 50.0, seed: int | None = 0, temperature: float = 1.0,
-                 top_p: float = 0.8, device=None, pipeline_factory=None, max_units_shown: int = 60):
+                 lmbda: int = 4500, frame_rate: float = 50.0, seed: int = 0, temperature: float = 1.0,
+                 top_p: float = 0.8, device=None, voice_factory=None, lm_factory=None, max_loaded: int = 2,
+                 word_features: torch.Tensor | None = None, nonword_features: torch.Tensor | None = None,
+                 restricted: bool = True, max_units_shown: int = 60):
         if k not in VALID_LAMBDAS or lmbda not in VALID_LAMBDAS[k]:
             raise ValueError(f"(k={k}, lmbda={lmbda}) is not a released pair; see dpslm_utils.VALID_COMBINATIONS")
+        if max_loaded < 1:
+            raise ValueError(f"max_loaded must be at least 1, got {max_loaded}")
         self.wav, self.sample_rate, self.features, self.frame_rate = wav, sample_rate, features, float(frame_rate)
-        self.seed, self.temperature, self.top_p, self.max_units_shown = seed, temperature, top_p, max_units_shown
-        self.pipeline_factory = pipeline_factory or (lambda k, lmbda: _released_pipeline(k, lmbda, device))
-        self.pipelines: dict[tuple[int, int], object] = {}
+        self.word_features, self.nonword_features = word_features, nonword_features
+        self.restricted, self.max_units_shown, self.max_loaded = restricted, max_units_shown, max_loaded
+        self.voice_factory = voice_factory or (lambda k, lmbda: released_voice(k, lmbda, device))
+        self.lm_factory = lm_factory or (lambda k, lmbda: released_unit_lm(k, lmbda, device))
+        self.voices: OrderedDict[tuple[int, int], object] = OrderedDict()  # least recently used first
         self.syntheses: dict[tuple[int, int], object] = {}
+        self.margins: dict[tuple[int, int], float] = {}
+        self.a: tuple[tuple[int, int], object] | None = None  # (pair, synthesis) pinned for A/B
         self.codebooks = _Codebooks(11, features.device)
         self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k")
         self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ")
+        self.temperature_slider = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05,
+                                                      description="temperature", continuous_update=False)
+        self.top_p_slider = widgets.FloatSlider(value=top_p, min=0.0, max=1.0, step=0.05, description="top-p",
+                                                continuous_update=False)
+        self.seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
         self.button = widgets.Button(description="resynthesize", icon="volume-up",
-                                     tooltip="load the unit LM / ELLA-V / WavTokenizer of this pair (once) and speak")
-        self.controls = widgets.HBox([self.k_dropdown, self.lmbda_dropdown, self.button])
+                                     tooltip="load this pair's ELLA-V (once) and speak the units")
+        self.pin_button = widgets.Button(description="keep as A", tooltip="pin this rendition for A/B")
+        self.score_button = widgets.Button(description="score word / non-word",
+                                           tooltip="load this pair's unit LM, score the pair, free it",
+                                           disabled=word_features is None or nonword_features is None)
+        self.controls = widgets.VBox([
+            widgets.HBox([self.k_dropdown, self.lmbda_dropdown]),
+            widgets.HBox([self.temperature_slider, self.top_p_slider, self.seed_box]),
+            widgets.HBox([self.button, self.pin_button, self.score_button]),
+        ])
         self.units: torch.Tensor | None = None
         self.summary = ""
         self.figure: Figure | None = None
@@ -187,28 +314,39 @@ class KLambdaExplorer:
         self._switching_k = False
         self.k_dropdown.observe(self._k_changed, names="value")
         self.lmbda_dropdown.observe(self._lmbda_changed, names="value")
-        self.button.on_click(self._clicked)
+        self.button.on_click(lambda _: self._report_errors("resynthesize", self.resynthesize))
+        self.pin_button.on_click(lambda _: self._report_errors("keep as A", self.keep_as_a))
+        self.score_button.on_click(lambda _: self._report_errors("score", self.score_pair))
         self.redraw()
 
     @property
     def pair(self) -> tuple[int, int]:
         return int(self.k_dropdown.value), int(self.lmbda_dropdown.value)
 
+    def quantize(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-frame units ``[T]`` of ``features`` under the selected pair (paper's search if restricted)."""
+        k, lmbda = self.pair
+        return dpdp(features, self.codebooks[k], lmbda, PAPER_NUM_NEIGHBORS[k] if self.restricted else None).cpu()
+
     def redraw(self) -> None:
         """DPDP for the selected pair; redraw the segmentation and the summary, and show the pair's
         earlier rendition if there is one."""
         k, lmbda = self.pair
-        self.units = dpdp(self.features, self.codebooks[k], lmbda).cpu()
+        self.units = self.quantize(self.features)
         units, _ = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
         shown = " ".join(f"u{u}" for u in units[: self.max_units_shown].tolist())
         more = f" … ({len(units) - self.max_units_shown} more)" if len(units) > self.max_units_shown else ""
         seconds = self.units.numel() / self.frame_rate
+        margin = self.margins.get(self.pair)
+        scored = ("" if margin is None else
+                  f"  \nword − non-word log-likelihood: **{margin:+.2f} nats** "
+                  f"({'the word' if margin > 0 else 'the non-word'} is preferred)")
         self.summary = (f"**k = {k}, λ = {lmbda}**: {len(units)} units in {seconds:.2f} s "
                         f"→ **{rate.units_per_second:.1f} units/s**, mean duration "
                         f"{1000 * seconds / len(units):.0f} ms, {rate.entropy_bits:.2f} bits/unit "
-                        f"→ **{rate.bits_per_second:.0f} bits/s** (one utterance: entropy underestimated)  \n"
-                        f"`{shown}{more}`")
+                        f"→ **{rate.bits_per_second:.0f} bits/s** (one utterance: entropy underestimated)"
+                        f"{scored}  \n`{shown}{more}`")
         self.figure = Figure(figsize=(12, 3))
         plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=self.figure.add_subplot(),
                                 title=f"DPDP units, k = {k}, λ = {lmbda}")
@@ -217,29 +355,52 @@ class KLambdaExplorer:
         self._update("summary", Markdown(self.summary))
         self._show_synthesis()
 
-    def pipeline(self, k: int, lmbda: int):
-        """The pipeline of a pair: built by ``pipeline_factory`` on first use, then kept."""
-        if (k, lmbda) not in self.pipelines:
-            self.pipelines[(k, lmbda)] = self.pipeline_factory(k, lmbda)
-        return self.pipelines[(k, lmbda)]
+    def voice(self, k: int, lmbda: int):
+        """The voice of a pair: built by ``voice_factory`` on first use; the least recently used one is
+        dropped when more than ``max_loaded`` are held."""
+        pair = (k, lmbda)
+        if pair not in self.voices:
+            self.voices[pair] = self.voice_factory(k, lmbda)
+        self.voices.move_to_end(pair)
+        while len(self.voices) > self.max_loaded:
+            self.voices.popitem(last=False)
+        return self.voices[pair]
 
     def resynthesize(self):
         """Speak the current units with the selected pair's ELLA-V + WavTokenizer; returns the ``Synthesis``."""
         pair = self.pair
+        self._set_status(f"*loading the ELLA-V of k = {pair[0]}, λ = {pair[1]} (once) and synthesizing …*")
         units, _ = deduplicate(self.units)
-        (synthesis,) = self.pipeline(*pair).synthesize(units, n=1, temperature=self.temperature, top_p=self.top_p,
-                                                       seed=self.seed)
+        (synthesis,) = self.voice(*pair).synthesize(units, n=1, temperature=self.temperature_slider.value,
+                                                    top_p=self.top_p_slider.value, seed=self.seed_box.value)
         self.syntheses[pair] = synthesis
         self._show_synthesis()
         return synthesis
 
-    def _show_synthesis(self) -> None:
-        from IPython.display import Audio
+    def keep_as_a(self):
+        """Pin the current pair's rendition as A (resynthesizing first if needed); returns it."""
+        synthesis = self.syntheses.get(self.pair) or self.resynthesize()
+        self.a = (self.pair, synthesis)
+        self._show_a()
+        return synthesis
 
+    def score_pair(self) -> float:
+        """log p(word) − log p(non-word) in nats under the selected pair's unit LM, on units of the
+        pair's DPDP; the unit LM is loaded for this call only."""
+        if self.word_features is None or self.nonword_features is None:
+            raise ValueError("pass word_features and nonword_features to score a word / non-word pair")
+        lm = self.lm_factory(*self.pair)
+        word, nonword = (deduplicate(self.quantize(x))[0] for x in (self.word_features, self.nonword_features))
+        self.margins[self.pair] = lm.loglikelihood(word) - lm.loglikelihood(nonword)
+        del lm
+        self.redraw()
+        return self.margins[self.pair]
+
+    def _show_synthesis(self) -> None:
         synthesis = self.syntheses.get(self.pair)
         if synthesis is None:
             self.synthesis_figure = None
-            self._set_status(f"*Press **resynthesize** to hear these units (loads the models of k = {self.pair[0]}, "
+            self._set_status(f"*Press **resynthesize** to hear these units (loads the ELLA-V of k = {self.pair[0]}, "
                              f"λ = {self.pair[1]} the first time).*")
             self._update("synthesis", Markdown(""))
             return
@@ -251,13 +412,22 @@ class KLambdaExplorer:
                                       f"{len(synthesis.codes)} codes at {alignment.codec_rate:g} Hz, unit boundaries")
         plots.mark_random_weights(fig)
         self.synthesis_figure = fig
-        self.status = f"resynthesis with k = {self.pair[0]}, λ = {self.pair[1]}"
+        self.status = f"B: resynthesis with k = {self.pair[0]}, λ = {self.pair[1]}"
+        self._update("status", Markdown(self.status))
         self._update("audio", Audio(synthesis.wav.numpy(), rate=synthesis.sample_rate))
         self._update("synthesis", Image(figure_png(fig)))
 
+    def _show_a(self) -> None:
+        if self.a is None:
+            self._update("a_label", Markdown("*A: press **keep as A** to pin a rendition for comparison.*"))
+            return
+        (k, lmbda), synthesis = self.a
+        self._update("a_label", Markdown(f"A: k = {k}, λ = {lmbda}"))
+        self._update("a_audio", Audio(synthesis.wav.numpy(), rate=synthesis.sample_rate))
+
     def _set_status(self, text: str) -> None:
         self.status = text
-        self._update("audio", Markdown(text))
+        self._update("status", Markdown(text))
 
     def _update(self, name: str, content) -> None:
         if name in self._handles:
@@ -278,39 +448,38 @@ class KLambdaExplorer:
         if not self._switching_k:
             self.redraw()
 
-    def _clicked(self, button) -> None:
-        self.button.disabled = True
-        self._set_status(f"*loading the models of k = {self.pair[0]}, λ = {self.pair[1]} and synthesizing …*")
+    def _report_errors(self, action: str, callback) -> None:
+        """Run a button's action; a callback's exception would vanish into the kernel log: show it."""
+        buttons = (self.button, self.pin_button, self.score_button)
+        enabled = [not b.disabled for b in buttons]
+        for b in buttons:
+            b.disabled = True
         try:
-            self.resynthesize()
-        except Exception as e:  # a callback's exception would vanish into the kernel log: show it
-            self._set_status(f"**could not resynthesize:** `{type(e).__name__}: {e}`")
+            callback()
+        except Exception as e:
+            self._set_status(f"**could not {action}:** `{type(e).__name__}: {e}`")
         finally:
-            self.button.disabled = False
+            for b, on in zip(buttons, enabled):
+                b.disabled = not on
 
     def show(self) -> KLambdaExplorer:
-        """Display the controls, the segmentation, the summary and the audio area (drawn right away)."""
-        display(self.controls)
-        for name in ("figure", "summary", "audio", "synthesis"):
+        """Display the controls, the original audio, the segmentation, the summary and the A/B area."""
+        display(self.controls, Markdown("original:"), Audio(self.wav[0].numpy(), rate=self.sample_rate))
+        for name in ("figure", "summary", "a_label", "a_audio", "status", "audio", "synthesis"):
             self._handles[name] = DisplayHandle()
-        self._handles["figure"].display(Image(figure_png(self.figure)))
-        self._handles["summary"].display(Markdown(self.summary))
-        self._handles["audio"].display(Markdown(self.status))
-        self._handles["synthesis"].display(Markdown(""))
+            self._handles[name].display(Markdown(""))
+        self._update("figure", Image(figure_png(self.figure)))
+        self._update("summary", Markdown(self.summary))
+        self._show_a()
         self._show_synthesis()
         return self
-
-
-def _released_pipeline(k: int, lmbda: int, device=None):
-    from .pipeline import DPSLM
-
-    return DPSLM.from_pretrained(k, lmbda, device=device)
 
 
 def k_lambda_explorer(wav: torch.Tensor, sample_rate: int, features: torch.Tensor, k: int = 500, lmbda: int = 4500,
                       **options) -> KLambdaExplorer:
     """Build a :class:`KLambdaExplorer` for ``wav`` (with its layer-11 ``features [T, D]``) and show it.
 
-    Returns the explorer: its ``units``, ``summary``, ``k_dropdown``, ``lmbda_dropdown``,
-    :meth:`~KLambdaExplorer.resynthesize` and ``syntheses`` can be used from code."""
+    Returns the explorer: its ``units``, ``summary``, controls, :meth:`~KLambdaExplorer.resynthesize`,
+    :meth:`~KLambdaExplorer.keep_as_a`, :meth:`~KLambdaExplorer.score_pair`, ``syntheses`` and
+    ``margins`` can be used from code."""
     return KLambdaExplorer(wav, sample_rate, features, k, lmbda, **options).show()

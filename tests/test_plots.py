@@ -177,16 +177,16 @@ def test_plot_continuation_marks_the_boundary():
     assert [t.get_text().strip(" ◀▶") for t in ax.texts] == ["prompt", "continuation"]
 
 
-def test_plot_kl_grid_one_curve_per_group_in_x_order():
+def test_plot_k_lambda_curves_one_curve_per_group_in_x_order():
     rows = [{"k": 100, "lmbda": 600, "bps": 200.0, "ups": 30.0}, {"k": 100, "lmbda": 0, "bps": 300.0, "ups": 48.0},
             {"k": 500, "lmbda": 0, "bps": 400.0, "ups": 49.0}]
-    ax = plots.plot_kl_grid(rows, x="bps", y="ups")
+    ax = plots.plot_k_lambda_curves(rows, x="bps", y="ups")
     k100, k500 = ax.get_lines()
     assert list(k100.get_xdata()) == [200.0, 300.0] and list(k100.get_ydata()) == [30.0, 48.0]
     assert list(k500.get_xdata()) == [400.0]
     assert [t.get_text() for t in ax.texts] == ["600", "0", "0"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["k = 100", "k = 500"]
-    ax = plots.plot_kl_grid(rows, x="bps", y="ups", group=None, annotate=None)
+    ax = plots.plot_k_lambda_curves(rows, x="bps", y="ups", group=None, annotate=None)
     (single,) = ax.get_lines()
     assert list(single.get_xdata()) == [200.0, 300.0, 400.0] and not ax.texts
 

@@ -1,4 +1,5 @@
-"""The ipywidgets explorers: default view drawn at once, controls recompute, codebooks cached."""
+"""The ipywidgets explorers: default view drawn at once, controls recompute, codebooks cached;
+first with fakes (exact expectations), then with the real random-tiny models."""
 
 import matplotlib
 
@@ -8,7 +9,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dpslm_utils import deduplicate, dpdp, widgets  # noqa: E402
+from dpslm_utils import PAPER_NUM_NEIGHBORS, bitrate, deduplicate, dpdp, widgets  # noqa: E402
 
 
 class FakeEncoder:
@@ -49,7 +50,7 @@ def test_default_view_is_drawn_without_callbacks(codebooks):
     segments = deduplicate(expected)[0].numel()
     assert len(boundary_lines(explorer)) == segments
     assert f"{segments} segments" in explorer.summary and "units/s" in explorer.summary
-    assert len(explorer.figure.axes) == 2  # segmentation + duration histogram
+    assert len(explorer.figure.axes) == 3  # segmentation, duration histogram, units/s vs λ
 
 
 def test_controls_recompute_and_codebooks_are_cached(codebooks):
@@ -65,24 +66,57 @@ def test_controls_recompute_and_codebooks_are_cached(codebooks):
     assert "k = 200, λ = 5000" in explorer.summary
 
 
-def test_released_pairs_are_named(codebooks):
-    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=500, lmbda=4500, ks=(500,))
+def test_released_pairs_are_named_and_k_2000_is_offered(codebooks):
+    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=500, lmbda=4500)
+    assert 2000 in explorer.k_dropdown.options
     assert "Released unit LM and ELLA-V exist" in explorer.summary
     explorer.lmbda_slider.value = 4600
     assert "No released" in explorer.summary and "4500" in explorer.summary
+    explorer.k_dropdown.value = 2000
+    assert "No released unit LM / ELLA-V for k=2000" in explorer.summary
 
 
-def test_neighbor_fraction_sets_num_neighbors(codebooks):
-    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=200, ks=(100, 200),
-                                    lmbda=0, neighbor_fraction=0.05)
-    assert explorer.num_neighbors == 10
+def test_search_toggle_switches_to_the_papers_restricted_search(codebooks):
+    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=200, ks=(100, 200), lmbda=300)
+    assert explorer.num_neighbors is None
+    explorer.search_toggle.value = True
+    assert explorer.num_neighbors == PAPER_NUM_NEIGHBORS[200] == 10
+    features = FakeEncoder()(None, None)
+    assert torch.equal(explorer.units, dpdp(features, widgets.load_codebook(200), 300, num_neighbors=10))
+    assert "paper search (10 nearest of 200)" in explorer.summary
     with pytest.raises(ValueError, match="not one of"):
         widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=300, ks=(100, 200))
 
 
+def test_units_per_second_curve_marks_the_current_point(codebooks):
+    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=2000, ks=(100,),
+                                    max_lmbda=4000, curve_points=5)
+    features = FakeEncoder()(None, None)
+    expected = [bitrate(dpdp(features, widgets.load_codebook(100), lmbda), 50).units_per_second
+                for lmbda in (0, 1000, 2000, 3000, 4000)]
+    curve_line, star = explorer.figure.axes[2].get_lines()
+    assert list(curve_line.get_xdata()) == [0, 1000, 2000, 3000, 4000]
+    assert np.allclose(curve_line.get_ydata(), expected)
+    assert np.all(np.diff(expected) <= 0)  # a larger penalty never gives more segments
+    assert star.get_xdata()[0] == 2000 and star.get_ydata()[0] == pytest.approx(expected[2])
+
+
+def test_segment_audio_is_the_chosen_segments_samples(codebooks):
+    wav = torch.arange(12800, dtype=torch.float32)[None] / 12800
+    explorer = widgets.DPDPExplorer(wav, 16000, FakeEncoder(), k=100, lmbda=100, ks=(100,))
+    _, durations = deduplicate(explorer.units)
+    assert explorer.segment_slider.max == len(durations) - 1
+    explorer.segment_slider.value = 1
+    start = int(durations[0])
+    assert torch.equal(explorer.segment_audio(), wav[:, 320 * start: 320 * (start + int(durations[1]))])
+    explorer.lmbda_slider.value = 10000  # one segment left: the slider's range shrinks, the choice is clamped
+    assert explorer.segment_slider.max == deduplicate(explorer.units)[0].numel() - 1
+    assert explorer.segment_slider.value <= explorer.segment_slider.max
+
+
 def test_show_displays_controls_figure_and_summary(codebooks, capsys):
-    explorer = widgets.dpdp_explorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
-    assert explorer._figure_handle is not None and explorer._text_handle is not None
+    explorer = widgets.dpdp_explorer(torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
+    assert set(explorer._handles) == {"figure", "summary", "segment", "audio"}
     explorer.lmbda_slider.value = 300  # updates the displayed outputs in place, no error outside a notebook
     assert widgets.figure_png(explorer.figure).startswith(b"\x89PNG")
 
@@ -90,8 +124,8 @@ def test_show_displays_controls_figure_and_summary(codebooks, capsys):
 # -- notebook 07: KLambdaExplorer -------------------------------------------------------------
 
 
-class FakePipeline:
-    """Stands in for DPSLM: synthesize gives every unit two codes; records the units it was given."""
+class FakeVoice:
+    """Stands in for a Voice: synthesize gives every unit two codes; records its calls."""
 
     def __init__(self, pair):
         self.pair, self.calls = pair, []
@@ -100,11 +134,18 @@ class FakePipeline:
         from dpslm_utils.ellav import Alignment
         from dpslm_utils.pipeline import Synthesis
 
-        self.calls.append(units.clone())
+        self.calls.append((units.clone(), temperature, top_p, seed))
         counts = torch.full_like(units, 2)
         codes = torch.arange(2 * len(units)) % 4096
         wav = torch.randn(600 * len(codes), generator=torch.Generator().manual_seed(0)) * 0.1
         return [Synthesis(wav, 24000, codes, Alignment(units, counts, 40.0), True)] * n
+
+
+class LengthLM:
+    """A unit LM whose log-likelihood is minus the number of units."""
+
+    def loglikelihood(self, units):
+        return -float(len(units))
 
 
 @pytest.fixture
@@ -113,18 +154,18 @@ def factory():
 
     def build(k, lmbda):
         built.append((k, lmbda))
-        return FakePipeline((k, lmbda))
+        return FakeVoice((k, lmbda))
 
     build.built = built
     return build
 
 
-def k_lambda_explorer(factory, k=500, lmbda=4500):
+def k_lambda_explorer(factory, k=500, lmbda=4500, **options):
     return widgets.KLambdaExplorer(torch.zeros(1, 12800), 16000, FakeEncoder()(None, None), k=k, lmbda=lmbda,
-                                   pipeline_factory=factory)
+                                   voice_factory=factory, restricted=False, **options)
 
 
-def test_k_lambda_explorer_draws_the_default_view_and_loads_no_pipeline(codebooks, factory):
+def test_k_lambda_explorer_draws_the_default_view_and_loads_no_model(codebooks, factory):
     explorer = k_lambda_explorer(factory)
     expected = dpdp(FakeEncoder()(None, None), widgets.load_codebook(500), 4500)
     assert torch.equal(explorer.units, expected)
@@ -133,6 +174,13 @@ def test_k_lambda_explorer_draws_the_default_view_and_loads_no_pipeline(codebook
     assert f"{len(units)} units" in explorer.summary and "units/s" in explorer.summary and "bits/s" in explorer.summary
     assert " ".join(f"u{u}" for u in units.tolist()) in explorer.summary
     assert factory.built == [] and explorer.synthesis_figure is None and "resynthesize" in explorer.status
+
+
+def test_k_lambda_explorer_quantizes_with_the_papers_search_by_default(codebooks, factory):
+    explorer = widgets.KLambdaExplorer(torch.zeros(1, 12800), 16000, FakeEncoder()(None, None), k=200, lmbda=700,
+                                       voice_factory=factory)
+    expected = dpdp(FakeEncoder()(None, None), widgets.load_codebook(200), 700, num_neighbors=PAPER_NUM_NEIGHBORS[200])
+    assert torch.equal(explorer.units, expected)
 
 
 def test_changing_k_keeps_the_position_of_lambda_and_redraws_once(codebooks, factory):
@@ -151,22 +199,55 @@ def test_changing_k_keeps_the_position_of_lambda_and_redraws_once(codebooks, fac
     assert torch.equal(explorer.units, dpdp(FakeEncoder()(None, None), widgets.load_codebook(100), 0))
 
 
-def test_resynthesize_loads_each_pair_once_and_speaks_the_deduplicated_units(codebooks, factory):
+def test_resynthesize_speaks_the_deduplicated_units_with_the_chosen_sampling(codebooks, factory):
     explorer = k_lambda_explorer(factory, k=200, lmbda=0)
+    explorer.temperature_slider.value, explorer.top_p_slider.value, explorer.seed_box.value = 0.7, 0.5, 3
     synthesis = explorer.resynthesize()
-    pipeline = explorer.pipelines[(200, 0)]
-    (given,) = pipeline.calls
-    assert torch.equal(given, deduplicate(explorer.units)[0])
+    ((given, temperature, top_p, seed),) = explorer.voices[(200, 0)].calls
+    assert torch.equal(given, deduplicate(explorer.units)[0]) and (temperature, top_p, seed) == (0.7, 0.5, 3)
     assert explorer.syntheses[(200, 0)] is synthesis and explorer.synthesis_figure is not None
     drawn = [line for line in explorer.synthesis_figure.axes[0].get_lines() if np.ptp(line.get_xdata()) == 0]
     assert len(drawn) == len(given)  # one boundary per unit in the resynthesis
     explorer.lmbda_dropdown.value = 700
     assert explorer.synthesis_figure is None  # a pair not yet spoken shows the hint again
-    explorer.resynthesize()
     explorer.lmbda_dropdown.value = 0
     assert explorer.synthesis_figure is not None  # back to a spoken pair: its rendition is shown again
+
+
+def test_at_most_max_loaded_voices_are_kept(codebooks, factory):
+    explorer = k_lambda_explorer(factory, k=200, lmbda=0, max_loaded=2)
+    for lmbda in (0, 700, 1500, 0):
+        explorer.lmbda_dropdown.value = lmbda
+        explorer.resynthesize()
+        assert len(explorer.voices) <= 2
+    assert factory.built == [(200, 0), (200, 700), (200, 1500), (200, 0)]  # (200, 0) was dropped, then rebuilt
+    assert list(explorer.voices) == [(200, 1500), (200, 0)]
+    with pytest.raises(ValueError, match="max_loaded"):
+        k_lambda_explorer(factory, max_loaded=0)
+
+
+def test_keep_as_a_pins_a_rendition_for_ab(codebooks, factory):
+    explorer = widgets.k_lambda_explorer(torch.randn(1, 12800), 16000, FakeEncoder()(None, None), k=100, lmbda=600,
+                                         voice_factory=factory)
+    pinned = explorer.keep_as_a()  # resynthesizes first: nothing was spoken yet
+    explorer.k_dropdown.value = 1000
     explorer.resynthesize()
-    assert factory.built == [(200, 0), (200, 700)] and len(pipeline.calls) == 2
+    assert explorer.a == ((100, 600), pinned) and explorer.pair == (1000, 600)
+    assert {"a_label", "a_audio", "status", "audio"} <= set(explorer._handles)
+
+
+def test_score_pair_stores_the_word_nonword_margin_and_keeps_no_lm(codebooks, factory):
+    features = FakeEncoder()(None, None)
+    word, nonword = features[:30], features[10:]
+    loaded = []
+    explorer = k_lambda_explorer(factory, k=100, lmbda=600, word_features=word, nonword_features=nonword,
+                                 lm_factory=lambda k, lmbda: loaded.append((k, lmbda)) or LengthLM())
+    margin = explorer.score_pair()
+    codebook = widgets.load_codebook(100)
+    expected = len(deduplicate(dpdp(nonword, codebook, 600))[0]) - len(deduplicate(dpdp(word, codebook, 600))[0])
+    assert margin == expected and explorer.margins == {(100, 600): expected} and loaded == [(100, 600)]
+    assert f"{expected:+.2f} nats" in explorer.summary
+    assert k_lambda_explorer(factory).score_button.disabled  # nothing to score without the two words
 
 
 def test_a_failed_resynthesis_is_reported_not_raised(codebooks, capsys):
@@ -175,10 +256,59 @@ def test_a_failed_resynthesis_is_reported_not_raised(codebooks, capsys):
     def unavailable(k, lmbda):
         raise CheckpointError("could not download the ELLA-V model")
 
-    explorer = widgets.k_lambda_explorer(torch.zeros(1, 12800), 16000, FakeEncoder()(None, None), k=100, lmbda=600,
-                                         pipeline_factory=unavailable)
+    explorer = widgets.k_lambda_explorer(torch.randn(1, 12800), 16000, FakeEncoder()(None, None), k=100, lmbda=600,
+                                         voice_factory=unavailable)
     explorer.button.click()
     assert "could not resynthesize" in explorer.status and "ELLA-V" in explorer.status
-    assert not explorer.button.disabled
+    assert not explorer.button.disabled and explorer.score_button.disabled  # states restored
     with pytest.raises(ValueError, match="not a released pair"):
         widgets.KLambdaExplorer(torch.zeros(1, 12800), 16000, FakeEncoder()(None, None), k=500, lmbda=4000)
+
+
+# -- the same callbacks with the real models (random-tiny weights) ----------------------------
+
+
+def test_dpdp_explorer_with_the_real_random_tiny_encoder_and_codebooks(random_tiny):
+    from dpslm_utils import WavLMEncoder, example_audio, load_codebook
+
+    encoder = WavLMEncoder.from_pretrained()
+    wav, sr = example_audio("manufacture")
+    explorer = widgets.dpdp_explorer(wav, sr, encoder, k=100, lmbda=1500, ks=(100, 2000), curve_points=3)
+    features = encoder(wav, sr, layer=11)
+    assert torch.equal(explorer.units, dpdp(features, load_codebook(100), 1500))
+    explorer.search_toggle.value = True
+    assert torch.equal(explorer.units, dpdp(features, load_codebook(100), 1500, num_neighbors=5))
+    explorer.k_dropdown.value = 2000
+    assert torch.equal(explorer.units, dpdp(features, load_codebook(2000), 1500, num_neighbors=100))
+    _, durations = deduplicate(explorer.units)
+    explorer.segment_slider.value = explorer.segment_slider.max
+    assert explorer.segment_audio().shape[-1] == pytest.approx(320 * int(durations[-1]), abs=1)
+
+
+def test_k_lambda_explorer_with_the_real_random_tiny_models(random_tiny, monkeypatch):
+    from dpslm_utils import UnitLM, WavLMEncoder, example_audio
+
+    encoder = WavLMEncoder.from_pretrained()
+    wav, sr = example_audio("manufacture")
+    word, nonword = (encoder(*example_audio(name), layer=11) for name in ("manufacture", "manufelture"))
+    lm_loads = []
+    real_from_pretrained = UnitLM.from_pretrained
+    monkeypatch.setattr(UnitLM, "from_pretrained",
+                        lambda *a, **kw: lm_loads.append(a) or real_from_pretrained(*a, **kw))
+    explorer = widgets.k_lambda_explorer(wav, sr, word, k=100, lmbda=600, word_features=word,
+                                         nonword_features=nonword, max_loaded=1)
+    explorer.temperature_slider.value = 0.0
+    explorer.button.click()
+    synthesis = explorer.syntheses[(100, 600)]
+    assert not explorer.status.startswith("**could not")
+    assert torch.equal(synthesis.alignment.units, deduplicate(explorer.units)[0])
+    assert synthesis.wav.numel() == 600 * len(synthesis.codes) == 600 * int(synthesis.alignment.codec_counts.sum())
+    assert torch.equal(explorer.resynthesize().codes, synthesis.codes)  # temperature 0: greedy, reproducible
+    assert lm_loads == []  # resynthesis loads ELLA-V and the vocoder only
+    explorer.lmbda_dropdown.value = 1500
+    explorer.resynthesize()
+    assert list(explorer.voices) == [(100, 1500)]  # max_loaded=1: the first pair's ELLA-V was dropped
+    margin = explorer.score_pair()
+    lm = real_from_pretrained(100, 1500)
+    units = [deduplicate(dpdp(x, explorer.codebooks[100], 1500, num_neighbors=5).cpu())[0] for x in (word, nonword)]
+    assert margin == pytest.approx(lm.loglikelihood(units[0]) - lm.loglikelihood(units[1]), abs=1e-4)
