@@ -9,7 +9,7 @@ transcript, next to the bitrate of the units. Two reference rows come with it: t
 resynthesis through these 40 Hz codes can do).
 
     rows = resynthesis_wer("LibriSpeech/test-clean", [(500, 4500), (500, 0)], asr=my_asr, limit=200)
-    plots.plot_kl_grid([r for r in rows if r["system"] == "units"], x="bits_per_second", y="wer")
+    plots.plot_k_lambda_curves([r for r in rows if r["system"] == "units"], x="bits_per_second", y="wer")
 
 The ASR is any callable ``asr(wav [samples], sample_rate) -> text``; :func:`whisper_asr` is the
 default (``pip install -e ".[asr]"``). Both texts are compared after :func:`normalize_text`.

@@ -107,6 +107,14 @@ def test_resynthesis_wer_rows_with_a_fake_asr(random_tiny, librispeech, tmp_path
     assert saved == [f"{s}/7-11-000{i}.wav" for s in ("codec", "k100_lmbda3000", "original") for i in (0, 1)]
     assert soundfile.info(tmp_path / "audio" / "codec" / "7-11-0000.wav").samplerate == 24000
 
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dpslm_utils import plots
+
+    ax = plots.plot_k_lambda_curves([units], x="bits_per_second", y="wer")  # the rows plot as the README shows
+    assert list(ax.lines[0].get_xydata()[0]) == pytest.approx([units["bits_per_second"], 0.5])
+
     csv_path, json_path = wer.write_results(rows, tmp_path / "out")
     table = list(csv.DictReader(csv_path.open()))
     assert list(table[0]) == list(wer.RESULT_COLUMNS) and [r["system"] for r in table] == ["original", "codec", "units"]
