@@ -30,7 +30,8 @@ import warnings
 import torch
 
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
-from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, Transformer, random_transformer, sample
+from dpslm_utils.random_tiny import random_transformer
+from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, Transformer, sample
 from dpslm_utils.ulm import UnitLM
 
 K = 500

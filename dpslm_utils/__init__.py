@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+__version__ = "0.1.0"
+
 _EXPORTS: dict[str, str] = {
     # registry.py: the official files and the valid (k, λ) pairs
     "VALID_COMBINATIONS": "registry",

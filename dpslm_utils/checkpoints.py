@@ -10,6 +10,8 @@ Every loader in this package has the same two entry points:
 it does not download anything: :mod:`dpslm_utils.random_tiny` builds a small, seeded, random model of
 the real architecture and saves it *in the official file format*, and that file goes to the very same
 ``from_checkpoint`` code that reads the real release.
+
+:func:`describe` is the one ``repr`` format of the loaded models; it says when their weights are random.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .fast import make_fast
 from .transformer import (
     Transformer,
     check_count,
@@ -76,6 +77,12 @@ def unit_tokenizer(k: int, phones: tuple[str, ...] | None = None) -> dict:
         **{f"{name}_token": name for name in SPECIAL_TOKENS},
         **{f"{name}_id": i for i, name in enumerate(SPECIAL_TOKENS)},
     }  # fmt: skip
+
+
+def official_checkpoint(transformer: Transformer, tokenizer: dict) -> dict:
+    """``transformer`` and its ``tokenizer`` in ELLA-V's file layout ``{"model_args", "tokenizer", "model_state"}``."""
+    return {"model_args": {**transformer.args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
+            "model_state": transformer.state_dict()}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class ELLAV(nn.Module):
         self.transformer = transformer
         self.tokenizer = tokenizer
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
         vocab = tokenizer["token_to_id_dict"]
         self.k = int(tokenizer["num_phone_types"])
         self.unit_rate, self.codec_rate = tokenizer["phone_token_rate"], tokenizer["codec_token_rate"]
@@ -140,8 +148,13 @@ class ELLAV(nn.Module):
         self.register_buffer("codec_of_token", codec_of_token, persistent=False)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> ELLAV:
-        """Load an official ELLA-V checkpoint ``{"model_args", "tokenizer", "model_state"}``."""
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> ELLAV:
+        """Load an official ELLA-V checkpoint ``{"model_args", "tokenizer", "model_state"}``.
+
+        ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
+        """
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "ELLA-V")
         try:
@@ -150,12 +163,16 @@ class ELLAV(nn.Module):
             model = cls(transformer, checkpoint["tokenizer"])
         except (ValueError, KeyError, TypeError) as e:
             raise checkpoints.CheckpointError(f"{path} is not a valid ELLA-V checkpoint: {e!r}") from e
-        return model.to(device=device, dtype=dtype)
+        model.to(device=device, dtype=dtype)
+        model.fast = make_fast(model.transformer, fast, weight_bound=True)
+        return model
 
     @classmethod
-    def from_pretrained(cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None) -> ELLAV:
-        """The released ELLA-V model for (k, λ) units."""
-        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+    def from_pretrained(
+        cls, k: int, lmbda: float, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> ELLAV:
+        """The released ELLA-V model for (k, λ) units (``fast``: see :meth:`from_checkpoint`)."""
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.ellav_file(k, lmbda), "ellav", k=k)
 
     @classmethod
@@ -168,7 +185,8 @@ class ELLAV(nn.Module):
         t = self.transformer
         vocabulary = {"k" if self.reads_units else "phones": self.k}
         return checkpoints.describe(self, **vocabulary, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
-                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)  # fmt: skip
+                                    dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype,
+                                    device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
         """Unit ids (ints, or names ``"u{n}"`` / phones) with consecutive repeats removed: LongTensor ``[N]``."""

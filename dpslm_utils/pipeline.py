@@ -86,8 +86,8 @@ def _default_device(device: str | torch.device | None) -> str:
 
 
 @functools.cache
-def _shared_encoder(device: str, weights: str) -> WavLMEncoder:
-    return WavLMEncoder.from_pretrained(device=device)
+def _shared_encoder(device: str, weights: str, fast: bool | str = False) -> WavLMEncoder:
+    return WavLMEncoder.from_pretrained(device=device, fast=fast)
 
 
 @functools.cache
@@ -103,11 +103,14 @@ class UnitEncoder:
 
     @classmethod
     def from_pretrained(cls, k: int = DEFAULT_K, lmbda: float = DEFAULT_LMBDA, device: str | torch.device | None = None,
-                        num_neighbors: int | None = None) -> UnitEncoder:
-        """Any released codebook (k in 100, 200, 500, 1000, 2000) with any λ >= 0; WavLM is shared."""
+                        num_neighbors: int | None = None, fast: bool | str = False) -> UnitEncoder:
+        """Any released codebook (k in 100, 200, 500, 1000, 2000) with any λ >= 0; WavLM is shared.
+
+        ``fast=True`` runs WavLM in reduced precision (see :meth:`WavLMEncoder.from_checkpoint`).
+        """
         device = _default_device(device)
         codebook = load_codebook(k, FEATURE_LAYER, device=device)
-        return cls(_shared_encoder(device, weights_mode()), DPDPQuantizer(codebook, lmbda, num_neighbors))
+        return cls(_shared_encoder(device, weights_mode(), fast), DPDPQuantizer(codebook, lmbda, num_neighbors))
 
     @property
     def random_weights(self) -> bool:
@@ -144,18 +147,19 @@ class DPSLM:
 
     @classmethod
     def from_pretrained(cls, k: int = DEFAULT_K, lmbda: float = DEFAULT_LMBDA, device: str | torch.device | None = None,
-                        num_neighbors: int | None = None, hours: str = "1k") -> DPSLM:
+                        num_neighbors: int | None = None, hours: str = "1k", fast: bool | str = False) -> DPSLM:
         """Load (and cache) the released models for (k, λ); ``hours="60k"`` picks the big unit LM (k=500, λ=4500).
 
         ``num_neighbors=None`` quantizes with the exact DPDP optimum; pass
         ``dpslm_utils.PAPER_NUM_NEIGHBORS[k]`` (5 % of k) for the paper's restricted search.
+        ``fast=True`` loads WavLM, the unit LM and ELLA-V in reduced precision (:mod:`dpslm_utils.fast`).
         """
         k, lmbda = check_combination(k, lmbda)
         device = _default_device(device)
         return cls(
-            units=UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors),
-            ulm=UnitLM.from_pretrained(k, lmbda, hours=hours, device=device),
-            ellav=ELLAV.from_pretrained(k, lmbda, device=device),
+            units=UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors, fast),
+            ulm=UnitLM.from_pretrained(k, lmbda, hours=hours, device=device, fast=fast),
+            ellav=ELLAV.from_pretrained(k, lmbda, device=device, fast=fast),
             vocoder=_shared_vocoder(device, weights_mode()),
         )
 
@@ -183,8 +187,7 @@ class DPSLM:
                    max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
         """``n`` renditions of one unit sequence as 24 kHz speech (ELLA-V samples the codes, in one batch).
 
-        ``max_codec_tokens_per_phone`` (ELLA-V's name; a phone is a unit) caps how long ELLA-V may dwell
-        on one unit (25 ms per code).
+        ``max_codec_tokens_per_phone`` caps how long ELLA-V may dwell on one unit (25 ms per code).
         """
         return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_phone)
 

@@ -60,9 +60,7 @@ def dpdp_batch(
 
     The distances of consecutive utterances come from one matrix product (in groups of at most
     :data:`_MAX_DISTANCE_CELLS` distances, so memory stays bounded for any number of utterances),
-    which pays off most on a GPU; the recursion then runs per utterance. (A recursion over padded
-    ``[utterances, K]`` steps was measured and is no faster on the CPU: memory traffic, not the
-    per-step overhead, dominates it.)
+    which pays off most on a GPU; the recursion then runs per utterance.
     """
     codebook, lmbda, num_neighbors = _check_settings(codebook, lmbda, num_neighbors)
     if isinstance(features, Tensor) or not isinstance(features, Sequence):
@@ -208,17 +206,15 @@ def _backtrace(cost: np.ndarray, lmbda: float) -> np.ndarray:
     if num_frames == 0:
         return units
     lowest_best = cost.argmin(axis=1)
-    tied = (lowest_best != cost.shape[1] - 1 - cost[:, ::-1].argmin(axis=1)).tolist()  # highest best differs
     best = cost[np.arange(num_frames), lowest_best]
     switch_cost = (best + lmbda).tolist()  # the same float64 sums as in the recursion
-    lowest_best = lowest_best.tolist()
     end = num_frames - 1
-    while end >= 0:
-        if tied[end]:
-            candidates = np.flatnonzero(cost[end] == best[end]).tolist()
+    while end >= 0:  # ties are looked for at segment ends only (a few per second, not every frame)
+        candidates = np.flatnonzero(cost[end] == best[end]).tolist()
+        if len(candidates) > 1:
             start, unit = min((_segment_start(cost, switch_cost, end, u), u) for u in candidates)
         else:
-            unit = lowest_best[end]
+            unit = candidates[0]
             start = _segment_start(cost, switch_cost, end, unit)
         units[start : end + 1] = unit
         end = start - 1

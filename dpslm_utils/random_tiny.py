@@ -27,9 +27,8 @@ from typing import Any
 
 import torch
 
-from . import checkpoints
+from . import checkpoints, ellav, ulm
 from .audio import BUNDLED_EXAMPLES, bundled_example
-from .ellav import SPECIAL_TOKENS, unit_tokenizer
 from .registry import US_ARPA_PHONES
 from .transformer import ModelArgs, Transformer
 from .wavlm import WAVLM_LARGE_CONFIG, WavLMEncoder, build_torchaudio_wavlm, microsoft_state_dict
@@ -79,8 +78,7 @@ def write_unit_lm(path: Path, k: int) -> None:
     """A random unit LM over k units in the Mistral-ULM format ``{"model_args", "model_state_dict"}``."""
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=k + 1)
     model = random_transformer(args, output_bias=False, seed=UNIT_LM_SEED + k)
-    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
-    checkpoints.save_atomically(checkpoint, path)
+    checkpoints.save_atomically(ulm.official_checkpoint(model), path)
 
 
 def write_ellav(path: Path, k: int, phones: tuple[str, ...] | None = None) -> None:
@@ -89,20 +87,18 @@ def write_ellav(path: Path, k: int, phones: tuple[str, ...] | None = None) -> No
     The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
     emits them); the output weights are scaled and EOP's bias raised (see :data:`ELLAV_EOP_BOOST`).
     """
-    tokenizer = unit_tokenizer(k, phones)
+    tokenizer = ellav.unit_tokenizer(k, phones)
     token_to_id = tokenizer["token_to_id_dict"]
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=len(token_to_id))
     model = random_transformer(args, output_bias=True, seed=ELLAV_SEED + k)
     with torch.no_grad():
         model.output.weight *= ELLAV_OUTPUT_SCALE
         bias = model.output.bias
-        units = range(len(SPECIAL_TOKENS), len(SPECIAL_TOKENS) + tokenizer["num_phone_types"])
+        units = range(len(ellav.SPECIAL_TOKENS), len(ellav.SPECIAL_TOKENS) + tokenizer["num_phone_types"])
         never_emitted = [token_to_id["UNK"], token_to_id["BOS"], token_to_id["EOS"], *units]
         bias[never_emitted] = -30.0
         bias[token_to_id["EOP"]] += ELLAV_EOP_BOOST
-    checkpoint = {"model_args": {**args.to_dict(), "max_batch_size": 0}, "tokenizer": tokenizer,
-                  "model_state": model.state_dict()}  # fmt: skip
-    checkpoints.save_atomically(checkpoint, path)
+    checkpoints.save_atomically(ellav.official_checkpoint(model, tokenizer), path)
 
 
 # -- the phone toplines: phone LM (+ its tokenizer JSON) and phone ELLA-V -------------------------
@@ -114,8 +110,7 @@ def write_phone_lm(path: Path) -> None:
     """A random phone LM over :data:`~dpslm_utils.registry.US_ARPA_PHONES` (+ BOS, UNK), Mistral-ULM format."""
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=2 + len(US_ARPA_PHONES))
     model = random_transformer(args, output_bias=False, seed=PHONE_LM_SEED)
-    checkpoint = {"model_args": {**args.to_dict(), "dropout": 0.0}, "model_state_dict": model.state_dict()}
-    checkpoints.save_atomically(checkpoint, path)
+    checkpoints.save_atomically(ulm.official_checkpoint(model), path)
 
 
 def write_phone_lm_tokenizer(path: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .fast import make_fast
 from .transformer import (
     Transformer,
     check_count,
@@ -65,6 +66,11 @@ def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> t
     return tensor.long()
 
 
+def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
+    """``transformer`` in the Mistral-ULM file layout ``{"model_args", "model_state_dict"}``, ready for ``torch.save``."""
+    return {"model_args": {**transformer.args.to_dict(), "dropout": dropout}, "model_state_dict": transformer.state_dict()}
+
+
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
 
@@ -86,6 +92,7 @@ class UnitLM(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
 
     @property
     def k(self) -> int:
@@ -93,19 +100,29 @@ class UnitLM(nn.Module):
         return self.transformer.args.vocab_size - UNIT_OFFSET
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> UnitLM:
-        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``."""
-        return cls(load_transformer(path, "unit LM")).to(device=device, dtype=dtype)
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device=None, dtype: torch.dtype | None = None, fast: bool | str = False
+    ) -> UnitLM:
+        """Load an official Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}``.
+
+        ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
+        """
+        model = cls(load_transformer(path, "unit LM")).to(device=device, dtype=dtype)
+        model.fast = make_fast(model.transformer, fast, weight_bound=True)
+        return model
 
     @classmethod
-    def from_pretrained(cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None) -> UnitLM:
+    def from_pretrained(
+        cls, k: int, lmbda: float, hours: str = "1k", device=None, dtype=None, fast: bool | str = False
+    ) -> UnitLM:
         """The released unit LM for (k, λ), trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
-        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.unit_lm_file(k, lmbda, hours), "unit_lm", k=k)
 
     def __repr__(self) -> str:
         t = self.transformer
-        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers, dtype=t.dtype, device=t.device)
+        return checkpoints.describe(self, k=self.k, dim=t.args.dim, n_layers=t.args.n_layers,
+                                    dtype=self.fast or t.dtype, device=t.device)  # fmt: skip
 
     def tokenize(self, units) -> torch.Tensor:
         """Token ids ``[N + 1]``: BOS (0), then each unit plus one."""

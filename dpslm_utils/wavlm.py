@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from . import checkpoints, registry
 from .audio import as_waveform, resample
 from .checkpoints import CheckpointError
+from .fast import make_fast
 
 # Fields of the original ``WavLMConfig`` that define the network, with the original's defaults (a
 # field missing from a checkpoint's cfg takes its default, as in the original loader). Other cfg
@@ -71,6 +72,8 @@ WAVLM_LARGE_CONFIG: dict[str, Any] = {
     "gru_rel_pos": True,
 }
 """The released WavLM Large (315M parameters): the network fields of its cfg."""
+
+POSITIONAL_CONV = "encoder.transformer.pos_conv_embed"
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 320  # samples per frame: 16000 / 320 = 50 frames per second
@@ -119,18 +122,22 @@ class WavLMEncoder(nn.Module):
         self.dim: int = config["encoder_embed_dim"]
         self.num_layers: int = config["encoder_layers"]
         self.random_weights = False
+        self.fast: str | None = None  # reduced-precision format (dpslm_utils.fast), None = as loaded
         self.model = build_torchaudio_wavlm(config)
         self.eval()
 
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> WavLMEncoder:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: torch.device | str | None = None, fast: bool | str = False
+    ) -> WavLMEncoder:
         """Load a checkpoint in Microsoft's format ``{"cfg": dict, "model": state_dict}``.
 
         Both positional-conv weight-norm layouts are accepted (``weight_g``/``weight_v`` and
         ``parametrizations.weight.original0/1``). ``mask_emb`` (training only) is ignored; any other
-        missing or unexpected parameter is a CheckpointError that names it.
+        missing or unexpected parameter is a CheckpointError that names it. ``fast=True``: reduced
+        precision for faster encoding (bfloat16 where the CPU has it; see :mod:`dpslm_utils.fast`).
         """
         checkpoint = checkpoints.load_checkpoint(path)
         checkpoints.require_keys(checkpoint, ("cfg", "model"), path, "WavLM")
@@ -142,13 +149,16 @@ class WavLMEncoder(nn.Module):
             encoder.model.load_state_dict(state_dict, strict=True, assign=True)
         except RuntimeError as e:  # wrong shapes: the cfg does not describe these weights
             raise CheckpointError(f"{path}: the weights do not fit the architecture in its cfg: {e}") from e
-        return encoder.to(device or "cpu").eval()
+        encoder.to(device or "cpu").eval()
+        # bfloat16 for everything but the positional conv: its 128-tap sums lose too much (15 % error)
+        encoder.fast = make_fast(encoder.model, fast, weight_bound=False, keep_float32=(POSITIONAL_CONV,))
+        return encoder
 
     @classmethod
-    def from_pretrained(cls, device: torch.device | str | None = None) -> WavLMEncoder:
+    def from_pretrained(cls, device: torch.device | str | None = None, fast: bool | str = False) -> WavLMEncoder:
         """The released WavLM Large (downloaded and cached), or a random tiny one with
-        ``DPSLM_WEIGHTS=random-tiny``."""
-        load = functools.partial(cls.from_checkpoint, device=device)
+        ``DPSLM_WEIGHTS=random-tiny`` (``fast``: see :meth:`from_checkpoint`)."""
+        load = functools.partial(cls.from_checkpoint, device=device, fast=fast)
         return checkpoints.load_pretrained(load, registry.WAVLM_LARGE, "wavlm")
 
     # -- features ------------------------------------------------------------------------------
@@ -175,9 +185,9 @@ class WavLMEncoder(nn.Module):
         features = []
         for group in groups:
             lengths = torch.tensor([len(x) for x in group], device=self.device)
-            padded = nn.utils.rnn.pad_sequence(group, batch_first=True)
+            padded = nn.utils.rnn.pad_sequence(group, batch_first=True).to(self.dtype)
             hidden, frame_lengths = self._hidden_states(padded, lengths, layer)
-            features += [h[:n].clone() for h, n in zip(hidden, frame_lengths.tolist())]
+            features += [h[:n].to(torch.float32, copy=True) for h, n in zip(hidden, frame_lengths.tolist())]
         return features
 
     def preprocess(self, wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
@@ -209,7 +219,7 @@ class WavLMEncoder(nn.Module):
         key_padding_mask = torch.zeros_like(padding, dtype=x.dtype).masked_fill(padding, -math.inf)
 
         transformer = encoder.transformer
-        x = x + transformer.pos_conv_embed(x)
+        x = x + transformer.pos_conv_embed(x.float()).to(x.dtype)  # float32 also under fast=True
         if not self.config["layer_norm_first"]:  # post-LN (Base): LayerNorm before the layers
             x = transformer.layer_norm(x)
         position_bias = None  # computed by layer 1, shared (un-gated) by every later layer
@@ -234,9 +244,15 @@ class WavLMEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """float32, or bfloat16 after ``fast`` chose it (features are returned in float32 either way)."""
+        return next(self.parameters()).dtype
+
     def __repr__(self) -> str:
         heads = self.config["encoder_attention_heads"]
-        return checkpoints.describe(self, layers=self.num_layers, dim=self.dim, heads=heads, device=self.device)
+        return checkpoints.describe(self, layers=self.num_layers, dim=self.dim, heads=heads, dtype=self.fast or self.dtype,
+                                    device=self.device)  # fmt: skip
 
 
 # -- architecture from the checkpoint's cfg --------------------------------------------------------

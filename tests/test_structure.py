@@ -129,3 +129,18 @@ def test_the_per_unit_code_cap_has_one_name_and_one_default():
         assert cap_parameters(function) == expected, function.__qualname__
     sources = "".join(inspect.getsource(importlib.import_module(f"dpslm_utils.{m}")) for m in ("ellav", "pipeline", "cli"))
     assert "max_codec_tokens_per_unit" not in sources.lower()
+
+
+HISTORY_IN_DOCS = re.compile(r"untested|not (?:yet )?(?:been )?(?:run|tested|measured)|was measured|is no faster|speed-?up",
+                             re.IGNORECASE)
+
+
+def test_docstrings_state_what_and_why_not_history_or_benchmark_notes():
+    """Measurements and "not run here" notes belong in benchmarks/README.md, not in public docstrings."""
+    found = []
+    for name in (*STAGE_MODULES, "checkpoints", "registry", "audio", "pipeline", "random_tiny", "plots", "cli"):
+        module = importlib.import_module(f"dpslm_utils.{name}")
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node):
+                found += [f"{name}.{getattr(node, 'name', '')}: {m[0]!r}" for m in HISTORY_IN_DOCS.finditer(ast.get_docstring(node))]
+    assert not found, found

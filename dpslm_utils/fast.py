@@ -1,0 +1,113 @@
+"""Reduced-precision CPU inference, the ``fast=True`` switch of the loaders: int8 or bfloat16 weights.
+
+Two kinds of work, two formats (figures and agreement with float32: ``benchmarks/README.md``):
+
+* Generating with the unit LM or ELLA-V feeds a few tokens per step through ~200M weights, so a CPU
+  spends its time *reading* them (0.8 GB per step in float32). ``"int8"`` stores every ``nn.Linear``
+  weight as int8 with one scale per output row (``max|w_row| / 127``) and quantizes the activations
+  on the fly (dynamic quantization, int32 accumulation, float32 out): a quarter of the bytes.
+* WavLM runs hundreds of frames through each weight, so it is bound by arithmetic. ``"bfloat16"``
+  runs the network in bfloat16 (WavLM's positional convolution stays float32), which CPUs with
+  AVX512-BF16 or AMX multiply several times faster than float32.
+
+``fast=True`` picks per model: ``"int8"`` for the language models, ``"bfloat16"`` for WavLM where
+the CPU has native bfloat16 (``"int8"`` otherwise). On a GPU it means ``"bfloat16"``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FORMATS = ("int8", "bfloat16")
+
+REDUCE_RANGE = True
+"""Quantize activations to 7 bits, as PyTorch does by default on x86: the AVX2 int8 kernels add
+pairs of 8-bit products in 16 bits, which 8-bit activations could overflow."""
+
+
+def cpu_has_bfloat16() -> bool:
+    """True when this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and PyTorch can use it."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def choose_format(fast: bool | str, device: torch.device | str | None, weight_bound: bool) -> str | None:
+    """The reduced-precision format for ``fast`` on ``device``: None (float32), ``"int8"`` or ``"bfloat16"``.
+
+    ``fast=True`` chooses: int8 for ``weight_bound`` models (decoding) and bfloat16 for the others
+    where the CPU has it; a format name forces that format. int8 exists on the CPU only.
+    """
+    if fast is False or fast is None:
+        return None
+    if fast is not True and fast not in FORMATS:
+        raise ValueError(f"fast must be True, False or one of {list(FORMATS)}, got {fast!r}")
+    on_cpu = torch.device(device or "cpu").type == "cpu"
+    if fast == "int8" and not on_cpu:
+        raise ValueError(f"fast='int8' runs on the CPU only; on {device} use fast=True (bfloat16)")
+    if fast is not True:
+        return fast
+    if not on_cpu:
+        return "bfloat16"
+    int8_available = any(engine in torch.backends.quantized.supported_engines for engine in ("x86", "fbgemm"))
+    if weight_bound:
+        return "int8" if int8_available else "bfloat16"
+    return "bfloat16" if cpu_has_bfloat16() or not int8_available else "int8"
+
+
+class Int8Linear(nn.Module):
+    """An ``nn.Linear`` with int8 weights (one scale per output row) and dynamically quantized inputs.
+
+    ``[..., in_features]`` float32 -> ``[..., out_features]`` float32. CPU only; inference only.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float().cpu()
+        scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
+        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        int8_weight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+        bias = None if linear.bias is None else linear.bias.detach().float().cpu()
+        self.packed = torch.ops.quantized.linear_prepack(int8_weight, bias)  # the kernel's own layout
+        # the same weights, for inspection (and parameter counts): w ≈ weight · scale[:, None]
+        self.weight = nn.Parameter(int8_weight.int_repr(), requires_grad=False)
+        self.register_buffer("scale", scales)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_linears(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` inside ``module`` (float32, on the CPU) by an :class:`Int8Linear`, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, Int8Linear(child))
+        else:
+            quantize_linears(child)
+    return module
+
+
+def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float32: tuple[str, ...] = ()) -> str | None:
+    """Convert a loaded float32 ``model`` in place to the format :func:`choose_format` picks; return it.
+
+    int8 replaces the ``nn.Linear`` layers (only the float32 weights that they hold are quantized);
+    bfloat16 casts every parameter and buffer except those of the submodules named in ``keep_float32``
+    (the caller casts their inputs back to float32).
+    """
+    parameter = next(model.parameters())
+    precision = choose_format(fast, parameter.device, weight_bound)
+    if precision is not None and parameter.dtype != torch.float32:
+        raise ValueError(
+            f"fast={fast!r} converts float32 weights; this model holds {parameter.dtype} (leave dtype unset)"
+        )
+    if precision == "int8":
+        quantize_linears(model)
+    elif precision == "bfloat16":
+        model.to(torch.bfloat16)
+        for name in keep_float32:
+            model.get_submodule(name).float()
+    return precision

@@ -1,0 +1,92 @@
+"""fast=True: the reduced-precision CPU path stays close to the originals' outputs (fixtures) with
+stated tolerances, is chosen per model and device, and passes through the pipeline loaders."""
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import FIXTURES, load_fixture
+from dpslm_utils import ELLAV, UnitEncoder, UnitLM, WavLMEncoder
+from dpslm_utils.fast import Int8Linear, choose_format, make_fast
+from dpslm_utils.transformer import prefill
+
+FORMATS = ["int8", "bfloat16"]
+# Tolerances measured on the fixtures (tiny random models) with margin; see benchmarks/README.md.
+LOGIT_ATOL = {"int8": 0.3, "bfloat16": 0.1}  # logits span about ±2 (unit LM) and ±32 (ELLA-V)
+LOGLIKELIHOOD_RTOL = {"int8": 0.01, "bfloat16": 0.005}  # sums of 25-40 log-probabilities
+FEATURE_RELATIVE_ERROR = {"int8": 0.05, "bfloat16": 0.03}  # ‖f_fast − f‖ / ‖f‖
+
+
+def test_format_choice_follows_the_work_and_the_device():
+    assert choose_format(False, "cpu", weight_bound=True) is None
+    assert choose_format(True, "cpu", weight_bound=True) == "int8"  # decoding reads weights: int8 on x86
+    expected = "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "int8"
+    assert choose_format(True, "cpu", weight_bound=False) == expected
+    assert choose_format(True, "cuda", weight_bound=True) == "bfloat16"
+    assert choose_format("int8", "cpu", weight_bound=False) == "int8"
+    with pytest.raises(ValueError, match="CPU only"):
+        choose_format("int8", "cuda:0", weight_bound=True)
+    with pytest.raises(ValueError, match="fast must be True, False or one of"):
+        choose_format("fp8", "cpu", weight_bound=True)
+
+
+def test_int8_linear_rounds_each_weight_to_its_row_scale():
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64)
+    quantized = Int8Linear(linear)
+    dequantized = quantized.weight.float() * quantized.scale[:, None]
+    assert quantized.weight.dtype == torch.int8 and quantized.weight.abs().max() == 127
+    assert ((dequantized - linear.weight).abs() <= quantized.scale[:, None] / 2 + 1e-7).all()
+    x = torch.randn(5, 3, 256)
+    with torch.no_grad():
+        expected = linear(x)
+    relative_error = (quantized(x) - expected).norm() / expected.norm()
+    assert quantized(x).shape == (5, 3, 64) and relative_error < 0.02
+
+
+def test_int8_needs_float32_weights():
+    model = nn.Sequential(nn.Linear(4, 4)).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="converts float32 weights"):
+        make_fast(model, "int8", weight_bound=True)
+
+
+@pytest.mark.parametrize("fast", FORMATS)
+def test_unit_lm_stays_close_to_the_original(fast):
+    fixture = load_fixture("ulm_fixture.pt")
+    ulm = UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt", fast=fast)
+    assert ulm.fast == fast and f"dtype={fast}" in repr(ulm)
+    for units, logits, loglikelihood in zip(
+        fixture["inputs"]["units"], fixture["expected"]["logits"], fixture["expected"]["loglikelihood"]
+    ):
+        torch.testing.assert_close(ulm.logits(units), logits, atol=LOGIT_ATOL[fast], rtol=0)
+        assert ulm.loglikelihood(units) == pytest.approx(loglikelihood, rel=LOGLIKELIHOOD_RTOL[fast])
+
+
+@pytest.mark.parametrize("fast", FORMATS)
+def test_ellav_prefill_stays_close_and_picks_the_same_first_token(fast):
+    fixture = load_fixture("ellav_fixture.pt")
+    ellav = ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt", fast=fast)
+    for name, prompts in fixture["inputs"]["prompts"].items():
+        _, last, _ = prefill(ellav.transformer, [ellav.encode(p) for p in prompts], max_new_tokens=1)
+        expected = fixture["expected"]["prefill_logits"][name]["last_token"]
+        torch.testing.assert_close(last, expected, atol=LOGIT_ATOL[fast], rtol=0)
+        assert torch.equal(last.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize("fast", FORMATS)
+def test_wavlm_features_stay_close_to_the_original(fast):
+    fixture = load_fixture("wavlm_fixture.pt")
+    encoder = WavLMEncoder.from_checkpoint(FIXTURES / "wavlm_large_tiny.pt", fast=fast)
+    assert encoder.fast == fast
+    for rate in (16000, 22050):
+        features = encoder(fixture["inputs"][f"wav_{rate}"], rate, layer=3)
+        expected = fixture["expected"]["large"][f"sr_{rate}"]["layer_3"]
+        assert features.dtype == torch.float32 and features.shape == expected.shape
+        assert (features - expected).norm() / expected.norm() < FEATURE_RELATIVE_ERROR[fast]
+
+
+def test_fast_passes_through_the_pipeline_loaders(random_tiny):
+    encoder = UnitEncoder.from_pretrained(k=100, lmbda=0, device="cpu", fast=True)
+    assert encoder.encoder.fast == choose_format(True, "cpu", weight_bound=False)
+    assert UnitLM.from_pretrained(100, 0, device="cpu", fast=True).fast == "int8"
+    assert UnitEncoder.from_pretrained(k=100, lmbda=0, device="cpu").encoder.fast is None  # not shared with fast

@@ -1,0 +1,121 @@
+"""Packaging: the wheel works outside the checkout; metadata, license, citation and version agree."""
+
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import dpslm_utils
+from dpslm_utils.audio import BUNDLED_EXAMPLES
+
+REPO = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel, built from a copy of the sources (pip builds in place and would litter the checkout)."""
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "dpslm_utils", source / "dpslm_utils", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path_factory.mktemp("wheel")
+    # No build isolation: the build requirement (setuptools, in the dev extra) is installed, and no index is needed.
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+          "-w", out, source])  # fmt: skip
+    (path,) = out.glob("dpslm_utils-*.whl")
+    return path
+
+
+def test_the_wheel_ships_the_recordings_license_and_type_marker(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    for recording in BUNDLED_EXAMPLES.values():
+        assert f"dpslm_utils/examples/{recording}" in names
+    assert "dpslm_utils/py.typed" in names and "dpslm_utils/random_tiny.py" in names
+    assert any(re.fullmatch(r"dpslm_utils-[^/]+\.dist-info/licenses/LICENSE", n) for n in names), names
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"Version: {dpslm_utils.__version__}\n" in metadata
+    assert "License-Expression: MIT\n" in metadata
+    assert "Requires-Dist: torch<3,>=2.6" in metadata or "Requires-Dist: torch>=2.6,<3" in metadata
+
+
+def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_demo(wheel, tmp_path):
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    python = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
+    # Let the new venv see the installed dependencies (torch: no 2 GB reinstall). A directory named in a
+    # .pth file is only appended to sys.path: its own .pth files (this checkout's editable install) are
+    # not processed, so dpslm_utils can only come from the wheel.
+    site_packages = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    Path(site_packages, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DPSLM_WEIGHTS")}
+    env |= {"DPSLM_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    where = _run([python, "-c", "import dpslm_utils; print(dpslm_utils.__file__)"], cwd=tmp_path, env=env)
+    assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+
+    out = tmp_path / "demo"
+    demo = _run([venv / "bin" / "dpslm", "demo", "--weights", "random-tiny", "--k", "100", "--lmbda", "600",
+                 "--out", out], cwd=tmp_path, env=env)  # fmt: skip
+    assert "bundled espeak-ng recording mister_quilter.flac" in demo.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"
+    ]
+
+
+def test_version_is_defined_once_and_agrees_everywhere():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", dpslm_utils.__version__)
+    assert PYPROJECT["project"]["dynamic"] == ["version"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dpslm_utils.__version__"}
+    assert f"version: {dpslm_utils.__version__}\n" in (REPO / "CITATION.cff").read_text()
+    assert importlib.metadata.version("dpslm-utils") == dpslm_utils.__version__
+
+
+def test_license_metadata_is_an_spdx_string_with_its_file():
+    project = PYPROJECT["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License\n")
+    assert not any(c.startswith("License ::") for c in project.get("classifiers", []))  # superseded by SPDX
+
+
+def test_build_requirement_is_bounded_and_supports_the_spdx_license():
+    (requirement,) = PYPROJECT["build-system"]["requires"]
+    match = re.fullmatch(r"setuptools>=(\d+),<(\d+)", requirement)
+    assert match and int(match[1]) >= 77, requirement  # 77: first setuptools to read `license = "MIT"`
+    assert requirement in PYPROJECT["project"]["optional-dependencies"]["dev"]  # the wheel test builds with it
+
+
+def test_dependencies_are_ranges_and_the_exact_pins_live_in_the_setup_files():
+    assert 'PIP_CONSTRAINT="$PWD/scripts/constraints.txt"' in (REPO / "scripts" / "setup.sh").read_text()
+    dependencies = PYPROJECT["project"]["dependencies"]
+    assert not [d for d in dependencies if "==" in d], dependencies
+    for name in ("torch", "torchaudio"):
+        (spec,) = [d for d in dependencies if re.match(rf"{name}[<>=]", d)]
+        assert ">=" in spec and "<" in spec.replace("<=", ""), spec
+        pin = re.search(rf"^{name}==([\d.]+)$", (REPO / "scripts" / "constraints.txt").read_text(), re.MULTILINE)
+        assert pin, f"scripts/constraints.txt pins no {name} version"
+        assert f"{name}=={pin[1]}" in (REPO / "environment.yml").read_text()
+        assert f"{name} {pin[1]}" in (REPO / "README.md").read_text()  # the tested version, stated
+
+
+def test_project_urls_and_citation():
+    urls = PYPROJECT["project"]["urls"]
+    assert urls and all(u.startswith("https://") for u in urls.values())
+    citation = (REPO / "CITATION.cff").read_text()
+    assert citation.startswith("cff-version: 1.2.0\n") and "preferred-citation:" in citation
+    assert "Visser" in citation and "Kamper" in citation
