@@ -52,6 +52,19 @@ _EXPORTS: dict[str, str] = {
     "ELLAV": "ellav",
     # wavtokenizer.py
     "WavTokenizer": "wavtokenizer",
+    # evaluation.py: ZeroSpeech sWUGGY / sBLIMP, phone ABX
+    "read_gold": "evaluation",
+    "lexical_accuracy": "evaluation",
+    "syntactic_accuracy": "evaluation",
+    "pair_accuracy": "evaluation",
+    "PairAccuracy": "evaluation",
+    "bootstrap_interval": "evaluation",
+    "score_files": "evaluation",
+    "evaluate_zerospeech": "evaluation",
+    "abx_error_rates": "evaluation",
+    "abx_representations": "evaluation",
+    # corpora.py: the evaluation corpora
+    "download_corpus": "corpora",
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",

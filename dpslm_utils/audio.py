@@ -8,14 +8,16 @@ resampling only.
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import os
-from pathlib import Path
+import warnings
 
 import numpy as np
 import soundfile
 import torch
 import torchaudio
 
+from .checks import check_file, check_int
 from .registry import OFFICIAL_EXAMPLES
 
 BUNDLED_EXAMPLES: dict[str, str] = {
@@ -31,15 +33,21 @@ _UNREACHABLE: set[str] = set()
 
 _INT_SCALE = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
 
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4000, 384000
+"""Accepted sample rates in Hz (telephone speech to studio audio); others are almost surely a mistake."""
+
+PLAUSIBLE_PEAK = 2.0
+"""Float waveforms whose peak exceeds this get a warning: probably integer PCM cast to float unscaled."""
+
+log = logging.getLogger(__name__)
+
 
 def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     """Read an audio file: ``(wav: FloatTensor[channels, samples] in [-1, 1], sample_rate)``.
 
     Integer PCM is scaled to float; every format libsndfile reads works (wav, flac, ogg, ...).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file {path} does not exist")
+    path = check_file(path, "audio file")
     try:
         data, sr = soundfile.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile's errors do not name the file
@@ -51,14 +59,16 @@ def save_wav(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> No
     """Write a mono waveform (any shape holding one channel) as a WAV file, atomically."""
     from .checkpoints import write_atomically
 
-    write_atomically(Path(path), lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
+    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
 
 
 def as_waveform(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Return ``wav`` as a float32 tensor ``[channels, samples]``, checked.
 
     Accepts ``[samples]`` or ``[channels, samples]``, float or integer PCM (int8/16/32, scaled to
-    [-1, 1]). Raises ValueError for empty audio, other shapes, and NaN or infinite samples.
+    [-1, 1]). Raises ValueError for empty audio, other shapes, more channels than samples (soundfile's
+    ``[samples, channels]`` layout: pass ``wav.T``), and NaN or infinite samples. Warns when float
+    samples reach far beyond [-1, 1] (peak above :data:`PLAUSIBLE_PEAK`).
     """
     if isinstance(wav, np.ndarray):
         wav = torch.from_numpy(wav)
@@ -77,8 +87,20 @@ def as_waveform(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected a waveform of shape [samples] or [channels, samples], got {list(wav.shape)}")
     if wav.shape[-1] == 0:
         raise ValueError("the waveform is empty (0 samples)")
+    channels, samples = wav.shape
+    if channels > samples:
+        raise ValueError(
+            f"got a waveform of shape [{channels}, {samples}]: more channels than samples, so probably "
+            f"[samples, channels] (soundfile's layout); pass its transpose wav.T, of shape [{samples}, {channels}]"
+        )
     if not torch.isfinite(wav).all():
         raise ValueError("the waveform contains NaN or infinite samples")
+    peak = wav.abs().max().item()
+    if peak > PLAUSIBLE_PEAK:
+        warnings.warn(
+            f"the waveform's peak amplitude is {peak:g}, far outside [-1, 1]: integer PCM cast to float? "
+            "Scale it (int16: divide by 32768) or pass the integer array itself", stacklevel=2,
+        )
     return wav
 
 
@@ -90,12 +112,15 @@ def to_mono(wav: torch.Tensor) -> torch.Tensor:
 
 def resample(wav: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
     """``torchaudio.functional.resample`` with default settings (identity when the rates match)."""
-    for name, rate in (("sample_rate", sample_rate), ("target_rate", target_rate)):
-        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
-            raise ValueError(f"{name} must be a positive integer number of Hz, got {rate!r}")
+    sample_rate, target_rate = check_sample_rate(sample_rate), check_sample_rate(target_rate, "target_rate")
     if sample_rate == target_rate:
         return wav
-    return torchaudio.functional.resample(wav, int(sample_rate), int(target_rate))
+    return torchaudio.functional.resample(wav, sample_rate, target_rate)
+
+
+def check_sample_rate(sample_rate: int, name: str = "sample_rate") -> int:
+    """``sample_rate`` as an int if it is an integer number of Hz from 4 kHz to 384 kHz, else raise."""
+    return check_int(name, sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
 
 
 def bundled_example(name: str) -> tuple[torch.Tensor, int]:
@@ -113,7 +138,8 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
     middle classes ..."), ``"manufacture"`` and ``"manufelture"`` (a word / non-word pair). With
     ``official=True`` the original project's recording is used when it is cached or can be
     downloaded; otherwise (or with ``official=False``) the project's own espeak-ng recording of the
-    same words, shipped with the package. A line is printed saying which one you got.
+    same words, shipped with the package. Which one you got is logged (``logging``, logger
+    ``dpslm_utils.audio``); falling back to the bundled one is a warning.
     """
     from .checkpoints import CheckpointError, download
 
@@ -123,11 +149,12 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
         try:
             path = download(OFFICIAL_EXAMPLES[name], progress=False)
             wav, sr = load_audio(path)
-            print(f"[dpslm] example {name!r}: the official recording {path.name}")
+            log.info("example %r: the official recording %s", name, path.name)
             return to_mono(wav), sr
-        except CheckpointError:
+        except CheckpointError as e:  # no network, or an unwritable cache
             _UNREACHABLE.add(name)
+            log.warning("example %r: the official recording could not be fetched (%s); using the bundled "
+                        "espeak-ng recording %s instead", name, str(e).splitlines()[0], BUNDLED_EXAMPLES[name])
     wav, sr = bundled_example(name)
-    reason = " (the official one could not be fetched)" if official else ""
-    print(f"[dpslm] example {name!r}: bundled espeak-ng recording {BUNDLED_EXAMPLES[name]}{reason}")
+    log.info("example %r: bundled espeak-ng recording %s", name, BUNDLED_EXAMPLES[name])
     return to_mono(wav), sr

@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import json
+import logging
 import os
+import secrets
 import sys
 import tempfile
 import urllib.error
@@ -29,6 +33,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .checks import check_file
 from .registry import RemoteFile
 
 WEIGHTS_ENV = "DPSLM_WEIGHTS"
@@ -37,6 +42,8 @@ WEIGHT_MODES = ("pretrained", "random-tiny")
 RANDOM_WEIGHTS_MESSAGE = "RANDOM WEIGHTS (DPSLM_WEIGHTS=random-tiny): outputs carry no meaning"
 
 Model = TypeVar("Model")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -82,48 +89,129 @@ def _matches(remote: RemoteFile, digest: str) -> bool:
 def download(remote: RemoteFile, progress: bool = True) -> Path:
     """Return the verified local copy of ``remote``, downloading it into :func:`cache_dir` if needed.
 
-    A cached file whose SHA-256 does not match is deleted and fetched again. Downloads go to a
-    temporary file in the cache directory that is renamed only once it is complete and verified, so
-    an interrupted or failed download never leaves a half-written file under the final name.
+    A file's SHA-256 is checked once, when it arrives (or is first found in the cache); its size and
+    modification time are then remembered in a small ``.<name>.verified`` file beside it, and it is
+    hashed again only when they change. A cached file whose SHA-256 does not match is deleted and
+    fetched again. Downloads go to a temporary file in the cache directory that is renamed only once
+    it is complete and verified, so a failed download never leaves a half-written file under the
+    final name. Errors (no network, disk full, no permission) are CheckpointErrors that say which.
     """
     target = cache_dir() / remote.filename
-    if target.is_file():
-        if _matches(remote, sha256_of(target)):
-            return target
-        print(f"cached {target} is corrupt (SHA-256 mismatch); downloading it again", file=sys.stderr)
-        target.unlink()
-
+    if _cached_and_verified(remote, target):
+        return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temporary(target)
     except OSError as e:
-        raise CheckpointError(f"cannot create the cache directory {target.parent}: {e}") from e
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{remote.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
+        raise CheckpointError(_unwritable_cache_message(target.parent, e)) from e
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with _progress_bar(total, remote.filename, progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if not _matches(remote, digest.hexdigest()):
+        digest = _fetch(remote.url, tmp, remote.filename, progress)
+        if not _matches(remote, digest):
             raise CheckpointError(
-                f"downloaded {remote.url} but its SHA-256 {digest.hexdigest()} does not start with "
+                f"downloaded {remote.url} but its SHA-256 {digest} does not start with "
                 f"{remote.sha256}; the file was discarded"
             )
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError) as e:
+        _remember_verified(target, digest)
+    except _Unreachable as e:
         raise CheckpointError(
-            f"could not download {remote.url} ({e}).\n"
+            f"could not download {remote.url} ({e.__cause__}).\n"
             f"Without network access, download it elsewhere and place it at:\n    {target}\n"
             f"(or set {CACHE_ENV} to the folder that holds it), or run offline with random weights: "
             f"{WEIGHTS_ENV}=random-tiny"
-        ) from e
+        ) from e.__cause__
+    except OSError as e:  # writing, not reading: disk full, no permission, read-only file system
+        raise CheckpointError(f"could not save {remote.filename} in {target.parent}: {e.strerror or e}") from e
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+class _Unreachable(Exception):
+    """Reading the URL failed (network, server or URL); the cause is attached."""
+
+
+def _fetch(url: str, tmp: Path, name: str, progress: bool) -> str:
+    """Stream ``url`` into ``tmp`` and return its SHA-256 hex digest.
+
+    Failures to read become :class:`_Unreachable`; failures to write stay OSError.
+    """
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        try:
+            response = urllib.request.urlopen(url, timeout=60)
+        except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+            raise _Unreachable() from e
+        with response, _progress_bar(int(response.headers.get("Content-Length") or 0) or None, name, progress) as bar:
+            while chunk := _read(response):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _read(response: Any, size: int = 1 << 20) -> bytes:
+    try:
+        return response.read(size)
+    except (OSError, http.client.HTTPException) as e:
+        raise _Unreachable() from e
+
+
+def _unwritable_cache_message(folder: Path, error: OSError) -> str:
+    return (f"cannot write to the cache directory {folder} ({error.strerror or error}); "
+            f"set {CACHE_ENV} to a writable folder")
+
+
+def _verified_record(target: Path) -> Path:
+    return target.with_name(f".{target.name}.verified")
+
+
+def _cached_and_verified(remote: RemoteFile, target: Path) -> bool:
+    """True if ``target`` holds ``remote``'s bytes: from the remembered record while the file's size and
+    mtime are unchanged, else by hashing it (and remembering). A corrupt file is deleted."""
+    try:
+        stat = target.stat()
+    except FileNotFoundError:
+        return False
+    if target.is_dir():
+        raise CheckpointError(f"{target} is a directory; the cache expects the file {remote.filename} there")
+    remembered = _remembered_digest(target, stat)
+    if remote.sha256 is None or (remembered is not None and _matches(remote, remembered)):
+        return True
+    try:
+        digest = sha256_of(target)
+    except FileNotFoundError:  # removed meanwhile, e.g. by another process cleaning it
+        return False
+    if _matches(remote, digest):
+        _remember_verified(target, digest)
+        return True
+    log.warning("cached %s is corrupt (SHA-256 mismatch); downloading it again", target)
+    try:
+        target.unlink(missing_ok=True)  # another process may be removing it at the same time
+    except OSError as e:
+        raise CheckpointError(f"cannot remove the corrupt cached file {target}: {e.strerror or e}") from e
+    return False
+
+
+def _remembered_digest(target: Path, stat: os.stat_result) -> str | None:
+    """The SHA-256 recorded for ``target`` if its size and mtime still match the record, else None."""
+    try:
+        record = json.loads(_verified_record(target).read_text())
+        if (record["size"], record["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+            return str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no usable record
+    return None
+
+
+def _remember_verified(target: Path, digest: str) -> None:
+    """Record ``digest`` with the file's size and mtime; best effort (a read-only cache just re-hashes)."""
+    try:
+        stat = target.stat()
+        record = json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        write_atomically(_verified_record(target), lambda tmp: tmp.write_text(record))
+    except OSError as e:
+        log.debug("could not record the verification of %s: %s", target, e)
 
 
 @contextlib.contextmanager
@@ -136,9 +224,7 @@ def _progress_bar(total: int | None, name: str, enabled: bool) -> Iterator[Any]:
 
 def load_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = check_file(path, "checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -157,17 +243,27 @@ def require_keys(checkpoint: Any, keys: tuple[str, ...], path: str | os.PathLike
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    Readers never see a half-written ``path``; if ``write`` fails, nothing is left behind.
+    Readers never see a half-written ``path``; if ``write`` fails, nothing is left behind. The file
+    gets the permissions of any new file (``0o666`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _new_temporary(path: Path) -> Path:
+    """Create an empty, uniquely named file ``.<name>.<random>.part`` beside ``path``.
+
+    Not ``tempfile.mkstemp``: its files are private (0600), and the rename would keep that.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
 
 
 def save_atomically(obj: Any, path: Path) -> None:
@@ -191,7 +287,7 @@ def pretrained_path(remote: RemoteFile, family: str, **arguments: Any) -> Iterat
     with tempfile.TemporaryDirectory(prefix="dpslm-random-tiny-") as tmp:
         path = Path(tmp) / remote.filename
         random_tiny.write(family, path, **arguments)
-        print(f"[dpslm] {remote.filename}: {RANDOM_WEIGHTS_MESSAGE}")
+        log.warning("%s: %s", remote.filename, RANDOM_WEIGHTS_MESSAGE)
         yield path
 
 

@@ -1,36 +1,45 @@
-"""Command line: ``python -m dpslm_utils {demo,encode,encode-codec,train-ulm,train-ellav,resynthesize,score,say,wer} ...``.
+"""Command line: ``python -m dpslm_utils COMMAND ...`` (also the ``dpslm`` script).
 
-(Also the ``dpslm`` script.) ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
+Commands: demo, encode, encode-codec, train-ulm, train-ellav, resynthesize, score, say, wer, zerospeech,
+abx, download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
 one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
 encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
+
+Every command checks its arguments, input files and output folder before it loads a model, and
+reports errors in one line (``dpslm: error: ...``), without a traceback. Exit status: 0 done;
+1 the work ran but something failed (a download, a file that could not be processed); 2 the command
+was refused before any work (bad arguments, missing or unreadable inputs, an unwritable output).
+torch, numpy and soundfile are imported inside the commands, so such refusals take a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-
-from . import distributed, registry
-from .audio import example_audio, load_audio, save_wav, to_mono
-from .checkpoints import (
-    RANDOM_WEIGHTS_MESSAGE,
-    WEIGHTS_ENV,
-    CheckpointError,
-    using_random_weights,
-    weights_mode,
-    write_atomically,
-)
-from .settings_record import SettingsMismatch, check_settings
+from . import registry
+from .checks import check_count, check_file, check_int, check_real, check_sampling, check_seed
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
+SILENCE_PEAK = 1e-4
+"""Input whose peak amplitude stays below this (-80 dBFS) is silent: there is nothing to resynthesize."""
+
+
+class UsageError(Exception):
+    """The command is refused before any work (exit status 2)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised as UsageError) instead of its usage block and exit."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 # -- helpers shared by the commands ---------------------------------------------------------------
@@ -38,8 +47,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 def find_audio(in_dir: Path) -> list[Path]:
     """Every audio file under ``in_dir``, sorted (so all ranks agree on the order)."""
-    if not in_dir.is_dir():
-        raise SystemExit(f"error: {in_dir} is not a directory")
     return sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
@@ -50,26 +57,74 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[rank::world_size])
 
 
+def check_creatable(out_dir: Path) -> None:
+    """Raise UsageError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
+            return
+
+
 def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and try a file in it; UsageError if that fails. Call it after every other check."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
-        raise SystemExit(f"error: cannot write to {out_dir}: {e.strerror or e}") from e
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from e
 
 
-def units_text(units: torch.Tensor) -> str:
+def check_input_audio(path: str) -> tuple:
+    """Read a mono input (``[1, samples]``, sample rate) and check it is usable speech; UsageError if not."""
+    from .audio import check_sample_rate
+    from .wavlm import MAX_SECONDS
+
+    try:
+        wav, sr = _read_mono(check_file(path, "audio file"))
+        sr = check_sample_rate(sr)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
+    if wav.shape[-1] / sr > MAX_SECONDS:
+        raise UsageError(f"{path} is {wav.shape[-1] / sr:.1f} s long; WavLM takes at most {MAX_SECONDS:g} s (split it)")
+    if wav.abs().max() < SILENCE_PEAK:
+        raise UsageError(f"{path} is silent (peak amplitude below {SILENCE_PEAK:g}): there is no speech in it")
+    return wav, sr
+
+
+def check_device(device: str | None) -> None:
+    if device is None:
+        return
+    from .pipeline import resolve_device
+
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {device}: {e}") from e
+
+
+def units_text(units) -> str:
     """Deduplicated units as the text the originals use: ``"u12 u7 u300"``."""
     return " ".join(f"u{u}" for u in units.tolist())
 
 
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
+def save_wav(path: Path, wav, sample_rate: int) -> None:
+    from .audio import save_wav as save  # torch is loaded by then: the command made the waveform
+
+    save(path, wav, sample_rate)
+
+
+def _read_mono(path: Path) -> tuple:
+    from .audio import load_audio, to_mono
+
     wav, sr = load_audio(path)
     return to_mono(wav), sr
 
 
 def _say_if_random() -> None:
+    from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
+
     if using_random_weights():
         print(f"NOTE: {RANDOM_WEIGHTS_MESSAGE}")
 
@@ -82,7 +137,8 @@ def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> di
     return {fmt: base.with_name(base.name + f".{fmt}") for fmt in formats}
 
 
-def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch.Tensor) -> None:
+def _write_units(outputs: dict[str, Path], units, durations) -> None:
+    from .checkpoints import write_atomically
     from .datasets import save_units
 
     if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
@@ -91,7 +147,7 @@ def _write_units(outputs: dict[str, Path], units: torch.Tensor, durations: torch
         write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
 
 
-def _read_frame_units(outputs: dict[str, Path]) -> torch.Tensor | None:
+def _read_frame_units(outputs: dict[str, Path]):
     if "npy" not in outputs:
         return None
     from .datasets import load_frame_units
@@ -105,20 +161,18 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
     Resumable (files whose outputs exist are skipped), refuses an OUT_DIR made with other settings,
     reports unreadable files and goes on, shards the files across torchrun ranks. ``load()`` builds the
     model once, ``encode(model, wav, sr)`` encodes one file, ``write(outputs, result)`` saves it.
-    Returns ``(all files, failed files, dist)``.
+    Returns ``(all files, failed files, dist)``. :func:`check_encode_tree` has checked the arguments.
     """
+    from tqdm.auto import tqdm
+
+    from . import distributed
+    from .settings_record import check_settings
+
     try:
         dist = distributed.setup(args.device)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    check_writable(out_dir)
-    try:
-        check_settings(out_dir, command, settings, write=False)
-    except SettingsMismatch as e:
-        distributed.teardown(dist)
-        raise SystemExit(f"error: {e}") from e
-    files = find_audio(in_dir)
+    in_dir, out_dir, files = Path(args.in_dir), Path(args.out_dir), args.files
     mine = shard(files, dist.rank, dist.world_size)
     todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
     print(f"{dist.prefix}{len(files)} audio files under {in_dir}: {len(mine)} for this process, "
@@ -132,7 +186,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
         try:
             wav, sr = _read_mono(path)
             result = encode(model, wav, sr)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
             failed.append(path)
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
             continue
@@ -150,14 +204,60 @@ def _report_failed(failed: list) -> int:
     return 0
 
 
+def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
+    """The checks of ``encode`` and ``encode-codec``: IN_DIR, its audio files, OUT_DIR and its settings record.
+
+    ``settings()`` gives the settings to record (called only once the cheap checks passed).
+    """
+    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
+    if not in_dir.is_dir():
+        raise UsageError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist")
+    args.files = find_audio(in_dir)
+    if not args.files:
+        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
+    check_unique_stems(args.files, in_dir)
+    check_creatable(out_dir)
+    check_device(args.device)
+    from .settings_record import check_settings
+
+    check_settings(out_dir, command, settings(), write=False)  # SettingsMismatch: a refusal
+    check_writable(out_dir)
+
+
+def check_encode(args: argparse.Namespace) -> None:
+    if args.k not in registry.CODEBOOK_SIZES:
+        raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
+    args.lmbda = check_real("--lmbda", args.lmbda, minimum=0.0)
+    if args.num_neighbors is not None:
+        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
+    check_encode_tree(args, "encode", lambda: _encode_settings(args))
+
+
+def _encode_settings(args: argparse.Namespace) -> dict:
+    from .checkpoints import weights_mode
+
+    return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
+
+
+def check_unique_stems(files: list[Path], in_dir: Path) -> None:
+    """Outputs are named by the input's path without its audio suffix: refuse inputs that would share one."""
+    by_stem: dict[Path, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.relative_to(in_dir).with_suffix(""), []).append(f.relative_to(in_dir))
+    clashes = [" and ".join(map(str, group)) for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(clashes[:5]) + (f"; ... ({len(clashes)} in all)" if len(clashes) > 5 else "")
+        raise UsageError(f"inputs that differ only in their suffix would write the same outputs: {shown}. "
+                         "Rename or move one of each")
+
+
 def cmd_encode(args: argparse.Namespace) -> int:
     from .pipeline import UnitEncoder
     from .quantize import bitrate
 
     formats = ["txt", "npy"] if args.format == "both" else [args.format]
-    settings = {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
     files, failed, dist = _encode_tree(
-        args, "encode", settings, formats,
+        args, "encode", _encode_settings(args), formats,
         load=lambda device: UnitEncoder.from_pretrained(args.k, args.lmbda, device, args.num_neighbors),
         encode=lambda encoder, wav, sr: encoder.encode(wav, sr),
         write=lambda outputs, encoded: _write_units(outputs, encoded.units, encoded.durations),
@@ -176,16 +276,27 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return _report_failed(failed)
 
 
+def check_encode_codec(args: argparse.Namespace) -> None:
+    check_encode_tree(args, "encode-codec", lambda: _codec_settings(args))
+
+
+def _codec_settings(args: argparse.Namespace) -> dict:
+    from .checkpoints import weights_mode
+
+    return {"codec": args.codec, "weights": weights_mode()}
+
+
 def cmd_encode_codec(args: argparse.Namespace) -> int:
-    from .wavtokenizer import WavTokenizer
+    import numpy as np
 
     from .datasets import save_array
+    from .wavtokenizer import WavTokenizer
 
-    def write(outputs: dict[str, Path], codes: torch.Tensor) -> None:
+    def write(outputs: dict[str, Path], codes) -> None:
         save_array(outputs["npy"], codes.cpu().numpy().astype(np.int16))  # 4096 codes fit in int16
 
     files, failed, dist = _encode_tree(
-        args, "encode-codec", {"codec": args.codec, "weights": weights_mode()}, ["npy"],
+        args, "encode-codec", _codec_settings(args), ["npy"],
         load=lambda device: WavTokenizer.from_pretrained(args.codec, device=device),
         encode=lambda codec, wav, sr: codec.encode(wav, sr),
         write=write,
@@ -213,6 +324,17 @@ def _training_errors(train, *args, **kwargs):
         raise SystemExit(f"error: {e}") from e
 
 
+def check_training(args: argparse.Namespace) -> None:
+    check_int("--k", args.k, minimum=1)
+    if args.max_steps is not None:
+        check_int("--max-steps", args.max_steps, minimum=1)
+    for folder in (args.units_dir, getattr(args, "codes_dir", None), args.val_dir):
+        if folder is not None and not Path(folder).is_dir():
+            raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
+    check_creatable(Path(args.out_dir))
+    check_device(args.device)
+
+
 def cmd_train_ulm(args: argparse.Namespace) -> int:
     from .training import train_ulm
 
@@ -236,18 +358,49 @@ def cmd_train_ellav(args: argparse.Namespace) -> int:
 # -- resynthesize, score --------------------------------------------------------------------------
 
 
+def check_resynthesize(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    check_count("-n", args.n)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    out_folder = Path(args.out_prefix).parent
+    check_creatable(out_folder)
+    check_file(args.input, "audio file")
+    check_device(args.device)
+    args.wav, args.sr = check_input_audio(args.input)
+    check_writable(out_folder)
+
+
 def cmd_resynthesize(args: argparse.Namespace) -> int:
     from .pipeline import DPSLM
 
     model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
     _say_if_random()
-    wav, sr = _read_mono(Path(args.input))
-    outputs = model.resynthesize(wav, sr, n=args.n, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    outputs = model.resynthesize(args.wav, args.sr, n=args.n, temperature=args.temperature, top_p=args.top_p,
+                                 seed=args.seed)
+    failed = 0
     for i, out in enumerate(outputs):
         path = Path(f"{args.out_prefix}_{i}.wav")
+        if out.numel() == 0:  # ELLA-V closed every unit without a codec token: nothing to write
+            failed += 1
+            print(f"rendition {i} is empty (ELLA-V produced no codec tokens); {path} was not written", file=sys.stderr)
+            continue
         save_wav(path, out, model.vocoder.sample_rate)
         print(path)
-    return 0
+    return 1 if failed else 0
+
+
+def check_score(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    problems = []
+    for name in args.files:
+        try:
+            check_file(name, "audio file")
+        except OSError as e:
+            problems.append(str(e))
+    if problems:
+        raise UsageError("; ".join(problems))
+    check_device(args.device)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -260,7 +413,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         try:
             wav, sr = _read_mono(Path(name))
             print(f"{model.loglikelihood(wav, sr):.4f}\t{name}")
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
             failed += 1
             print(f"skipped {name}: {e}", file=sys.stderr)
     return 1 if failed else 0
@@ -269,20 +422,23 @@ def cmd_score(args: argparse.Namespace) -> int:
 # -- say, wer (phone toplines and resynthesis intelligibility) -------------------------------------
 
 
-def cmd_say(args: argparse.Namespace) -> int:
-    from .phones import PhoneTTS, as_phones, text_to_phones
+def check_say(args: argparse.Namespace) -> None:
+    from .phones import as_phones, text_to_phones
 
-    try:  # check the text before loading any model
-        phones = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
-    except (ValueError, TypeError, ImportError) as e:
-        raise SystemExit(f"error: {e}") from e
+    args.phone_list = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    check_device(args.device)
+    check_creatable(Path(args.out_wav).parent)
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from .phones import PhoneTTS
+
     tts = PhoneTTS.from_pretrained(device=args.device)
     _say_if_random()
-    print(" ".join(phones))
-    try:
-        (speech,) = tts.synthesize(phones, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    except ValueError as e:  # a phone the model does not know, or bad sampling settings
-        raise SystemExit(f"error: {e}") from e
+    print(" ".join(args.phone_list))
+    (speech,) = tts.synthesize(args.phone_list, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     save_wav(Path(args.out_wav), speech.wav, speech.sample_rate)
     print(f"{args.out_wav} ({len(speech.wav) / speech.sample_rate:.2f} s at {speech.sample_rate} Hz)")
     return 0
@@ -297,18 +453,23 @@ def _pairs(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"expected K:LAMBDA pairs such as 500:4500,500:0 ({e})") from e
 
 
+def check_wer(args: argparse.Namespace) -> None:
+    from .wer import read_transcripts
+
+    if not args.pairs and args.no_references:
+        raise UsageError("nothing to measure: give --pairs or drop --no-references")
+    check_count("--batch-size", args.batch_size)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    read_transcripts(args.audio_dir, args.limit)
+    check_device(args.device)
+    check_creatable(Path(args.out_dir))
+
+
 def cmd_wer(args: argparse.Namespace) -> int:
     from . import wer
 
-    if not args.pairs and args.no_references:
-        raise SystemExit("error: nothing to measure: give --pairs or drop --no-references")
-    if args.batch_size < 1:
-        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}")
-    try:
-        wer.read_transcripts(args.audio_dir, args.limit)  # fail on a bad folder before loading any model
-        asr = wer.whisper_asr(args.asr_model, device=args.device)
-    except (ValueError, wer.ASRUnavailable) as e:
-        raise SystemExit(f"error: {e}") from e
+    asr = wer.whisper_asr(args.asr_model, device=args.device)  # not installed or offline: one-line error
     out_dir = Path(args.out_dir)
     check_writable(out_dir)
     rows = wer.resynthesis_wer(
@@ -332,7 +493,17 @@ def cmd_wer(args: argparse.Namespace) -> int:
 # -- demo -----------------------------------------------------------------------------------------
 
 
+def check_demo(args: argparse.Namespace) -> None:
+    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+    check_seed(args.seed)
+    check_creatable(Path(args.out))
+    check_device(args.device)
+    check_writable(Path(args.out))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .checkpoints import WEIGHTS_ENV, CheckpointError
+
     if args.weights != "auto":
         os.environ[WEIGHTS_ENV] = args.weights
     try:
@@ -354,10 +525,10 @@ def _demo(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     from . import plots
+    from .audio import example_audio
     from .pipeline import DPSLM
 
     out = Path(args.out)
-    check_writable(out)
     model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
     print(model)
     wav, sr = example_audio("librispeech")
@@ -390,6 +561,141 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- evaluate: zerospeech, abx, download -----------------------------------------------------------
+
+
+def _check_run_settings(out_dir: Path, command: str, settings: dict) -> None:
+    """The output-folder settings record (as ``encode``): cached units/features only fit their settings."""
+    from .settings_record import SettingsMismatch, check_settings
+
+    try:
+        check_settings(out_dir, command, settings)
+    except SettingsMismatch as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _unit_encoder(args: argparse.Namespace):
+    from .pipeline import UnitEncoder
+
+    try:
+        return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _encoding_settings(args: argparse.Namespace) -> dict:
+    from .checkpoints import using_random_weights
+
+    return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "random_weights": using_random_weights()}
+
+
+def check_zerospeech(args: argparse.Namespace) -> None:
+    if not Path(args.dataset_dir).is_dir():
+        raise UsageError(f"{args.dataset_dir} is not a folder" if Path(args.dataset_dir).exists()
+                         else f"{args.dataset_dir} does not exist")
+    if args.ulm:
+        check_file(args.ulm, "unit-LM checkpoint")
+    else:
+        try:
+            registry.check_combination(args.k, args.lmbda)
+        except ValueError as e:
+            raise UsageError(f"{e} (or pass --ulm PATH for a unit LM of your own)") from e
+    check_count("--batch-size", args.batch_size)
+    check_evaluation_output(args)
+
+
+def check_abx(args: argparse.Namespace) -> None:
+    check_file(args.item_file, "item file")
+    if not Path(args.audio_dir).is_dir():
+        raise UsageError(f"{args.audio_dir} is not a folder" if Path(args.audio_dir).exists()
+                         else f"{args.audio_dir} does not exist")
+    check_evaluation_output(args)
+
+
+def check_evaluation_output(args: argparse.Namespace) -> None:
+    if args.num_neighbors is not None:
+        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
+    check_creatable(Path(args.out_dir))
+    check_device(args.device)
+
+
+def cmd_zerospeech(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_zerospeech, results_table
+    from .ulm import UnitLM
+
+    out_dir = Path(args.out_dir)
+    check_writable(out_dir)
+    if not args.ulm:
+        try:
+            registry.check_combination(args.k, args.lmbda)
+        except ValueError as e:
+            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
+    _check_run_settings(out_dir, "zerospeech", _encoding_settings(args))
+    if args.ulm:
+        ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
+        if ulm.k != args.k:
+            raise SystemExit(f"error: {args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
+    else:
+        ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
+    encoder = _unit_encoder(args)
+    _say_if_random()
+    try:
+        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
+                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    print(results_table(results))
+    print(f"wrote the submission files under {out_dir}/lexical and {out_dir}/syntactic, metrics in {out_dir}/results.json")
+    _say_if_random()
+    return 0
+
+
+def cmd_abx(args: argparse.Namespace) -> int:
+    from .checkpoints import write_atomically
+    from .evaluation import abx_error_rates, abx_representations
+
+    item_file, out_dir = Path(args.item_file), Path(args.out_dir)
+    if not item_file.is_file():
+        raise SystemExit(f"error: item file {item_file} does not exist")
+    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
+    files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
+    if not files:
+        raise SystemExit(f"error: no audio file under {args.audio_dir} is named in {item_file} "
+                         f"(it names files like {sorted(wanted)[:2]})")
+    check_writable(out_dir)
+    _check_run_settings(out_dir, "abx", _encoding_settings(args))
+    encoder = _unit_encoder(args)
+    _say_if_random()
+    folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
+    try:
+        rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
+                                frame_rate=encoder.encoder.frame_rate, distance=args.distance,
+                                context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
+    except ImportError as e:
+        raise SystemExit(f"error: {e}") from e
+    write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
+    print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g}, {len(files)} files")
+    print(f"{'representation':<15} {'within':>7} {'across':>7}")
+    for name, rate in rates.items():
+        print(f"{name:<15} {rate.get('within', float('nan')):>7.2f} {rate.get('across', float('nan')):>7.2f}")
+    print(f"wrote {out_dir}/abx.json")
+    _say_if_random()
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .corpora import DownloadError, data_dir, download_corpus
+
+    folder = Path(args.dir) if args.dir else data_dir()
+    try:
+        archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.corpus}: {archive}" + ("" if args.no_extract else f" (unpacked into {folder})"))
+    return 0
+
+
 # -- argument parsing -----------------------------------------------------------------------------
 
 
@@ -399,8 +705,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    from .training import PRESETS
+def _add_training_args(p: argparse.ArgumentParser, settings_options: bool) -> None:
 
     p.add_argument("--k", type=int, required=True, help="codebook size of the units")
     p.add_argument("--preset", choices=["tiny", "released"], default="tiny",
@@ -410,14 +715,22 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-dir", default=None, help="validation units (default: hold out 2%% of the files)")
     p.add_argument("--overwrite", action="store_true", help="start over, deleting the run in OUT_DIR (else: resume it, or refuse other settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if not settings_options:
+        return
+    from .training import PRESETS  # imports torch: see build_parser
+
     settings = p.add_argument_group("settings (default: the preset's)")
     for name, value in PRESETS["ulm"]["tiny"].items():
         if name != "max_steps":
             settings.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, metavar=type(value).__name__.upper())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
+def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
+    """The ``dpslm`` parser. ``all_options=False`` leaves out what comes with the torch import: the
+    per-setting options of the training commands (``--lr``, ...) and the evaluation commands. :func:`main`
+    does so unless one of :data:`TORCH_PARSED_COMMANDS` is asked for, so that other commands check their
+    arguments in a fraction of a second."""
+    parser = ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="encode, resynthesize and score the bundled example")
@@ -426,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", choices=["auto", "pretrained", "random-tiny"], default="auto",
                    help="auto: the official checkpoints, or random tiny weights when they cannot be downloaded")
-    p.set_defaults(run=cmd_demo)
+    p.set_defaults(run=cmd_demo, check=check_demo)
 
     p = sub.add_parser("encode", help="every audio file under IN_DIR -> DPDP units under OUT_DIR (resumable)")
     p.add_argument("in_dir")
@@ -436,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["txt", "npy", "both"], default="both",
                    help="txt: 'u12 u7 ...'; npy: int64 [N, 2] of (unit, duration in 50 Hz frames)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_encode)
+    p.set_defaults(run=cmd_encode, check=check_encode)
 
     p = sub.add_parser("encode-codec", help="every audio file under IN_DIR -> WavTokenizer codes (.npy) under OUT_DIR")
     p.add_argument("in_dir")
@@ -445,20 +758,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WavTokenizer (default: the 40 Hz one ELLA-V uses)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_encode_codec)
+    p.set_defaults(run=cmd_encode_codec, check=check_encode_codec)
 
     p = sub.add_parser("train-ulm", help="train a unit LM on the units under UNITS_DIR (resumable)")
     p.add_argument("units_dir")
     p.add_argument("out_dir")
-    _add_training_args(p)
-    p.set_defaults(run=cmd_train_ulm)
+    _add_training_args(p, all_options)
+    p.set_defaults(run=cmd_train_ulm, check=check_training)
 
     p = sub.add_parser("train-ellav", help="train an ELLA-V on units + codec tokens (matched by relative path)")
     p.add_argument("units_dir")
     p.add_argument("codes_dir")
     p.add_argument("out_dir")
-    _add_training_args(p)
-    p.set_defaults(run=cmd_train_ellav)
+    _add_training_args(p, all_options)
+    p.set_defaults(run=cmd_train_ellav, check=check_training)
 
     p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
     p.add_argument("input")
@@ -468,12 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=None)
-    p.set_defaults(run=cmd_resynthesize)
+    p.set_defaults(run=cmd_resynthesize, check=check_resynthesize)
 
     p = sub.add_parser("score", help="unit-LM log-likelihood (nats) of each file, one per line")
     p.add_argument("files", nargs="+")
     _add_model_args(p)
-    p.set_defaults(run=cmd_score)
+    p.set_defaults(run=cmd_score, check=check_score)
 
     p = sub.add_parser("say", help="text -> ARPAbet phones -> phone ELLA-V -> 24 kHz speech (the phone topline)")
     p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL")')
@@ -483,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.set_defaults(run=cmd_say)
+    p.set_defaults(run=cmd_say, check=check_say)
 
     p = sub.add_parser("wer", help="resynthesis WER and bitrate per (k, λ) on a LibriSpeech-layout folder")
     p.add_argument("audio_dir", help="folder with *.trans.txt transcripts beside the .flac/.wav files")
@@ -501,16 +814,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="utterances per ELLA-V batch")
     p.add_argument("--save-audio", action="store_true", help="keep every resynthesis under OUT_DIR/audio/")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.set_defaults(run=cmd_wer)
+    p.set_defaults(run=cmd_wer, check=check_wer)
+    if not all_options:  # the evaluation commands' choices come with the torch import: see the docstring
+        return parser
+    from .corpora import CORPORA
+    from .evaluation import REDUCTIONS, SPLITS
+
+    p = sub.add_parser("zerospeech", help="ZeroSpeech 2021 lexical + syntactic: submission files and official metrics")
+    p.add_argument("dataset_dir", help="the sLM21 dataset: lexical/dev/*.wav + gold.csv, syntactic/dev/...")
+    p.add_argument("out_dir", help="submission files, cached units, results.json")
+    _add_model_args(p)
+    p.add_argument("--hours", choices=["1k", "60k"], default="1k", help="released unit LM trained on 1k or 60k hours")
+    p.add_argument("--ulm", default=None, help="a unit-LM checkpoint of your own instead of the released one")
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=["dev"])
+    p.add_argument("--reduction", choices=REDUCTIONS, default="sum",
+                   help="sum: summed log-likelihood per file (the original); mean: per unit")
+    p.add_argument("--batch-size", type=int, default=8, help="files encoded per WavLM batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_zerospeech, check=check_zerospeech)
+
+    p = sub.add_parser("abx", help="phone ABX error rates of WavLM features, DPDP features and units")
+    p.add_argument("item_file", help="a ZeroSpeech / Libri-light .item file (e.g. dev-clean.item)")
+    p.add_argument("audio_dir", help="the audio the item file names (e.g. LibriSpeech/dev-clean)")
+    p.add_argument("out_dir", help="cached features and abx.json")
+    _add_model_args(p)
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    p.add_argument("--representations", nargs="+", choices=["wavlm", "dpdp", "units"],
+                   default=["wavlm", "dpdp", "units"])
+    p.add_argument("--distance", choices=["cosine", "euclidean", "kl", "kl_symmetric"], default="cosine")
+    p.add_argument("--context", choices=["within", "any"], default="within", help="within: triphone ABX (classic)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_abx, check=check_abx)
+
+    p = sub.add_parser("download", help="fetch an evaluation corpus into $DPSLM_DATA (resumable, verified)")
+    p.add_argument("corpus", choices=sorted(CORPORA))
+    p.add_argument("--dir", default=None, help="target folder (default: $DPSLM_DATA)")
+    p.add_argument("--no-extract", action="store_true", help="keep the archive packed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_download)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in ("demo", "resynthesize", "score"):  # these need a released (k, λ) pair
+    """Run one command; return its exit status (0 done, 1 something failed, 2 refused before any work)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
+        args = build_parser(all_options).parse_args(argv)
         try:
-            args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
-        except ValueError as e:
-            parser.error(str(e))
-    return args.run(args)
+            if hasattr(args, "check"):
+                args.check(args)  # every argument, input and output, before any model is loaded
+        except (ValueError, TypeError, OSError) as e:
+            raise UsageError(str(e)) from e
+        return args.run(args)
+    except UsageError as e:
+        print(f"dpslm: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError and out-of-memory are RuntimeErrors
+        print("dpslm: error:", " ".join(line.strip() for line in str(e).splitlines()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dpslm: interrupted", file=sys.stderr)
+        return 130

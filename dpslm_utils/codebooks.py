@@ -10,13 +10,13 @@ codebook matched to the random-tiny WavLM's features (see :func:`dpslm_utils.ran
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import torch
 from torch import Tensor
 
 from . import checkpoints, registry
+from .checks import MAX_SEED, check_int
 
 CODEBOOK_DIM = 1024
 """Feature size of the released codebooks (WavLM Large's hidden size)."""
@@ -122,12 +122,11 @@ def train_codebook(
     ``iterations=0`` returns the k-means++ initialisation.
     """
     features = check_vectors(features, "features")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    k = check_int("k", k, minimum=1)
     if k > features.shape[0]:
         raise ValueError(f"cannot fit k={k} centres to only {features.shape[0]} feature vectors (need k <= N)")
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    iterations = check_int("iterations", iterations, minimum=0)
+    seed = check_int("seed", seed, 0, MAX_SEED)
 
     x = features.detach().to(device=features.device if device is None else device, dtype=torch.float32)
     offset = x.mean(dim=0)  # work on centred data: smaller norms, more accurate distances

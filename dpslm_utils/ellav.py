@@ -38,18 +38,16 @@ import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
 from .fast import make_fast
 from .transformer import (
     Transformer,
-    check_count,
-    check_sampling,
     new_generator,
     pad_right,
     prefill,
     sample,
     steps,
 )
-from .ulm import as_units
 
 CHECKPOINT_KEYS = ("model_args", "tokenizer", "model_state")
 SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
@@ -222,9 +220,11 @@ class ELLAV(nn.Module):
         Each row holds codec tokens, EOPs and the forced unit tokens; rows that finished before the
         others continue with EOS (and an EOP every ``max + 2`` steps). See :meth:`generate`.
         """
-        check_count("max_tokens", max_tokens)
-        check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
+        max_tokens = check_count("max_tokens", max_tokens, maximum=MAX_NEW_TOKENS)
+        max_codec_tokens_per_phone = check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
         check_sampling(temperature, top_p)
+        if chunk_size is not None:
+            chunk_size = check_count("chunk_size", chunk_size)
         encoded = [self.encode(units) for units in _prompt_list(prompts)]
 
         generator = new_generator(seed, self.transformer.device)

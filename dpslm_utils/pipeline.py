@@ -13,6 +13,7 @@ import torch
 
 from . import checkpoints
 from .checkpoints import weights_mode
+from .checks import MAX_NEW_TOKENS, check_count, check_real, check_sampling, check_seed
 from .codebooks import load_codebook
 from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE, Alignment
 from .quantize import DPDPQuantizer, deduplicate, dpdp_batch
@@ -68,6 +69,9 @@ class Continuation:
 def synthesize_batch(ellav: ELLAV, vocoder: WavTokenizer, prompts: list, temperature: float = 1.0, top_p: float = 0.8,
                      seed: int | None = None, max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
     """Speech for each prompt (units, or phones for a phone ELLA-V): ELLA-V codes in one batch, then the vocoder."""
+    seed = check_seed(seed)
+    check_sampling(temperature, top_p)
+    max_codec_tokens_per_phone = check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
     prompts = [ellav.deduplicated_units(prompt) for prompt in prompts]
     # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
     max_tokens = (max_codec_tokens_per_phone + 3) * max(len(prompt) for prompt in prompts) + 1
@@ -81,8 +85,17 @@ def synthesize_batch(ellav: ELLAV, vocoder: WavTokenizer, prompts: list, tempera
     ]
 
 
-def _default_device(device: str | torch.device | None) -> str:
-    return str(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+def resolve_device(device: str | torch.device | None) -> str:
+    """One name per device, so the shared models are loaded once: "cuda" -> "cuda:<current>", "cpu:0" -> "cpu"."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"CUDA is not available here, so device {str(device)!r} cannot be used (use 'cpu')")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
 
 
 @functools.cache
@@ -108,7 +121,7 @@ class UnitEncoder:
 
         ``fast=True`` runs WavLM in reduced precision (see :meth:`WavLMEncoder.from_checkpoint`).
         """
-        device = _default_device(device)
+        device = resolve_device(device)
         codebook = load_codebook(k, FEATURE_LAYER, device=device)
         return cls(_shared_encoder(device, weights_mode(), fast), DPDPQuantizer(codebook, lmbda, num_neighbors))
 
@@ -155,7 +168,7 @@ class DPSLM:
         ``fast=True`` loads WavLM, the unit LM and ELLA-V in reduced precision (:mod:`dpslm_utils.fast`).
         """
         k, lmbda = check_combination(k, lmbda)
-        device = _default_device(device)
+        device = resolve_device(device)
         return cls(
             units=UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors, fast),
             ulm=UnitLM.from_pretrained(k, lmbda, hours=hours, device=device, fast=fast),
@@ -189,11 +202,15 @@ class DPSLM:
 
         ``max_codec_tokens_per_phone`` caps how long ELLA-V may dwell on one unit (25 ms per code).
         """
+        n = check_count("n", n)
         return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_phone)
 
     def resynthesize(self, wav: torch.Tensor, sample_rate: int, n: int = 1, temperature: float = 1.0,
                      top_p: float = 0.8, seed: int | None = None) -> list[torch.Tensor]:
         """Speech -> units -> ``n`` new 24 kHz waveforms ``[samples]`` saying the same units."""
+        check_count("n", n)  # checked again by synthesize, but before the slow part
+        check_seed(seed)
+        check_sampling(temperature, top_p)
         units = self.encode(wav, sample_rate).units
         return [s.wav for s in self.synthesize(units, n, temperature, top_p, seed)]
 
@@ -202,6 +219,11 @@ class DPSLM:
                         seed: int | None = None, vocoder_temperature: float = 1.0,
                         vocoder_top_p: float = 0.8) -> list[Continuation]:
         """Continue a spoken prompt: units -> unit LM samples ``max_new_units`` more -> speech, ``n`` times."""
+        check_count("max_new_units", max_new_units, maximum=MAX_NEW_TOKENS)
+        n, seed = check_count("n", n), check_seed(seed)
+        check_sampling(temperature, top_p, top_k)
+        check_real("vocoder_temperature", vocoder_temperature, minimum=0.0)
+        check_real("vocoder_top_p", vocoder_top_p, 0.0, 1.0)
         prompt = self.encode(wav, sample_rate).units
         continuations = self.ulm.generate(prompt, max_new_units, temperature=temperature, top_p=top_p, top_k=top_k,
                                           n=n, seed=seed)

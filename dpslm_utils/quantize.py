@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoints, registry
+from .checks import check_int, check_real
 from .codebooks import check_codebook, check_vectors, codebook_from_checkpoint, squared_distances
 from .registry import DEFAULT_K, DEFAULT_LMBDA
 
@@ -237,18 +238,10 @@ def _segment_start(cost: np.ndarray, switch_cost: list[float], end: int, unit: i
 def _check_settings(codebook: Tensor, lmbda: float, num_neighbors: int | None) -> tuple[Tensor, float, int | None]:
     """Validate the codebook ``[K, D]``, λ (finite, >= 0) and ``num_neighbors`` (None or 1..K)."""
     codebook = check_codebook(codebook)
-    if isinstance(lmbda, bool) or not isinstance(lmbda, numbers.Real):
-        raise TypeError(f"lmbda (the duration penalty λ) must be a real number, got {type(lmbda).__name__}")
-    if not math.isfinite(lmbda) or lmbda < 0:
-        raise ValueError(f"lmbda (the duration penalty λ) must be finite and >= 0, got {lmbda!r}")
-    k = codebook.shape[0]
-    if num_neighbors is not None:
-        if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, numbers.Integral):
-            raise TypeError(f"num_neighbors must be None or an integer, got {type(num_neighbors).__name__}")
-        if not 1 <= num_neighbors <= k:
-            raise ValueError(f"num_neighbors must be None or in 1..K = 1..{k}, got {num_neighbors}")
-        num_neighbors = int(num_neighbors)
-    return codebook, float(lmbda), num_neighbors
+    lmbda = check_real("lmbda (the duration penalty λ)", lmbda, minimum=0.0)
+    if num_neighbors is not None:  # at most K = codebook.shape[0]
+        num_neighbors = check_int("num_neighbors", num_neighbors, 1, codebook.shape[0])
+    return codebook, lmbda, num_neighbors
 
 
 def _check_features(features: Tensor, codebook: Tensor, name: str) -> None:

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_seed
+
 try:  # used on CUDA when installed (pip install xformers); PyTorch's SDPA otherwise
     from xformers.ops import LowerTriangularMask, memory_efficient_attention
 except ImportError:
@@ -283,14 +285,18 @@ def pad_right(sequences: list[torch.Tensor], device: torch.device) -> tuple[torc
 def sequence_logprobs(model: Transformer, sequences: list[torch.Tensor], batch_size: int = 16) -> list[torch.Tensor]:
     """``log p(ids[i] | ids[:i])`` for i >= 1 of each 1-D id sequence: FloatTensors ``[len - 1]`` (nats).
 
-    Runs ``batch_size`` right-padded sequences per forward pass (padding never changes the result).
+    Runs ``batch_size`` right-padded sequences per forward pass (padding never changes the result), taken in
+    order of length so that each batch pads little; the results come back in the order of ``sequences``.
     """
-    result = []
+    by_length = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    result: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
     for begin in range(0, len(sequences), batch_size):
-        tokens, lengths = pad_right(sequences[begin : begin + batch_size], model.device)
+        chunk = by_length[begin : begin + batch_size]
+        tokens, lengths = pad_right([sequences[i] for i in chunk], model.device)
         logprobs = F.log_softmax(model(tokens[:, :-1]), dim=-1)
         targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
-        result += [row[: length - 1] for row, length in zip(targets, lengths.tolist())]
+        for i, row, length in zip(chunk, targets, lengths.tolist()):
+            result[i] = row[: length - 1]
     return result
 
 
@@ -316,24 +322,9 @@ def prefill(
     return cache, last_logits, lengths
 
 
-def check_sampling(temperature: float, top_p: float, top_k: int | None = None) -> None:
-    """Raise ValueError unless temperature >= 0, 0 <= top_p <= 1 and top_k is None or >= 1."""
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not 0 <= top_p <= 1:
-        raise ValueError(f"top_p must be in [0, 1] (0 keeps only the most likely token), got {top_p!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
-
-
-def check_count(name: str, value: int, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
+    seed = check_seed(seed)
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()

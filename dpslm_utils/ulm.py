@@ -12,19 +12,16 @@ vocab_size, rope_theta}, "model_state_dict": {...}}`` (no output bias).
 from __future__ import annotations
 
 import functools
-import numbers
 import os
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
 from .fast import make_fast
 from .transformer import (
     Transformer,
-    check_count,
-    check_sampling,
     new_generator,
     prefill,
     sample,
@@ -37,33 +34,6 @@ UNIT_OFFSET = 1
 """Token id of unit ``u`` is ``u + UNIT_OFFSET``; id 0 is BOS."""
 
 CHECKPOINT_KEYS = ("model_args", "model_state_dict")
-
-
-def as_units(units, k: int, name: str = "units", allow_empty: bool = False) -> torch.Tensor:
-    """Check a unit sequence (list of ints, or 1-D integer tensor/array) and return it as LongTensor ``[N]``.
-
-    Raises TypeError for non-integer input, ValueError for ids outside [0, k) or (unless
-    ``allow_empty``) an empty sequence.
-    """
-    if isinstance(units, (torch.Tensor, np.ndarray)):
-        tensor = torch.as_tensor(units).detach().cpu()
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer unit ids, got a tensor of {tensor.dtype}")
-    elif isinstance(units, (list, tuple)):
-        wrong = [u for u in units if isinstance(u, bool) or not isinstance(u, numbers.Integral)]
-        if wrong:
-            raise TypeError(f"{name} must hold integer unit ids, got {wrong[0]!r} ({type(wrong[0]).__name__})")
-        tensor = torch.tensor(units, dtype=torch.long)
-    else:
-        raise TypeError(f"{name} must be a list or 1-D tensor of integer unit ids, got {type(units).__name__}")
-    if tensor.dim() != 1:
-        raise ValueError(f"{name} must be one sequence [N], got shape {list(tensor.shape)}")
-    if len(tensor) == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty")
-    outside = tensor[(tensor < 0) | (tensor >= k)]
-    if len(outside):
-        raise ValueError(f"{name} contains ids outside [0, {k}) (k = {k}): {outside[:5].tolist()}")
-    return tensor.long()
 
 
 def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
@@ -136,9 +106,14 @@ class UnitLM(nn.Module):
 
     @torch.inference_mode()
     def _unit_logprobs(self, batch: list, batch_size: int = 16) -> list[torch.Tensor]:
-        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats)."""
+        """For each sequence, ``log p(unit_i | BOS, units before i)`` as FloatTensor ``[N]`` (nats).
+
+        Sequences run ``batch_size`` at a time in order of length, so each padded batch holds
+        similar lengths (right padding needs no mask: causal attention never looks ahead to it).
+        """
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
+        batch_size = check_count("batch_size", batch_size)
         return sequence_logprobs(self.transformer, [self.tokenize(units) for units in batch], batch_size)
 
     def loglikelihood(self, units) -> float:
@@ -172,8 +147,8 @@ class UnitLM(nn.Module):
         (temperature 0 = greedy), reproducible with ``seed``.
         """
         prompt = _with_bos(as_units(prompt_units, self.k, "prompt_units", allow_empty=True))
-        check_count("max_new_units", max_new_units)
-        check_count("n", n)
+        max_new_units = check_count("max_new_units", max_new_units, maximum=MAX_NEW_TOKENS)
+        n = check_count("n", n)
         check_sampling(temperature, top_p, top_k)
 
         generator = new_generator(seed, self.transformer.device)

@@ -29,7 +29,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from . import checkpoints, registry
-from .audio import as_waveform, resample
+from .audio import as_waveform, check_sample_rate, resample
 from .checkpoints import CheckpointError
 from .fast import make_fast
 
@@ -76,6 +76,10 @@ WAVLM_LARGE_CONFIG: dict[str, Any] = {
 POSITIONAL_CONV = "encoder.transformer.pos_conv_embed"
 
 SAMPLE_RATE = 16000
+MAX_SECONDS = 60.0
+"""Longest audio one :class:`WavLMEncoder` call accepts by default (``encoder.max_seconds`` changes it).
+Attention memory grows with the square of the length (for WavLM Large about 2 GB at 60 s, 8 GB at
+120 s: README "Limits"). Split longer recordings, e.g. at pauses."""
 HOP_LENGTH = 320  # samples per frame: 16000 / 320 = 50 frames per second
 RECEPTIVE_FIELD = 400  # samples seen by one frame of the conv stack
 EDGE_PADDING = (RECEPTIVE_FIELD - HOP_LENGTH) // 2  # 40 zeros on each side, as the original
@@ -112,6 +116,7 @@ class WavLMEncoder(nn.Module):
 
     sample_rate = SAMPLE_RATE
     frame_rate = SAMPLE_RATE // HOP_LENGTH
+    max_seconds = MAX_SECONDS
     num_frames = staticmethod(num_frames)
 
     def __init__(self, config: dict[str, Any]):
@@ -180,7 +185,12 @@ class WavLMEncoder(nn.Module):
         if not isinstance(wavs, (list, tuple)) or not wavs:
             raise ValueError("wavs must be a non-empty list of waveforms")
         self._check_layer(layer)
-        inputs = [self.preprocess(wav, sample_rate) for wav in wavs]
+        inputs = []
+        for i, wav in enumerate(wavs):
+            try:
+                inputs.append(self.preprocess(wav, sample_rate))
+            except ValueError as e:  # say which one, so that a caller can skip it
+                raise ValueError(f"wavs[{i}]: {e}" if len(wavs) > 1 else str(e)) from e
         groups = [[x] for x in inputs] if self.config["extractor_mode"] == "default" else [inputs]
         features = []
         for group in groups:
@@ -192,12 +202,20 @@ class WavLMEncoder(nn.Module):
 
     def preprocess(self, wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         """The waveform the conv stack receives ``[samples]``: mono float32 resampled to 16 kHz, with
-        40 zeros padded on both sides, on the encoder's device. No normalisation."""
-        wav = as_waveform(wav)
+        40 zeros padded on both sides, on the encoder's device. No normalisation. Audio longer than
+        ``max_seconds`` (default :data:`MAX_SECONDS`) is refused with a ValueError."""
+        wav, sample_rate = as_waveform(wav), check_sample_rate(sample_rate)
         if wav.shape[0] != 1:
             raise ValueError(
                 f"expected mono audio, got {wav.shape[0]} channels (shape {list(wav.shape)}); "
                 "mix it down first with dpslm_utils.to_mono(wav)"
+            )
+        seconds = wav.shape[-1] / sample_rate
+        if seconds > self.max_seconds:
+            raise ValueError(
+                f"the audio is {seconds:.1f} s long; WavLM accepts at most {self.max_seconds:g} s per utterance "
+                f"(attention memory grows with the square of the length). Split it, or raise "
+                f"encoder.max_seconds if you have the memory"
             )
         wav = resample(wav.to(self.device), sample_rate, SAMPLE_RATE)[0]
         if num_frames(wav.shape[-1]) == 0:

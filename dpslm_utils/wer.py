@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, registry
 from .audio import load_audio, resample, save_wav, to_mono
+from .checks import check_count
 from .ellav import ELLAV
-from .pipeline import UnitEncoder, _default_device, _shared_vocoder, synthesize_batch
+from .pipeline import UnitEncoder, _shared_vocoder, resolve_device, synthesize_batch
 from .quantize import bitrate
-from .transformer import check_count
 
 ASR = Callable[[torch.Tensor, int], str]
 """A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
@@ -187,7 +187,7 @@ def whisper_asr(model_name: str = "base.en", device: str | torch.device | None =
             "(or pip install -e '.[asr]'), or pass your own asr callable (wav, sample_rate) -> text"
         ) from e
     root = checkpoints.cache_dir() / "whisper"
-    device = _default_device(device)
+    device = resolve_device(device)
     try:
         model = whisper.load_model(model_name, device=device, download_root=str(root))
     except Exception as e:  # a failed download (URLError, OSError, checksum) or an unknown name (RuntimeError)
@@ -246,7 +246,7 @@ def resynthesis_wer(
         raise ValueError("nothing to measure: give at least one (k, lmbda) pair or references=True")
     check_count("batch_size", batch_size)
     utterances = read_transcripts(audio_dir, limit)
-    device = _default_device(device)
+    device = resolve_device(device)
     asr = asr if asr is not None else whisper_asr(device=device)
     settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
                 "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,

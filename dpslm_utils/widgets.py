@@ -21,7 +21,7 @@ from . import plots
 from .checkpoints import weights_mode
 from .codebooks import load_codebook
 from .ellav import ELLAV
-from .pipeline import DPSLM, _default_device, _shared_vocoder
+from .pipeline import DPSLM, _shared_vocoder, resolve_device
 from .quantize import bitrate, deduplicate, dpdp
 from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
 from .ulm import UnitLM
@@ -244,7 +244,7 @@ class Voice:
 
 def released_voice(k: int, lmbda: int, device=None) -> Voice:
     """The released ELLA-V of (k, λ) with the shared 40 Hz WavTokenizer."""
-    device = _default_device(device)
+    device = resolve_device(device)
     return Voice(ELLAV.from_pretrained(k, lmbda, device=device), _shared_vocoder(device, weights_mode()))
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import warnings
 
 import numpy as np
 import pytest
@@ -85,20 +86,24 @@ def test_resample_preserves_duration_and_pitch(sr):
     assert abs(peak_hz - 220) < 2
 
 
-def test_resample_validates_rates():
+def test_resample_accepts_only_the_documented_sample_rates():
     assert dpslm_utils.resample(torch.ones(1, 5), 16000, 16000).shape == (1, 5)
-    for bad in (0, -16000, 16000.5):
-        with pytest.raises(ValueError, match="positive integer"):
+    assert dpslm_utils.resample(torch.ones(1, 40), np.int64(4000), 16000).shape == (1, 160)
+    for bad in (0, -16000, 1, 3999, 384001):  # sr = 1 would upsample 16000 times
+        with pytest.raises(ValueError, match="sample_rate must be an integer from 4000 to 384000"):
             dpslm_utils.resample(torch.ones(1, 5), bad, 16000)
+    with pytest.raises(TypeError, match="sample_rate must be an integer"):
+        dpslm_utils.resample(torch.ones(1, 5), 16000.5, 16000)
 
 
 @pytest.mark.parametrize("name, seconds", [("librispeech", 5.77), ("manufacture", 1.30), ("manufelture", 1.35)])
-def test_example_audio_falls_back_to_bundled_recordings(name, seconds, capsys):
+def test_example_audio_falls_back_to_bundled_recordings(name, seconds, caplog):
+    caplog.set_level("INFO", "dpslm_utils")
     wav, sr = dpslm_utils.example_audio(name)  # the official files cannot be fetched in tests
     assert sr == 16000 and wav.shape[0] == 1
     assert wav.shape[1] / sr == pytest.approx(seconds, abs=0.01)
     assert 0.05 < wav.abs().max() <= 1.0
-    assert "bundled espeak-ng recording" in capsys.readouterr().out
+    assert "bundled espeak-ng recording" in caplog.text
 
 
 @pytest.fixture(autouse=True)
@@ -119,27 +124,60 @@ def test_example_audio_does_not_retry_an_unreachable_download_in_one_process(mon
     assert len(calls) == 1
 
 
-def test_example_audio_prefers_the_official_recording(tmp_path, monkeypatch, capsys):
+def test_example_audio_prefers_the_official_recording(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", "dpslm_utils")
     served = tmp_path / "manufacture.wav"
     soundfile.write(served, _tone(sr=16000, seconds=0.25), 16000)
     remote = audio.OFFICIAL_EXAMPLES["manufacture"].__class__(served.as_uri(), hashlib.sha256(served.read_bytes()).hexdigest())
     monkeypatch.setitem(audio.OFFICIAL_EXAMPLES, "manufacture", remote)
     wav, sr = dpslm_utils.example_audio("manufacture")
-    assert wav.shape == (1, 4000) and "official recording manufacture.wav" in capsys.readouterr().out
+    assert wav.shape == (1, 4000) and "official recording manufacture.wav" in caplog.text
+    caplog.clear()
     wav, sr = dpslm_utils.example_audio("manufacture", official=False)
-    assert wav.shape[1] == 20753 and "bundled" in capsys.readouterr().out
+    assert wav.shape[1] == 20753 and "bundled" in caplog.text
 
 
-def test_example_audio_rejects_a_corrupt_cached_official_file(capsys):
+def test_example_audio_rejects_a_corrupt_cached_official_file(caplog):
+    caplog.set_level("INFO", "dpslm_utils")
     official = audio.OFFICIAL_EXAMPLES["manufacture"]
     cache = dpslm_utils.cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     (cache / official.filename).write_bytes(b"not the official recording")
     dpslm_utils.example_audio("manufacture")
-    assert "bundled" in capsys.readouterr().out
+    assert "corrupt" in caplog.text and "bundled" in caplog.text
     assert not (cache / official.filename).exists()
 
 
 def test_example_audio_unknown_name():
     with pytest.raises(ValueError, match="choose from"):
         dpslm_utils.example_audio("nope")
+
+
+def test_example_audio_works_with_an_unwritable_cache(monkeypatch, random_tiny):
+    def no_permission(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("dpslm_utils.checkpoints._new_temporary", no_permission)
+    wav, sr = dpslm_utils.example_audio("manufacture")  # the bundled recording, no PermissionError
+    assert sr == 16000 and wav.shape[1] == 20753
+
+
+def test_a_directory_is_reported_as_a_directory(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a file"):
+        dpslm_utils.load_audio(tmp_path)
+
+
+def test_samples_by_channels_arrays_are_explained_exactly():
+    soundfile_layout = np.zeros((8000, 2), dtype=np.float32)  # what soundfile.read returns
+    with pytest.raises(ValueError, match=r"\[8000, 2\].*wav.T, of shape \[2, 8000\]"):
+        dpslm_utils.to_mono(soundfile_layout)
+    assert dpslm_utils.to_mono(soundfile_layout.T).shape == (1, 8000)
+
+
+def test_float_audio_far_outside_unit_range_warns():
+    int16_as_float = torch.tensor([0.0, 12000.0, -9000.0])
+    with pytest.warns(UserWarning, match="peak amplitude is 12000.*int16: divide by 32768"):
+        dpslm_utils.as_waveform(int16_as_float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dpslm_utils.as_waveform(torch.tensor([0.0, 1.2, -1.0]))  # mild clipping: no warning

@@ -1,9 +1,13 @@
-"""Download cache: hash checks, atomic writes, corrupt-cache recovery, offline errors, random-tiny switch.
+"""Download cache: hash checks, atomic writes, corrupt-cache recovery, offline/disk errors, random-tiny switch.
 
 Downloads use ``file://`` URLs (urllib serves them like http), so no network is needed.
 """
 
+import errno
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +32,7 @@ def test_download_verifies_and_caches(tmp_path):
     path = checkpoints.download(remote, progress=False)
     assert path == checkpoints.cache_dir() / "model-x.pt"
     assert path.read_bytes() == b"weights" * 1000
-    assert _cache_listing() == ["model-x.pt"]  # no temporary file left behind
+    assert _cache_listing() == [".model-x.pt.verified", "model-x.pt"]  # no temporary file left behind
     # A second call uses the cache: it works even when the source is gone.
     Path(remote.url.removeprefix("file://")).unlink()
     assert checkpoints.download(remote, progress=False) == path
@@ -42,12 +46,12 @@ def test_hash_mismatch_leaves_no_file(tmp_path):
     assert _cache_listing() == []
 
 
-def test_corrupt_cached_file_is_fetched_again(tmp_path, capsys):
+def test_corrupt_cached_file_is_fetched_again(tmp_path, caplog):
     remote = _published(tmp_path, b"A" * 5000)
     path = checkpoints.download(remote, progress=False)
     path.write_bytes(b"A" * 100)  # e.g. truncated by a crash in an older tool
     assert checkpoints.download(remote, progress=False).read_bytes() == b"A" * 5000
-    assert "corrupt" in capsys.readouterr().err
+    assert "corrupt" in caplog.text
 
 
 def test_unreachable_url_names_url_and_manual_path(tmp_path):
@@ -87,7 +91,7 @@ def test_weights_mode(monkeypatch):
         checkpoints.weights_mode()
 
 
-def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, capsys):
+def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, caplog):
     remote = RemoteFile("https://unreachable.invalid/model-abcdef12.pt", "abcdef12")
     seen = []
 
@@ -96,7 +100,7 @@ def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, ca
         assert path.name == "model-abcdef12.pt"
         assert checkpoints.load_checkpoint(path)["model_args"]["vocab_size"] == 3 + 1
     assert not seen[0].exists()
-    assert checkpoints.RANDOM_WEIGHTS_MESSAGE in capsys.readouterr().out
+    assert checkpoints.RANDOM_WEIGHTS_MESSAGE in caplog.text
 
 
 def test_save_atomically_leaves_nothing_on_failure(tmp_path):
@@ -118,3 +122,98 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
 def test_require_keys_reports_the_family():
     with pytest.raises(checkpoints.CheckpointError, match=r"not a unit LM checkpoint.*\['cfg', 'model'\]"):
         checkpoints.require_keys({"cfg": {}, "model": {}}, ("model_args", "model_state_dict"), "x.pt", "unit LM")
+
+
+def test_sha256_is_checked_at_download_and_again_only_when_size_or_mtime_change(tmp_path, monkeypatch):
+    hashed = []
+    real_sha256 = checkpoints.sha256_of
+    monkeypatch.setattr(checkpoints, "sha256_of", lambda path: hashed.append(path) or real_sha256(path))
+    remote = _published(tmp_path, b"B" * 4000)
+    path = checkpoints.download(remote, progress=False)  # hashed while streaming, not read back
+    for _ in range(3):
+        assert checkpoints.download(remote, progress=False) == path
+    assert hashed == []
+    path.write_bytes(b"C" * 4000)  # same size, new mtime: hashed again, found corrupt, fetched again
+    assert checkpoints.download(remote, progress=False).read_bytes() == b"B" * 4000
+    assert hashed == [path]
+    (checkpoints.cache_dir() / ".model-x.pt.verified").unlink()  # no record (a file placed by hand): hashed once
+    checkpoints.download(remote, progress=False)
+    checkpoints.download(remote, progress=False)
+    assert hashed == [path, path]
+
+
+def test_two_processes_cleaning_one_corrupt_file_do_not_crash(tmp_path, monkeypatch):
+    remote = _published(tmp_path, b"D" * 3000)
+    path = checkpoints.download(remote, progress=False)
+    path.write_bytes(b"corrupt")
+    real_sha256 = checkpoints.sha256_of
+
+    def hash_then_lose_the_race(p):  # the other process deletes the file right after we hashed it
+        digest = real_sha256(p)
+        Path(p).unlink()
+        return digest
+
+    monkeypatch.setattr(checkpoints, "sha256_of", hash_then_lose_the_race)
+    assert checkpoints.download(remote, progress=False).read_bytes() == b"D" * 3000
+
+
+def _failing_temporary(error):
+    def create(path):
+        raise error
+
+    return create
+
+
+def test_unwritable_cache_is_reported_as_such(tmp_path, monkeypatch):
+    remote = _published(tmp_path, b"E" * 100)
+    monkeypatch.setattr(checkpoints, "_new_temporary",
+                        _failing_temporary(PermissionError(errno.EACCES, "Permission denied")))
+    with pytest.raises(checkpoints.CheckpointError, match="cannot write to the cache directory .*Permission denied.*DPSLM_CACHE") as info:
+        checkpoints.download(remote, progress=False)
+    assert "network" not in str(info.value)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_disk_full_during_download_is_reported_as_such(tmp_path, monkeypatch):
+    remote = _published(tmp_path, b"F" * 300_000)
+    real_new_temporary = checkpoints._new_temporary
+
+    def on_a_full_disk(path):  # the temporary file is a link to /dev/full: every write fails with ENOSPC
+        tmp = real_new_temporary(path)
+        tmp.unlink()
+        tmp.symlink_to("/dev/full")
+        return tmp
+
+    monkeypatch.setattr(checkpoints, "_new_temporary", on_a_full_disk)
+    with pytest.raises(checkpoints.CheckpointError, match="could not save model-x.pt in .*No space left on device") as info:
+        checkpoints.download(remote, progress=False)
+    assert "network" not in str(info.value)
+    assert _cache_listing() == []
+
+
+def test_written_files_get_the_umask_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoints.write_atomically(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"))
+        checkpoints.save_atomically({"x": 1}, tmp_path / "b.pt")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.txt": 0o644, "b.pt": 0o644}
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        checkpoints.load_checkpoint(tmp_path)
+
+
+def test_random_weights_notice_is_shown_by_default_and_can_be_silenced():
+    script = (
+        "import logging, dpslm_utils as dp\n"
+        "dp.UnitLM.from_pretrained(100, 600)\n"
+        "logging.getLogger('dpslm_utils').setLevel(logging.ERROR)\n"
+        "dp.UnitLM.from_pretrained(100, 600)\n"
+    )
+    env = {**os.environ, "DPSLM_WEIGHTS": "random-tiny", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(checkpoints.RANDOM_WEIGHTS_MESSAGE) == 1 and result.stdout == ""

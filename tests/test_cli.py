@@ -1,13 +1,16 @@
 """``python -m dpslm_utils``: encode (resumable, sharded, robust to bad files), resynthesize, score, demo."""
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 import dpslm_utils
 from dpslm_utils import cli
@@ -73,14 +76,15 @@ def test_encode_writes_units_skips_broken_files_and_resumes(corpus, tmp_path, ca
     assert (out / "c.npy").stat().st_mtime_ns == before
 
 
-def test_encode_refuses_a_rerun_with_other_settings(corpus, tmp_path):
+def test_encode_refuses_a_rerun_with_other_settings(corpus, tmp_path, capsys):
     (corpus / "broken.wav").unlink()
     out = tmp_path / "out"
     assert cli.main(["encode", str(corpus), str(out), "--k", "100", "--lmbda", "600", "--quiet"]) == 0
-    with pytest.raises(SystemExit, match=r"lmbda: 600.0 there, 1500.0 now"):
-        cli.main(["encode", str(corpus), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
-    with pytest.raises(SystemExit, match="command: 'encode' there, 'encode-codec' now"):
-        cli.main(["encode-codec", str(corpus), str(out), "--quiet"])
+    capsys.readouterr()
+    assert cli.main(["encode", str(corpus), str(out), "--k", "100", "--lmbda", "1500", "--quiet"]) == 2
+    assert re.search(r"^dpslm: error: .*lmbda: 600.0 there, 1500.0 now", capsys.readouterr().err)
+    assert cli.main(["encode-codec", str(corpus), str(out), "--quiet"]) == 2
+    assert "command: 'encode' there, 'encode-codec' now" in capsys.readouterr().err
 
 
 def test_encode_codec_writes_the_codes_of_every_file(corpus, tmp_path, capsys):
@@ -103,18 +107,119 @@ def test_encode_summary_bitrate_matches_the_library(corpus, tmp_path, capsys):
     assert f"{rate.units_per_second:.1f} units/s" in capsys.readouterr().out
 
 
-def test_encode_refuses_an_unwritable_out_dir(corpus, tmp_path):
-    blocker = tmp_path / "file"
+@pytest.fixture
+def no_models(monkeypatch):
+    """Loading any model fails the test: refusals must come before it."""
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("DPSLM", "UnitEncoder"):
+        monkeypatch.setattr(getattr(dpslm_utils, name), "from_pretrained", load)
+
+
+def _refusals(corpus: Path, tmp: Path) -> list[tuple[list[str], str]]:
+    blocker = tmp / "file"
     blocker.write_text("a file, not a folder")
-    with pytest.raises(SystemExit, match="cannot write to"):
-        cli.main(["encode", str(corpus), str(blocker / "out"), "--k", "100", "--lmbda", "0"])
+    silent, twins = tmp / "silent.wav", tmp / "twins"
+    soundfile.write(silent, np.zeros(16000, dtype=np.float32), 16000)
+    twins.mkdir()
+    for name in ("x.flac", "x.wav", "y.wav"):
+        soundfile.write(twins / name, 0.1 * np.ones(8000, dtype=np.float32), 16000)
+    out, audio = str(tmp / "out"), str(corpus / "a.flac")
+    model = ["--k", "100", "--lmbda", "600"]
+    return [
+        (["encode", str(corpus), out, "--k", "300"], "no released codebook; valid k are"),
+        (["encode", str(corpus), out, "--lmbda", "-1"], "--lmbda must be >= 0, got -1"),
+        (["encode", str(corpus), out, "--lmbda", "nan"], "--lmbda must be finite"),
+        (["encode", str(corpus), out, "--k", "100", "--num-neighbors", "0"], "--num-neighbors must be an integer from 1 to 100"),
+        (["encode", str(tmp / "missing"), out], "missing does not exist"),
+        (["encode", audio, out], "a.flac is not a folder"),
+        (["encode", str(twins), out], "x.flac and x.wav"),
+        (["encode", str(corpus), str(blocker / "out")], "file is not a folder"),
+        (["encode", str(corpus), out, "--k", "x"], "argument --k: invalid int value"),
+        (["encode-codec", str(twins), out], "x.flac and x.wav"),
+        (["encode-codec", str(tmp / "missing"), out], "missing does not exist"),
+        (["train-ulm", str(tmp / "missing"), out, "--k", "100"], "missing does not exist"),
+        (["train-ellav", str(corpus), audio, out, "--k", "100"], "a.flac is not a folder"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--max-steps", "0"], "--max-steps must be an integer >= 1"),
+        (["resynthesize", audio, out + "/r", *model, "-n", "0"], "-n must be an integer >= 1, got 0"),
+        (["resynthesize", audio, out + "/r", *model, "--temperature", "inf"], "temperature must be finite"),
+        (["resynthesize", audio, out + "/r", *model, "--seed", str(2**70)], "seed must be an integer from 0 to"),
+        (["resynthesize", audio, out + "/r", *model, "--top-p", "1.5"], "top_p must be from 0 to 1"),
+        (["resynthesize", str(tmp / "missing.wav"), out + "/r", *model], "audio file .*missing.wav does not exist"),
+        (["resynthesize", str(corpus), out + "/r", *model], "is a directory, not a file"),
+        (["resynthesize", str(corpus / "broken.wav"), out + "/r", *model], "cannot read audio file"),
+        (["resynthesize", str(silent), out + "/r", *model], "silent.wav is silent"),
+        (["resynthesize", audio, out + "/r", "--k", "500", "--lmbda", "1"], "valid lmbda for k=500"),
+        (["score", audio, str(tmp / "gone.wav"), *model], "gone.wav does not exist"),
+        (["demo", "--out", str(blocker), *model], "file is not a folder"),
+        (["score", audio, *model, "--device", "cud"], "--device cud: .*device type"),
+    ]
 
 
-def test_encode_refuses_bad_settings(corpus, tmp_path):
-    with pytest.raises(ValueError, match="valid k"):
-        cli.main(["encode", str(corpus), str(tmp_path / "o"), "--k", "300", "--lmbda", "0", "--quiet"])
-    with pytest.raises(SystemExit, match="not a directory"):
-        cli.main(["encode", str(tmp_path / "missing"), str(tmp_path / "o")])
+def test_every_refusal_is_one_line_with_status_2_before_any_model_or_output(corpus, tmp_path, capsys, no_models):
+    for argv, message in _refusals(corpus, tmp_path):
+        assert cli.main(argv) == 2, argv
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dpslm: error: "), (argv, captured.err)
+        assert re.search(message, lines[0]), (message, lines[0])
+        assert "Traceback" not in captured.err and captured.out == ""
+        assert not (tmp_path / "out").exists(), argv  # OUT is created only after every check passed
+
+
+def test_a_missing_input_is_refused_without_importing_torch(tmp_path):
+    script = ("import sys; from dpslm_utils.cli import main; "
+              f"code = main(['resynthesize', {str(tmp_path / 'missing.wav')!r}, 'out/x']); "
+              "print(code, 'torch' in sys.modules)")
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - started
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert result.stderr.startswith("dpslm: error: audio file") and result.stderr.count("\n") == 1
+    assert elapsed < 3.0  # about 0.2 s here; importing torch alone takes 2-4 s on this machine
+
+
+def test_failures_after_the_checks_are_one_line_with_status_1(corpus, tmp_path, capsys, monkeypatch):
+    def offline(*args, **kwargs):
+        raise dpslm_utils.CheckpointError("could not download https://x/m.pt (no network).\nplace it at:\n    /c/m.pt")
+
+    monkeypatch.setattr(dpslm_utils.DPSLM, "from_pretrained", offline)
+    assert cli.main(["score", str(corpus / "a.flac"), "--k", "100", "--lmbda", "600"]) == 1
+    assert capsys.readouterr().err == "dpslm: error: could not download https://x/m.pt (no network). place it at: /c/m.pt\n"
+
+
+def test_encode_reports_a_file_that_fails_at_run_time_and_goes_on(corpus, tmp_path, capsys, monkeypatch):
+    (corpus / "broken.wav").unlink()
+    soundfile.write(corpus / "long.wav", np.tile(soundfile.read(corpus / "a.flac")[0], 4), 16000)  # 8 s
+    monkeypatch.setattr(dpslm_utils.WavLMEncoder, "max_seconds", 7.0)  # long.wav is too long for WavLM now
+    real_encode = dpslm_utils.UnitEncoder.encode
+
+    def encode(self, wav, sr):
+        if sr == 22050:  # c.wav: as if it ran out of memory
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        return real_encode(self, wav, sr)
+
+    monkeypatch.setattr(dpslm_utils.UnitEncoder, "encode", encode)
+    assert cli.main(["encode", str(corpus), str(tmp_path / "o"), "--k", "100", "--lmbda", "600", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "c.wav: DefaultCPUAllocator" in err and "long.wav: the audio is 8.0 s long; WavLM accepts at most 7 s" in err
+    assert "2 file(s) could not be encoded" in err
+    assert sorted(p.name for p in (tmp_path / "o").rglob("*.npy")) == ["a.npy", "b.npy"]
+
+
+def test_resynthesize_never_writes_an_empty_wav(corpus, tmp_path, capsys, monkeypatch):
+    class Model:  # ELLA-V closes every unit at once in the first rendition
+        vocoder = type("Vocoder", (), {"sample_rate": 24000})
+
+        def resynthesize(self, wav, sr, **kwargs):
+            return [torch.zeros(0), torch.full((600,), 0.1)]
+
+    monkeypatch.setattr(dpslm_utils.DPSLM, "from_pretrained", lambda *args, **kwargs: Model())
+    prefix = tmp_path / "r" / "x"
+    assert cli.main(["resynthesize", str(corpus / "a.flac"), str(prefix), "--k", "100", "--lmbda", "600", "-n", "2"]) == 1
+    assert "rendition 0 is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in prefix.parent.iterdir()) == ["x_1.wav"]
 
 
 def test_torchrun_shards_files_across_two_ranks(corpus, tmp_path):
@@ -152,10 +257,6 @@ def test_resynthesize_writes_n_files(corpus, tmp_path):
         assert sr == 24000 and len(wav) % 600 == 0 and np.abs(wav).max() > 0
 
 
-def test_score_rejects_invalid_combination(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["score", "x.wav", "--k", "500", "--lmbda", "1"])
-    assert "valid lmbda for k=500" in capsys.readouterr().err
 
 
 def test_demo_falls_back_to_random_weights_and_writes_outputs(tmp_path, capsys, monkeypatch):

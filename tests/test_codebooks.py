@@ -143,9 +143,9 @@ def test_k_equal_to_n_and_duplicate_points():
     "features, k, iterations, error, match",
     [
         (torch.randn(5, 3), 6, 10, ValueError, r"cannot fit k=6 centres to only 5 feature vectors \(need k <= N\)"),
-        (torch.randn(5, 3), 0, 10, ValueError, "k must be a positive integer, got 0"),
-        (torch.randn(5, 3), 2.5, 10, ValueError, "k must be a positive integer, got 2.5"),
-        (torch.randn(5, 3), 2, -1, ValueError, "iterations must be a non-negative integer"),
+        (torch.randn(5, 3), 0, 10, ValueError, "k must be an integer >= 1, got 0"),
+        (torch.randn(5, 3), 2.5, 10, TypeError, r"k must be an integer, got 2.5 \(float\)"),
+        (torch.randn(5, 3), 2, -1, ValueError, "iterations must be an integer >= 0"),
         (torch.randn(5), 2, 10, ValueError, r"features must have shape \[N, D\]"),
         (torch.ones(5, 3).index_fill(0, torch.tensor([2]), float("nan")), 2, 10, ValueError, "NaN or infinite"),
         (torch.ones(5, 3, dtype=torch.long), 2, 10, TypeError, "floating-point"),

@@ -72,7 +72,7 @@ def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_d
     out = tmp_path / "demo"
     demo = _run([venv / "bin" / "dpslm", "demo", "--weights", "random-tiny", "--k", "100", "--lmbda", "600",
                  "--out", out], cwd=tmp_path, env=env)  # fmt: skip
-    assert "bundled espeak-ng recording mister_quilter.flac" in demo.stdout
+    assert "bundled espeak-ng recording mister_quilter.flac" in demo.stderr  # a logged warning
     assert sorted(p.name for p in out.iterdir()) == [
         "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"
     ]

@@ -13,7 +13,6 @@ from dpslm_utils.transformer import (
     Transformer,
     apply_rotary,
     attention,
-    check_sampling,
     new_generator,
     prefill,
     rotary_angles,
@@ -194,16 +193,6 @@ def test_full_sampling_follows_the_probabilities_and_is_reproducible_without_glo
     assert torch.equal(first, second)
     frequencies = torch.bincount(first, minlength=5).float() / len(first)
     torch.testing.assert_close(frequencies, PROBS[0], atol=0.03, rtol=0)
-
-
-@pytest.mark.parametrize(
-    "temperature, top_p, top_k, message",
-    [(-0.1, 1.0, None, "temperature"), (1.0, 1.5, None, "top_p"), (1.0, -0.1, None, "top_p"),
-     (1.0, 1.0, 0, "top_k"), (1.0, 1.0, 2.5, "top_k")],
-)  # fmt: skip
-def test_bad_sampling_arguments_are_rejected(temperature, top_p, top_k, message):
-    with pytest.raises(ValueError, match=message):
-        check_sampling(temperature, top_p, top_k)
 
 
 def test_attention_with_a_padding_mask_equals_explicit_softmax():

@@ -1,0 +1,110 @@
+"""Argument checks shared by every stage: one definition of "integer", "seed", "sampling settings", "units".
+
+Each check raises TypeError (wrong kind of value) or ValueError (right kind, wrong value) with a
+message that names the argument and says what is allowed. Only the standard library is imported at
+module level, so the command line can check its arguments before the (slow) torch import.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+
+MAX_SEED = 2**63 - 1
+"""Seeds are integers in ``0..MAX_SEED`` (``seed + i`` then still fits torch's 64-bit generator)."""
+
+MAX_NEW_TOKENS = 65536
+"""Most tokens one ``generate`` call may add per sequence (its KV cache is allocated up front: at the
+released size 96 KiB per position and row in float32, so 6 GiB per row at this limit)."""
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int if it is an integer in ``[minimum, maximum]``.
+
+    Python and numpy integers are accepted; bool, float (even ``2.0``), str and tensors are not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer {_range(minimum, maximum)}, got {value}")
+    return value
+
+
+def check_count(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """:func:`check_int` for counts (lengths, batch sizes): ``minimum`` defaults to 1."""
+    return check_int(name, value, minimum, maximum)
+
+
+def check_real(name: str, value, minimum: float | None = None, maximum: float | None = None) -> float:
+    """Return ``value`` as a float if it is a finite real number (not bool, not str) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {_range(minimum, maximum)}, got {value:g}")
+    return value
+
+
+def _range(minimum: float | None, maximum: float | None) -> str:
+    low, high = (f"{x:g}" if isinstance(x, float) else str(x) for x in (minimum, maximum))
+    if minimum is None:
+        return f"<= {high}"
+    return f">= {low}" if maximum is None else f"from {low} to {high}"
+
+
+def check_seed(seed) -> int | None:
+    """``None`` (a fresh random seed) or an integer in ``0..MAX_SEED``."""
+    return None if seed is None else check_int("seed", seed, 0, MAX_SEED)
+
+
+def check_sampling(temperature, top_p, top_k=None) -> None:
+    """Temperature finite and >= 0 (0 = greedy), 0 <= top_p <= 1, top_k None or an integer >= 1."""
+    check_real("temperature", temperature, minimum=0.0)
+    check_real("top_p", top_p, 0.0, 1.0)
+    if top_k is not None:
+        check_int("top_k", top_k, minimum=1)
+
+
+def check_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` as a Path if it is an existing file; else FileNotFoundError or IsADirectoryError saying which."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
+def as_units(units, k: int, name: str = "units", allow_empty: bool = False):
+    """Check a unit sequence (list of ints, or 1-D integer tensor/array) and return it as LongTensor ``[N]``.
+
+    Raises TypeError for non-integer input, ValueError for ids outside [0, k) or (unless
+    ``allow_empty``) an empty sequence.
+    """
+    import numpy as np  # here, not at the top: see the module docstring
+    import torch
+
+    if isinstance(units, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(units).detach().cpu()
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer unit ids, got a tensor of {tensor.dtype}")
+    elif isinstance(units, (list, tuple)):
+        wrong = [u for u in units if isinstance(u, bool) or not isinstance(u, numbers.Integral)]
+        if wrong:
+            raise TypeError(f"{name} must hold integer unit ids, got {wrong[0]!r} ({type(wrong[0]).__name__})")
+        tensor = torch.tensor([int(u) for u in units], dtype=torch.long)
+    else:
+        raise TypeError(f"{name} must be a list or 1-D tensor of integer unit ids, got {type(units).__name__}")
+    if tensor.dim() != 1:
+        raise ValueError(f"{name} must be one sequence [N], got shape {list(tensor.shape)}")
+    if len(tensor) == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty")
+    outside = tensor[(tensor < 0) | (tensor >= k)]
+    if len(outside):
+        raise ValueError(f"{name} contains ids outside [0, {k}) (k = {k}): {outside[:5].tolist()}")
+    return tensor.long()

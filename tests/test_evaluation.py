@@ -1,0 +1,336 @@
+"""ZeroSpeech metrics (hand-derived cases), unit-LM scoring, the sLM21 pipeline, phone ABX."""
+
+import csv
+import itertools
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpslm_utils import UnitLM, cli, evaluation
+from dpslm_utils.evaluation import (
+    bootstrap_interval,
+    evaluate_zerospeech,
+    lexical_accuracy,
+    pair_accuracy,
+    read_gold,
+    syntactic_accuracy,
+)
+from dpslm_utils.pipeline import EncodedSpeech
+
+SLM21 = Path(__file__).resolve().parent.parent / "data" / "slm21"
+
+
+def write_gold(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def lexical_rows(items):
+    """items: (id, frequency, voices) -> gold rows named w<id><voice> / n<id><voice>."""
+    rows = []
+    for item, frequency, voices in items:
+        for voice in voices:
+            rows.append({"id": item, "filename": f"w{item}{voice}", "voice": voice, "frequency": frequency,
+                         "word": f"word{item}", "phones": "a b", "length": 2, "correct": 1})
+            rows.append({"id": item, "filename": f"n{item}{voice}", "voice": voice, "frequency": "",
+                         "word": "", "phones": "a c", "length": 2, "correct": 0})
+    return rows
+
+
+# -- official metrics on hand-made gold files ----------------------------------------------------------
+
+
+def test_lexical_accuracy_pairs_ties_voice_means_and_official_bands(tmp_path):
+    gold = read_gold(write_gold(tmp_path / "gold.csv", lexical_rows(
+        [(1, 3, "xy"), (2, 0, "xy"), (3, 5, "xy"), (4, 100, "x")])))
+    scores = {
+        "w1x": -1.0, "n1x": -2.0,  # word wins: 1
+        "w1y": -2.0, "n1y": -2.0,  # tie: 0.5          -> item 1 = 0.75 (frequency 3: band "1-5")
+        "w2x": -3.0, "n2x": -1.0,  # non-word wins: 0
+        "w2y": -1.0, "n2y": -3.0,  # 1                 -> item 2 = 0.5 (frequency 0: "oov")
+        "w3x": 0.0, "n3x": -1.0, "w3y": 0.0, "n3y": -1.0,  # item 3 = 1 (frequency 5: "6-20", half-open bands)
+        "w4x": -5.0, "n4x": -4.0,  # item 4 = 0 (frequency 100: ">100")
+    }
+    result = lexical_accuracy(gold, scores)
+    assert [p["score"] for p in result["pairs"]] == [1, 0.5, 0, 1, 1, 1, 0]
+    assert [(i["id"], i["score"]) for i in result["by_id"]] == [("1", 0.75), ("2", 0.5), ("3", 1.0), ("4", 0.0)]
+    assert result["overall"] == pytest.approx((0.75 + 0.5 + 1 + 0) / 4)
+    assert {band: g["score"] for band, g in result["by_frequency"].items()} == {
+        "oov": 0.5, "1-5": 0.75, "6-20": 1.0, ">100": 0.0}
+    assert result["in_vocab"] == pytest.approx((0.75 + 1 + 0) / 3)
+    assert result["by_frequency"]["oov"]["std"] is None
+
+
+def test_band_statistics_are_the_sample_mean_and_standard_deviation(tmp_path):
+    gold = read_gold(write_gold(tmp_path / "gold.csv", lexical_rows([(i, 10, "x") for i in range(1, 5)])))
+    wins = [1, 1, 0, 1]
+    scores = {}
+    for i, win in zip(range(1, 5), wins):
+        scores[f"w{i}x"], scores[f"n{i}x"] = (0.0, -1.0) if win else (-1.0, 0.0)
+    band = lexical_accuracy(gold, scores)["by_frequency"]["6-20"]
+    assert band["n"] == 4 and band["score"] == 0.75
+    assert band["std"] == pytest.approx(np.std(wins, ddof=1))
+
+
+def test_syntactic_accuracy_by_type_and_position_pairing(tmp_path):
+    rows = []
+    for item, kind, voices in ((1, "agreement", "xy"), (2, "agreement", "x"), (3, "islands", "x")):
+        for voice in voices:
+            for correct in (1, 0):
+                rows.append({"id": item, "filename": f"s{item}{voice}{correct}", "voice": voice, "type": kind,
+                             "subtype": kind + "_1", "correct": correct, "transcription": "..."})
+    gold = read_gold(write_gold(tmp_path / "gold.csv", rows))
+    scores = {"s1x1": -1, "s1x0": -2, "s1y1": -3, "s1y0": -2, "s2x1": -1, "s2x0": -1, "s3x1": -9, "s3x0": -2}
+    result = syntactic_accuracy(gold, scores)
+    assert [p["score"] for p in result["pairs"]] == [1, 0, 0.5, 0]
+    assert [(i["id"], i["score"]) for i in result["by_id"]] == [("1", 0.5), ("2", 0.5), ("3", 0.0)]
+    assert result["by_type"]["agreement"] == {"n": 2, "score": 0.5, "std": 0.0}
+    assert result["overall"] == pytest.approx(1 / 3)
+
+    swapped = rows[:]
+    swapped[1], swapped[3] = swapped[3], swapped[1]  # the i-th incorrect row no longer matches the i-th correct one
+    with pytest.raises(ValueError, match="out of order"):
+        syntactic_accuracy(read_gold(write_gold(tmp_path / "bad.csv", swapped)), scores)
+
+
+def test_bad_gold_files_and_missing_scores_are_refused(tmp_path):
+    write_gold(tmp_path / "a.csv", [{"filename": "x", "correct": 1}])
+    with pytest.raises(ValueError, match="needs the columns filename, correct, id, voice"):
+        read_gold(tmp_path / "a.csv")
+    write_gold(tmp_path / "b.csv", [{"filename": "x", "correct": 2, "id": 1, "voice": "v"}])
+    with pytest.raises(ValueError, match="line 2: correct must be 0 or 1"):
+        read_gold(tmp_path / "b.csv")
+    gold = read_gold(write_gold(tmp_path / "c.csv", lexical_rows([(1, 3, "x")])))
+    with pytest.raises(ValueError, match="1 gold files have no score"):
+        lexical_accuracy(gold, {"w1x": 0.0})
+    with pytest.raises(ValueError, match="missing \\['type', 'subtype'\\]"):
+        syntactic_accuracy(gold, {"w1x": 0.0, "n1x": 0.0})
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    values = [0.0, 1.0] * 200  # mean 0.5, standard error sqrt(0.25 / 400) = 0.025
+    low, high = bootstrap_interval(values, confidence=0.95, num_samples=4000)
+    assert low < 0.5 < high
+    assert (high - low) / 2 == pytest.approx(1.96 * 0.025, rel=0.1)
+    assert bootstrap_interval([0.7] * 10) == pytest.approx((0.7, 0.7))
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_interval([])
+
+
+# -- scoring with a unit LM ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ulm():
+    torch.manual_seed(0)
+    from dpslm_utils.transformer import ModelArgs, Transformer
+
+    args = ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=64, n_heads=4, n_kv_heads=2, norm_eps=1e-5,
+                     vocab_size=21, rope_theta=10000.0)
+    return UnitLM(Transformer(args, output_bias=False)).eval()
+
+
+def test_pair_accuracy_margins_are_loglikelihood_differences(ulm):
+    pairs = [([1, 2, 3], [3, 2, 1, 4]), ([5, 6], [5, 6]), ([7, 8, 9, 10], [0])]
+    result = pair_accuracy(ulm, pairs)
+    expected = [ulm.loglikelihood(good) - ulm.loglikelihood(bad) for good, bad in pairs]
+    assert result.margins == pytest.approx(expected, abs=1e-4)
+    assert result.per_pair == [1.0 if m > 0 else 0.0 if m < 0 else 0.5 for m in result.margins]
+    assert result.per_pair[1] == 0.5  # identical sequences tie
+    assert result.accuracy == pytest.approx(sum(result.per_pair) / 3)
+    mean = pair_accuracy(ulm, pairs, reduction="mean")
+    assert mean.margins[0] == pytest.approx(ulm.loglikelihood([1, 2, 3]) / 3 - ulm.loglikelihood([3, 2, 1, 4]) / 4,
+                                            abs=1e-4)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        pair_accuracy(ulm, pairs, reduction="max")
+
+
+class FakeEncoder:
+    """Units from the audio itself (its loudest samples' positions mod k): deterministic, no model."""
+
+    def __init__(self, k):
+        self.k, self.calls = k, 0
+
+    def encode_batch(self, wavs, sample_rate):
+        self.calls += len(wavs)
+        out = []
+        for wav in wavs:
+            units = torch.unique_consecutive(torch.topk(wav.abs(), 12).indices % self.k)
+            out.append(EncodedSpeech(units, torch.ones_like(units), units))
+        return out
+
+
+def test_evaluate_zerospeech_on_the_synthetic_set_matches_its_submission_and_resumes(tmp_path, ulm):
+    encoder = FakeEncoder(ulm.k)
+    results = evaluate_zerospeech(SLM21, tmp_path, encoder=encoder, ulm=ulm, splits=("dev", "test"), progress=False)
+    flac = {task: sorted(p.stem for p in (SLM21 / task / "dev").glob("*.flac")) for task in ("lexical", "syntactic")}
+    for task, accuracy in (("lexical", lexical_accuracy), ("syntactic", syntactic_accuracy)):
+        lines = (tmp_path / task / "dev.txt").read_text().splitlines()
+        submitted = {stem: float(score) for stem, score in (line.split(" ") for line in lines)}
+        assert sorted(submitted) == flac[task]
+        units = {s: torch.from_numpy(np.load(tmp_path / "units" / task / "dev" / f"{s}.npy")) for s in submitted}
+        for stem in list(submitted)[:3]:
+            assert submitted[stem] == pytest.approx(ulm.loglikelihood(units[stem]), abs=1e-4)
+        expected = accuracy(read_gold(SLM21 / task / "dev" / "gold.csv"), submitted)
+        assert results[task]["dev"]["overall"] == expected["overall"]
+    assert results["lexical"]["test"] == {"files": 4, "submission": str(tmp_path / "lexical" / "test.txt")}
+    assert json.loads((tmp_path / "results.json").read_text())["syntactic"]["dev"]["overall"] == \
+        results["syntactic"]["dev"]["overall"]
+
+    calls = encoder.calls
+    again = evaluate_zerospeech(SLM21, tmp_path, encoder=encoder, ulm=ulm, splits=("dev",), reduction="mean",
+                                progress=False)
+    assert encoder.calls == calls  # every file's units came from the cache
+    stem = flac["lexical"][0]
+    units = torch.from_numpy(np.load(tmp_path / "units" / "lexical" / "dev" / f"{stem}.npy"))
+    mean_line = next(l for l in (tmp_path / "lexical" / "dev.txt").read_text().splitlines() if l.startswith(stem))
+    assert float(mean_line.split()[1]) == pytest.approx(ulm.loglikelihood(units) / len(units), abs=1e-5)
+    assert again["settings"]["reduction"] == "mean"
+
+
+def test_evaluate_zerospeech_explains_a_wrong_layout(tmp_path, ulm):
+    with pytest.raises(FileNotFoundError, match="expected the sLM21 layout"):
+        evaluate_zerospeech(tmp_path, tmp_path / "out", encoder=FakeEncoder(ulm.k), ulm=ulm)
+    with pytest.raises(ValueError, match="splits must come from"):
+        evaluate_zerospeech(SLM21, tmp_path / "out", encoder=FakeEncoder(ulm.k), ulm=ulm, splits=("train",))
+
+
+def test_zerospeech_command_with_random_tiny_models(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    dataset = tmp_path / "slm21"
+    shutil.copytree(SLM21 / "syntactic", dataset / "syntactic")
+    out = tmp_path / "out"
+    assert cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "600", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    overall = json.loads((out / "results.json").read_text())["syntactic"]["dev"]["overall"]
+    assert f"{overall * 100:.2f}%" in printed and "RANDOM WEIGHTS" in printed
+    assert len((out / "syntactic" / "dev.txt").read_text().splitlines()) == 16
+    with pytest.raises(SystemExit, match="holds the output of other settings \\(lmbda: 600.0 there, 1500.0 now\\)"):
+        cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
+    capsys.readouterr()
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"]) == 2
+    assert re.search("^dpslm: error: no pretrained models for k=100, lmbda=601.*--ulm PATH", capsys.readouterr().err)
+    assert not (tmp_path / "o2").exists()  # refused before the output folder was made
+
+
+def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypatch, capsys):
+    from dpslm_utils import random_tiny
+
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    random_tiny.write("unit_lm", tmp_path / "mine.pt", k=200)
+    dataset = tmp_path / "slm21"
+    shutil.copytree(SLM21 / "lexical" / "test", dataset / "lexical" / "test")
+    with pytest.raises(SystemExit, match="mine.pt is a unit LM for k=200, but --k is 100"):
+        cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")])
+    out = tmp_path / "b"
+    assert cli.main(["zerospeech", str(dataset), str(out), "--k", "200", "--lmbda", "1234", "--splits", "test",
+                     "--ulm", str(tmp_path / "mine.pt"), "--reduction", "mean", "--quiet"]) == 0
+    ulm = UnitLM.from_checkpoint(tmp_path / "mine.pt")
+    for line in (out / "lexical" / "test.txt").read_text().splitlines():
+        stem, score = line.split()
+        units = torch.from_numpy(np.load(out / "units" / "lexical" / "test" / f"{stem}.npy"))
+        assert float(score) == pytest.approx(ulm.loglikelihood(units) / len(units), abs=1e-5)
+    assert "(no gold)" in capsys.readouterr().out
+
+
+# -- phone ABX ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def abx_items(tmp_path_factory):
+    """3 speakers x triphones (prev in {a, b}, centre in {a, b, c, d}, next in {c, d}), 5 frames per phone."""
+    folder = tmp_path_factory.mktemp("abx")
+    rng = np.random.default_rng(0)
+    phones = ["a", "b", "c", "d"]
+    centroids = {p: rng.normal(size=16) * 3 for p in phones}
+    lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    separated, noise, units = {}, {}, {}
+    for n, (speaker, (prev, centre, nxt), _) in enumerate(
+            itertools.product(["s1", "s2", "s3"], itertools.product("ab", phones, "cd"), range(2))):
+        name = f"{speaker}_{n}"
+        sequence = [prev] * 5 + [centre] * 5 + [nxt] * 5
+        separated[name] = np.stack([centroids[p] + rng.normal(size=16) * 0.3 for p in sequence]).astype(np.float32)
+        noise[name] = rng.normal(size=(15, 16)).astype(np.float32)
+        units[name] = torch.tensor([phones.index(p) for p in sequence])
+        lines.append(f"{name} 0.1 0.2 {centre} {prev} {nxt} {speaker}")
+    (folder / "test.item").write_text("\n".join(lines) + "\n")
+    return folder / "test.item", separated, noise, units
+
+
+def test_abx_separates_distinct_phones_and_not_noise(abx_items, tmp_path):
+    pytest.importorskip("zrc_abx2")
+    item_file, separated, noise, units = abx_items
+    folder = tmp_path / "separated"
+    folder.mkdir()
+    for stem, features in separated.items():
+        np.save(folder / f"{stem}.npy", features)
+    rates = evaluation.abx_error_rates(item_file, {"separated": folder, "noise": noise, "units": units})
+    assert rates["separated"] == {"within": pytest.approx(0, abs=1), "across": pytest.approx(0, abs=1)}
+    assert rates["units"] == {"within": 0.0, "across": 0.0}
+    assert 30 < rates["noise"]["within"] < 70 and 30 < rates["noise"]["across"] < 70
+
+
+def test_abx_explains_a_missing_package_and_bad_input(abx_items, monkeypatch):
+    item_file, separated, _, units = abx_items
+    monkeypatch.setitem(__import__("sys").modules, "zrc_abx2.eval_ABX", None)
+    with pytest.raises(ImportError, match='pip install -e ".\\[eval\\]"'):
+        evaluation.abx_error_rates(item_file, {"x": separated})
+    with pytest.raises(ValueError, match="units must lie in \\[0, 4\\)"):
+        evaluation.one_hot_units(np.array([0, 4]), 4)
+    assert evaluation.one_hot_units(np.array([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
+
+
+def test_units_are_compared_as_one_hot_vectors(tmp_path):
+    evaluation._write_features(tmp_path, "units", {"a": np.array([0, 2]), "b": np.array([1])})
+    assert np.load(tmp_path / "a.npy").tolist() == [[1, 0, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="mixes features"):
+        evaluation._write_features(tmp_path, "m", {"a": np.array([0]), "b": np.zeros((2, 3))})
+    assert math.isclose(np.load(tmp_path / "b.npy").sum(), 1)
+
+
+def test_abx_command_writes_the_three_representations_with_random_tiny_models(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("zrc_abx2")
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    gold = read_gold(SLM21 / "lexical" / "dev" / "gold.csv")  # item "phone" = the word id, speaker = the voice
+    lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    lines += [f"{row['filename']} 0.10 0.30 w{row['id']} x y {row['voice']}" for row in gold]
+    (tmp_path / "words.item").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert cli.main(["abx", str(tmp_path / "words.item"), str(SLM21 / "lexical"), str(out), "--k", "100",
+                     "--lmbda", "600", "--quiet"]) == 0
+    rates = json.loads((out / "abx.json").read_text())
+    assert set(rates) == {"wavlm", "dpdp", "units"}
+    assert all(0 <= rate[mode] <= 100 for rate in rates.values() for mode in ("within", "across"))
+    assert "RANDOM WEIGHTS" in capsys.readouterr().out
+    stem = gold[0]["filename"]
+    wavlm, dpdp, units = (np.load(out / "features" / name / f"{stem}.npy") for name in ("wavlm", "dpdp", "units"))
+    assert units.ndim == 1 and len(units) == len(wavlm) == len(dpdp) and units.max() < 100
+    for a, b in itertools.combinations(range(len(units)), 2):  # one codebook vector per unit
+        assert np.array_equal(dpdp[a], dpdp[b]) == (units[a] == units[b])
+    assert len(list((out / "features" / "units").glob("*.npy"))) == 20  # only the files the item file names
+
+
+def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):
+    sequences = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10], [11, 12], [13, 14, 15, 16, 17]]
+    batched = evaluation.score_units(ulm, sequences, batch_size=2)
+    assert batched == pytest.approx([ulm.loglikelihood(s) for s in sequences], abs=1e-4)
+
+
+def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_path):
+    class Failing:
+        def encode_batch(self, wavs, sample_rate):
+            raise RuntimeError("input too short")
+
+    path = SLM21 / "lexical" / "test" / "lextest06usw.flac"
+    with pytest.raises(ValueError, match="cannot encode .*lextest06usw.flac: input too short"):
+        evaluation.encode_files([path], Failing(), cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
