@@ -86,6 +86,9 @@ _EXPORTS: dict[str, str] = {
     "save_units": "datasets",
     "load_frame_units": "datasets",
     "ellav_example": "datasets",
+    # toy_language.py: the toy spoken language of notebook 09
+    "load_toy_language": "toy_language",
+    "ToyLanguage": "toy_language",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,9 @@ from pathlib import Path
 MAX_SEED = 2**63 - 1
 """Seeds are integers in ``0..MAX_SEED`` (``seed + i`` then still fits torch's 64-bit generator)."""
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+"""File suffixes the commands and dataset readers treat as audio (read with soundfile)."""
+
 MAX_NEW_TOKENS = 65536
 """Most tokens one ``generate`` call may add per sequence (its KV cache is allocated up front: at the
 released size 96 KiB per position and row in float32, so 6 GiB per row at this limit)."""

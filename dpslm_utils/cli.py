@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import registry
-from .checks import check_count, check_file, check_int, check_real, check_sampling, check_seed
+from .checks import AUDIO_SUFFIXES, check_count, check_file, check_int, check_real, check_sampling, check_seed
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
 SILENCE_PEAK = 1e-4
 """Input whose peak amplitude stays below this (-80 dBFS) is silent: there is nothing to resynthesize."""

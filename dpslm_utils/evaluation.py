@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import load_audio, to_mono
+from .checks import AUDIO_SUFFIXES
 from .checkpoints import using_random_weights, write_atomically
 from .datasets import save_array
 from .pipeline import FEATURE_LAYER
@@ -50,7 +51,6 @@ from .pipeline import FEATURE_LAYER
 REDUCTIONS = ("sum", "mean")
 TASKS = ("lexical", "syntactic")
 SPLITS = ("dev", "test")
-AUDIO_SUFFIXES = (".wav", ".flac")
 FREQUENCY_BANDS = (("oov", 0, 1), ("1-5", 1, 5), ("6-20", 5, 20), ("21-100", 20, 100), (">100", 100, math.inf))
 """Official lexical frequency bands: (label, low, high) with ``low <= frequency < high``."""
 
@@ -335,7 +335,7 @@ def score_files(paths: Sequence[str | os.PathLike], encoder, ulm, *, reduction: 
 
 
 def find_split(dataset_dir: str | os.PathLike, task: str, split: str) -> list[Path]:
-    """The audio files (``.wav`` or ``.flac``) of ``DATASET_DIR/<task>/<split>``, sorted; [] if absent."""
+    """The audio files (any of ``checks.AUDIO_SUFFIXES``) of ``DATASET_DIR/<task>/<split>``, sorted; [] if absent."""
     folder = Path(dataset_dir) / task / split
     if not folder.is_dir():
         return []

@@ -334,3 +334,12 @@ def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_pat
     with pytest.raises(ValueError, match="cannot encode .*lextest06usw.flac: input too short"):
         evaluation.encode_files([path], Failing(), cache_dir=tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_find_split_reads_the_toy_language_ogg_files_named_in_gold():
+    toy = SLM21.parent / "toy_language"
+    for task in ("lexical", "syntactic"):
+        files = evaluation.find_split(toy, task, "dev")
+        gold = read_gold(toy / task / "dev" / "gold.csv")
+        assert files and {p.suffix for p in files} == {".ogg"}
+        assert {p.stem for p in files} == {row["filename"] for row in gold}

@@ -1,4 +1,4 @@
-"""The course conventions every notebook 00-07 keeps (the cells themselves run under nbval in CI)."""
+"""The course conventions every notebook 00-09 keeps (the cells themselves run under nbval in CI)."""
 
 import json
 import re
@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-7]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-9]_*.ipynb"))
 
 
 def cells(path):
     return [(cell["cell_type"], "".join(cell["source"]), cell) for cell in json.loads(path.read_text())["cells"]]
 
 
-def test_the_course_has_notebooks_00_to_07():
-    assert [path.name[:2] for path in NOTEBOOKS] == [f"0{i}" for i in range(8)]
+def test_the_course_has_notebooks_00_to_09():
+    assert [path.name[:2] for path in NOTEBOOKS] == [f"0{i}" for i in range(10)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)

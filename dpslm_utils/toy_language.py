@@ -1,0 +1,209 @@
+"""A toy spoken language, small enough to train a unit LM on in minutes: lexicon, grammar, test pairs.
+
+The language has 13 two-syllable words and one sentence pattern, ``NOUN [ADJ] VERB NOUN [ADJ]``
+("bado pilu ripa kemi": the bado, pilu, ripa-s the kemi); a quarter of the utterances are a single
+word, as when naming a thing (and as the lexical test items are spoken). Its recordings (espeak-ng, three voices,
+three speaking rates, 16 kHz Ogg Opus) live in ``data/toy_language/`` together with the script that
+made them (``make_toy_language.py``):
+
+    data/toy_language/
+      corpus.csv                  split, filename, voice, rate, text (train and validation)
+      train/*.ogg  validation/*.ogg
+      lexical/dev/*.ogg   + gold.csv   word vs non-word (one sound changed), ZeroSpeech 2021 columns
+      syntactic/dev/*.ogg + gold.csv   grammatical vs word order broken, ZeroSpeech 2021 columns
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+TOY_LANGUAGE_DIR = Path(__file__).resolve().parent.parent / "data" / "toy_language"
+"""The committed corpus (in the source tree, not in the wheel: about 3 MB of audio)."""
+
+LEXICON: dict[str, tuple[str, ...]] = {
+    "noun": ("bado", "kemi", "lupo", "sani", "tegu", "moka"),
+    "verb": ("ripa", "dosu", "nelo", "fika"),
+    "adjective": ("pilu", "gosa", "neba"),
+}
+"""Every word is consonant-vowel-consonant-vowel, and any two words differ in at least two sounds,
+so that a non-word made by changing one sound of a word is never one sound away from another word."""
+
+CONSONANTS = "bdfgklmnprst"
+VOWELS = "aeiou"
+ADJECTIVE_PROBABILITY = 0.35
+LONE_WORD_PROBABILITY = 0.25
+
+VOICES: tuple[str, ...] = ("es+m3", "es+f2", "es+m1")
+"""espeak-ng voices (Spanish letter-to-sound rules, which read these spellings regularly) with
+three voice variants: different pitch and formants, i.e. three synthetic speakers."""
+RATES: tuple[int, ...] = (140, 170, 200)
+"""espeak-ng speaking rates in words per minute of the training and validation utterances."""
+TEST_RATE = 155
+"""The rate of every test item: one never heard in training, so no test recording is a copy of a
+training recording (espeak-ng is deterministic: same text, voice and rate give the same samples)."""
+
+SYNTACTIC_ERRORS = ("verb_position", "adjective_position")
+"""The two ways a test sentence is broken: the verb moved to the end (NOUN VERB NOUN → NOUN NOUN
+VERB), or an adjective moved before its noun (NOUN ADJ → ADJ NOUN). The words stay the same."""
+
+
+def word_class(word: str) -> str:
+    """The class ("noun", "verb" or "adjective") of a word of the lexicon."""
+    for name, words in LEXICON.items():
+        if word in words:
+            return name
+    raise ValueError(f"{word!r} is not a word of the toy language; its words are {all_words()}")
+
+
+def all_words() -> list[str]:
+    return [word for words in LEXICON.values() for word in words]
+
+
+def sample_sentence(rng: random.Random) -> list[str]:
+    """One grammatical sentence: NOUN [ADJ] VERB NOUN [ADJ], each adjective present with
+    probability :data:`ADJECTIVE_PROBABILITY`."""
+
+    def noun_phrase() -> list[str]:
+        phrase = [rng.choice(LEXICON["noun"])]
+        if rng.random() < ADJECTIVE_PROBABILITY:
+            phrase.append(rng.choice(LEXICON["adjective"]))
+        return phrase
+
+    return noun_phrase() + [rng.choice(LEXICON["verb"])] + noun_phrase()
+
+
+def sample_utterance(rng: random.Random) -> list[str]:
+    """A training utterance: a lone word with probability :data:`LONE_WORD_PROBABILITY`, else a sentence."""
+    if rng.random() < LONE_WORD_PROBABILITY:
+        return [rng.choice(all_words())]
+    return sample_sentence(rng)
+
+
+def is_grammatical(words: list[str]) -> bool:
+    """True if ``words`` is a sentence NOUN [ADJ] VERB NOUN [ADJ] (a lone word is not a sentence)."""
+    pattern = [word_class(word)[0] for word in words]  # "n", "v", "a"
+    text = "".join(pattern)
+    return text in {"nvn", "navn", "nvna", "navna"}
+
+
+def break_word_order(words: list[str], error: str) -> list[str]:
+    """The ungrammatical twin of a grammatical sentence: same words, one :data:`SYNTACTIC_ERRORS` order."""
+    if not is_grammatical(words):
+        raise ValueError(f"not a grammatical sentence of the toy language: {' '.join(words)!r}")
+    if error == "verb_position":
+        verb = next(i for i, word in enumerate(words) if word_class(word) == "verb")
+        return words[:verb] + words[verb + 1:] + [words[verb]]
+    if error == "adjective_position":
+        adjective = next((i for i, word in enumerate(words) if word_class(word) == "adjective"), None)
+        if adjective is None:
+            raise ValueError(f"adjective_position needs a sentence with an adjective, got {' '.join(words)!r}")
+        broken = list(words)
+        broken[adjective - 1], broken[adjective] = words[adjective], words[adjective - 1]
+        return broken
+    raise ValueError(f"unknown error {error!r}; choose from {SYNTACTIC_ERRORS}")
+
+
+def sound_distance(a: str, b: str) -> int:
+    """Number of positions where two equally long spellings differ (letters are sounds here)."""
+    if len(a) != len(b):
+        return max(len(a), len(b))
+    return sum(x != y for x, y in zip(a, b))
+
+
+def non_words(word: str) -> list[str]:
+    """Every non-word made by changing one sound of ``word`` (a consonant for a consonant, a vowel for
+    a vowel) that stays at least two sounds away from every other word of the lexicon."""
+    word_class(word)
+    others = [other for other in all_words() if other != word]
+    candidates = []
+    for i, letter in enumerate(word):
+        for replacement in CONSONANTS if letter in CONSONANTS else VOWELS:
+            candidate = word[:i] + replacement + word[i + 1:]
+            if replacement != letter and all(sound_distance(candidate, other) >= 2 for other in others):
+                candidates.append(candidate)
+    return candidates
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: Path
+    text: str
+    voice: str
+    rate: int
+
+
+@dataclass(frozen=True)
+class ToyLanguage:
+    """The toy corpus on disk: training and validation utterances, and the two test sets."""
+
+    root: Path
+    train: list[Utterance]
+    validation: list[Utterance]
+
+    @property
+    def lexical_dir(self) -> Path:
+        return self.root / "lexical" / "dev"
+
+    @property
+    def syntactic_dir(self) -> Path:
+        return self.root / "syntactic" / "dev"
+
+    def seconds(self, split: str = "train") -> float:
+        """Total duration of a split in seconds (read from the file headers)."""
+        import soundfile
+
+        return sum(soundfile.info(u.path).duration for u in getattr(self, split))
+
+    def __repr__(self) -> str:
+        return (f"ToyLanguage({self.root}: {len(self.train)} train, {len(self.validation)} validation utterances, "
+                f"{len(LEXICON['noun'])} nouns, {len(LEXICON['verb'])} verbs, {len(LEXICON['adjective'])} adjectives)")
+
+
+def load_toy_language(root: str | os.PathLike | None = None, max_train: int | None = None) -> ToyLanguage:
+    """Read ``corpus.csv`` of the toy corpus (default: the one in ``data/toy_language``).
+
+    ``max_train`` keeps only the first that many training utterances (a smaller corpus).
+    """
+    root = TOY_LANGUAGE_DIR if root is None else Path(root)
+    table = root / "corpus.csv"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} not found: make the corpus with python {TOY_LANGUAGE_DIR}/make_toy_language.py")
+    if max_train is not None and (isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1):
+        raise ValueError(f"max_train must be a positive integer or None, got {max_train!r}")
+    splits: dict[str, list[Utterance]] = {"train": [], "validation": []}
+    with open(table, newline="") as f:
+        for row in csv.DictReader(f):
+            path = root / row["split"] / row["filename"]
+            splits[row["split"]].append(Utterance(path, row["text"], row["voice"], int(row["rate"])))
+    return ToyLanguage(root, splits["train"][:max_train], splits["validation"])
+
+
+def write_word_abx_items(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """An ABX ``.item`` file over part of the lexical test set: every word and its first non-word, one
+    recording each per voice (78 files). Each file is one token of what it says, its voice is the
+    "speaker", the context is ``#`` on both sides.
+
+    Across speakers, ABX then asks whether a representation puts two voices' ``bado`` closer together
+    than ``bado`` and, e.g., ``dado`` said by A's voice: word discrimination on minimal pairs.
+    """
+    import soundfile
+
+    lexical_dir = (TOY_LANGUAGE_DIR if root is None else Path(root)) / "lexical" / "dev"
+    with open(lexical_dir / "gold.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    first_pairs = {}  # word -> id of its first (word, non-word) item
+    for row in rows:
+        if row["correct"] == "1":
+            first_pairs.setdefault(row["word"], row["id"])
+    chosen = [row for row in rows if row["id"] in set(first_pairs.values())]
+    lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    for row in sorted(chosen, key=lambda r: r["filename"]):
+        duration = soundfile.info(lexical_dir / f"{row['filename']}.ogg").duration
+        lines.append(f"{row['filename']} 0.0 {duration:.4f} {row['word']} # # {row['voice']}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
