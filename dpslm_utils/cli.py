@@ -15,7 +15,10 @@ torch, numpy and soundfile are imported inside the commands, so such refusals ta
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -54,6 +57,12 @@ def shard(items: Sequence, rank: int, world_size: int) -> list:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
     return list(items[rank::world_size])
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """Raise UsageError unless ``folder`` is an existing folder (an input)."""
+    if not Path(folder).is_dir():
+        raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
 
 
 def check_creatable(out_dir: Path) -> None:
@@ -167,10 +176,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
     from . import distributed
     from .settings_record import check_settings
 
-    try:
-        dist = distributed.setup(args.device)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    dist = distributed.setup(args.device)
     in_dir, out_dir, files = Path(args.in_dir), Path(args.out_dir), args.files
     mine = shard(files, dist.rank, dist.world_size)
     todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
@@ -209,8 +215,7 @@ def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
     ``settings()`` gives the settings to record (called only once the cheap checks passed).
     """
     in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    if not in_dir.is_dir():
-        raise UsageError(f"{in_dir} is not a folder" if in_dir.exists() else f"{in_dir} does not exist")
+    check_folder(in_dir)
     args.files = find_audio(in_dir)
     if not args.files:
         raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
@@ -315,12 +320,19 @@ def _training_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None and name != "max_steps"}
 
 
-def _training_errors(train, *args, **kwargs):
-    """Run a trainer; bad settings or data become a one-line error."""
+def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
+    """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
+
+    The trainers raise ValueError (settings, an OUT_DIR of other settings, bad data) only before the first step: refusals.
+    """
     try:
-        return train(*args, **kwargs)
+        run = trainer(*folders, k=args.k, preset=args.preset, val_dir=args.val_dir, device=args.device,
+                      max_steps=args.max_steps, overwrite=args.overwrite, progress=not args.quiet,
+                      **_training_overrides(args))  # fmt: skip
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+        raise UsageError(str(e)) from e
+    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
+    return 0
 
 
 def check_training(args: argparse.Namespace) -> None:
@@ -328,8 +340,8 @@ def check_training(args: argparse.Namespace) -> None:
     if args.max_steps is not None:
         check_int("--max-steps", args.max_steps, minimum=1)
     for folder in (args.units_dir, getattr(args, "codes_dir", None), args.val_dir):
-        if folder is not None and not Path(folder).is_dir():
-            raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
+        if folder is not None:
+            check_folder(folder)
     check_creatable(Path(args.out_dir))
     check_device(args.device)
 
@@ -337,21 +349,13 @@ def check_training(args: argparse.Namespace) -> None:
 def cmd_train_ulm(args: argparse.Namespace) -> int:
     from .training import train_ulm
 
-    run = _training_errors(train_ulm, args.units_dir, args.out_dir, k=args.k, preset=args.preset, val_dir=args.val_dir,
-                    device=args.device, max_steps=args.max_steps, overwrite=args.overwrite,
-                    progress=not args.quiet, **_training_overrides(args))  # fmt: skip
-    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
-    return 0
+    return _train(train_ulm, [args.units_dir, args.out_dir], args)
 
 
 def cmd_train_ellav(args: argparse.Namespace) -> int:
     from .training import train_ellav
 
-    run = _training_errors(train_ellav, args.units_dir, args.codes_dir, args.out_dir, k=args.k, preset=args.preset,
-                      val_dir=args.val_dir, device=args.device, max_steps=args.max_steps,
-                      overwrite=args.overwrite, progress=not args.quiet, **_training_overrides(args))  # fmt: skip
-    print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
-    return 0
+    return _train(train_ellav, [args.units_dir, args.codes_dir, args.out_dir], args)
 
 
 # -- resynthesize, score --------------------------------------------------------------------------
@@ -563,23 +567,10 @@ def _demo(args: argparse.Namespace) -> int:
 # -- evaluate: zerospeech, abx, download -----------------------------------------------------------
 
 
-def _check_run_settings(out_dir: Path, command: str, settings: dict) -> None:
-    """The output-folder settings record (as ``encode``): cached units/features only fit their settings."""
-    from .settings_record import SettingsMismatch, check_settings
-
-    try:
-        check_settings(out_dir, command, settings)
-    except SettingsMismatch as e:
-        raise SystemExit(f"error: {e}") from e
-
-
 def _unit_encoder(args: argparse.Namespace):
     from .pipeline import UnitEncoder
 
-    try:
-        return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+    return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
 
 
 def _encoding_settings(args: argparse.Namespace) -> dict:
@@ -589,9 +580,7 @@ def _encoding_settings(args: argparse.Namespace) -> dict:
 
 
 def check_zerospeech(args: argparse.Namespace) -> None:
-    if not Path(args.dataset_dir).is_dir():
-        raise UsageError(f"{args.dataset_dir} is not a folder" if Path(args.dataset_dir).exists()
-                         else f"{args.dataset_dir} does not exist")
+    check_folder(args.dataset_dir)
     if args.ulm:
         check_file(args.ulm, "unit-LM checkpoint")
     else:
@@ -600,49 +589,55 @@ def check_zerospeech(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise UsageError(f"{e} (or pass --ulm PATH for a unit LM of your own)") from e
     check_count("--batch-size", args.batch_size)
-    check_evaluation_output(args)
+    check_evaluation_output(args, "zerospeech")
 
 
 def check_abx(args: argparse.Namespace) -> None:
     check_file(args.item_file, "item file")
-    if not Path(args.audio_dir).is_dir():
-        raise UsageError(f"{args.audio_dir} is not a folder" if Path(args.audio_dir).exists()
-                         else f"{args.audio_dir} does not exist")
-    check_evaluation_output(args)
+    check_folder(args.audio_dir)
+    item_file = Path(args.item_file)
+    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
+    args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
+    if not args.files:
+        raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
+                         f"(it names files like {sorted(wanted)[:2]})")
+    if importlib.util.find_spec("zrc_abx2") is None:
+        from .evaluation import ABX_INSTALL_HINT
+
+        raise UsageError(ABX_INSTALL_HINT)
+    check_evaluation_output(args, "abx")
 
 
-def check_evaluation_output(args: argparse.Namespace) -> None:
+def check_evaluation_output(args: argparse.Namespace, command: str) -> None:
+    """OUT_DIR of ``zerospeech``/``abx``, and its settings record (cached units/features fit only their settings)."""
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
     check_creatable(Path(args.out_dir))
     check_device(args.device)
+    from .settings_record import check_settings
+
+    check_settings(args.out_dir, command, _encoding_settings(args), write=False)  # SettingsMismatch: a refusal
 
 
 def cmd_zerospeech(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_zerospeech, results_table
     from .ulm import UnitLM
 
+    from .settings_record import check_settings
+
     out_dir = Path(args.out_dir)
-    check_writable(out_dir)
-    if not args.ulm:
-        try:
-            registry.check_combination(args.k, args.lmbda)
-        except ValueError as e:
-            raise SystemExit(f"error: {e} (or pass --ulm PATH for a unit LM of your own)") from e
-    _check_run_settings(out_dir, "zerospeech", _encoding_settings(args))
     if args.ulm:
         ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
         if ulm.k != args.k:
-            raise SystemExit(f"error: {args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
+            raise UsageError(f"{args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
     else:
         ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
+    check_writable(out_dir)
+    check_settings(out_dir, "zerospeech", _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
-    try:
-        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
-                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
+    results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
+                                  reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
     print(results_table(results))
     print(f"wrote the submission files under {out_dir}/lexical and {out_dir}/syntactic, metrics in {out_dir}/results.json")
     _say_if_random()
@@ -652,26 +647,17 @@ def cmd_zerospeech(args: argparse.Namespace) -> int:
 def cmd_abx(args: argparse.Namespace) -> int:
     from .checkpoints import write_atomically
     from .evaluation import abx_error_rates, abx_representations
+    from .settings_record import check_settings
 
-    item_file, out_dir = Path(args.item_file), Path(args.out_dir)
-    if not item_file.is_file():
-        raise SystemExit(f"error: item file {item_file} does not exist")
-    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
-    files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
-    if not files:
-        raise SystemExit(f"error: no audio file under {args.audio_dir} is named in {item_file} "
-                         f"(it names files like {sorted(wanted)[:2]})")
+    item_file, out_dir, files = Path(args.item_file), Path(args.out_dir), args.files
     check_writable(out_dir)
-    _check_run_settings(out_dir, "abx", _encoding_settings(args))
+    check_settings(out_dir, "abx", _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
     folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
-    try:
-        rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
-                                frame_rate=encoder.encoder.frame_rate, distance=args.distance,
-                                context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
-    except ImportError as e:
-        raise SystemExit(f"error: {e}") from e
+    rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
+                            frame_rate=encoder.encoder.frame_rate, distance=args.distance,
+                            context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
     write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
     print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g}, {len(files)} files")
     print(f"{'representation':<15} {'within':>7} {'across':>7}")
@@ -683,14 +669,10 @@ def cmd_abx(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .corpora import DownloadError, data_dir, download_corpus
+    from .corpora import data_dir, download_corpus
 
     folder = Path(args.dir) if args.dir else data_dir()
-    try:
-        archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)
-    except DownloadError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)  # DownloadError: exit 1
     print(f"{args.corpus}: {archive}" + ("" if args.no_extract else f" (unpacked into {folder})"))
     return 0
 
@@ -855,9 +837,33 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _library_status_shown():
+    """While a command runs, the library's ``logging`` status reaches the user: info on stdout, warnings on stderr."""
+    to_stdout, to_stderr = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    to_stdout.addFilter(lambda record: record.levelno < logging.WARNING)
+    to_stderr.setLevel(logging.WARNING)
+    logger, level = logging.getLogger(__package__), logging.getLogger(__package__).level
+    for handler in (to_stdout, to_stderr):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(to_stdout)
+        logger.removeHandler(to_stderr)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (0 done, 1 something failed, 2 refused before any work)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _library_status_shown():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
         args = build_parser(all_options).parse_args(argv)

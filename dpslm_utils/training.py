@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import datasets
+from . import datasets, ellav, ulm
 from .checkpoints import save_atomically, write_atomically
 from .distributed import Distributed, barrier, setup, teardown
 from .ellav import unit_tokenizer
@@ -72,6 +72,8 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 """Every setting of each preset. ``chunk_size`` is the unit LM's (ELLA-V trains on whole utterances)."""
 # fmt: on
+
+log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = ("max_steps", "eval_interval", "log_interval")
 """Settings that may change between a run and its resumption (train longer, log more often)."""
@@ -188,12 +190,7 @@ class _UnitLMTask:
             yield datasets.PackedBatch.pack(group, [datasets.chunk_loss_mask(len(u)) for u in group])
 
     def checkpoint(self, model: Transformer) -> dict:
-        """Mistral-ULM's ``save_pretrained_checkpoint`` layout."""
-        args = model.args.to_dict()
-        model_args = {name: args[name] for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")}
-        model_args |= {"dropout": self.config["dropout"], "norm_eps": args["norm_eps"],
-                       "vocab_size": args["vocab_size"], "rope_theta": args["rope_theta"]}  # fmt: skip
-        return {"model_args": model_args, "model_state_dict": _cpu_state(model)}
+        return ulm.official_checkpoint(model, dropout=self.config["dropout"])
 
 
 class _ELLAVTask:
@@ -223,13 +220,14 @@ class _ELLAVTask:
             yield self._pack(pairs[begin : begin + self.config["batch_size"]])
 
     def checkpoint(self, model: Transformer) -> dict:
-        """ELLA-V's layout: ``model_args`` (with ``max_batch_size``), the tokenizer dict, ``model_state``."""
-        return {"model_args": {**model.args.to_dict(), "max_batch_size": 0}, "tokenizer": self.tokenizer,
-                "model_state": _cpu_state(model)}  # fmt: skip
+        return ellav.official_checkpoint(model, self.tokenizer)
 
 
-def _cpu_state(model: nn.Module) -> dict:
-    return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+def _on_cpu(value):
+    """``value`` (a checkpoint: nested dicts) with every tensor on the CPU, so any machine loads the file."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    return {key: _on_cpu(item) for key, item in value.items()} if isinstance(value, dict) else value
 
 
 def _seed(seed: int, epoch: int, purpose: int) -> int:
@@ -313,7 +311,7 @@ def _ellav_data(units_dir, codes_dir, val_dir, config: dict) -> tuple[_ELLAVTask
         if not matched:
             raise ValueError(f"no unit file under {unit_root} has a codec file of the same relative path under {code_root}")
         if len(matched) < len(units):
-            print(f"{len(units) - len(matched)} unit file(s) without codes are left out", file=sys.stderr)
+            log.warning("%d unit file(s) without codes are left out", len(units) - len(matched))
         result, mismatched = {}, []
         for key in matched:
             frame_units, frame_codes = datasets.load_frame_units(units[key]), datasets.load_codes(codes[key])
@@ -322,8 +320,8 @@ def _ellav_data(units_dir, codes_dir, val_dir, config: dict) -> tuple[_ELLAVTask
             else:
                 mismatched.append(f"{key} ({len(frame_units) / 50:.2f} s of units, {len(frame_codes) / 40:.2f} s of codes)")
         if mismatched:
-            print(f"skipped {len(mismatched)} file(s) whose unit and codec durations differ by more than 0.1 s:",
-                  *mismatched[:10], *(["..."] if len(mismatched) > 10 else []), sep="\n  ", file=sys.stderr)  # fmt: skip
+            shown = "".join(f"\n  {name}" for name in [*mismatched[:10], *(["..."] if len(mismatched) > 10 else [])])
+            log.warning("skipped %d file(s) whose unit and codec durations differ by more than 0.1 s:%s", len(mismatched), shown)
         return result
 
     train, val = _split(pairs(units_dir, codes_dir), val_dir, config, lambda d: pairs(d, codes_dir))
@@ -426,15 +424,15 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
         step, best_val, tokens_seen = state["step"], state["best_val_loss"], state["tokens"]
         _set_rng(state["rng"][dist.rank % len(state["rng"])])
         if dist.is_main:
-            print(f"resuming {out_dir} from step {step} (best validation loss so far {best_val:.4f})")
+            log.info("resuming %s from step %d (best validation loss so far %.4f)", out_dir, step, best_val)
             _truncate_metrics(out_dir / "metrics.jsonl", step)
     elif dist.is_main:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     if dist.is_main:
         _write_config(out_dir, config, step)
         params = sum(p.numel() for p in model.parameters())
-        print(f"{config['task']} ({config['preset']}): {params / 1e6:.2f}M parameters on {dist.device}"
-              f"{f' x {dist.world_size} processes' if dist.enabled else ''}; data {config['data']}")  # fmt: skip
+        log.info("%s (%s): %.2fM parameters on %s%s; data %s", config["task"], config["preset"], params / 1e6, dist.device,
+                 f" x {dist.world_size} processes" if dist.enabled else "", config["data"])  # fmt: skip
 
     batches = _Batches(task, config)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda"
@@ -481,8 +479,8 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
                 if evaluate:
                     if record["val_loss"] < best_val:
                         best_val = record["val_loss"]
-                        save_atomically(task.checkpoint(model), run.best_checkpoint)
-                    save_atomically(task.checkpoint(model), run.last_checkpoint)
+                        save_atomically(_on_cpu(task.checkpoint(model)), run.best_checkpoint)
+                    save_atomically(_on_cpu(task.checkpoint(model)), run.last_checkpoint)
             if evaluate:
                 best_val = min(best_val, record["val_loss"])
                 rng = _gather_rng(dist)

@@ -38,7 +38,10 @@ CHECKPOINT_KEYS = ("model_args", "model_state_dict")
 
 def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
     """``transformer`` in the Mistral-ULM file layout ``{"model_args", "model_state_dict"}``, ready for ``torch.save``."""
-    return {"model_args": {**transformer.args.to_dict(), "dropout": dropout}, "model_state_dict": transformer.state_dict()}
+    args = transformer.args.to_dict()
+    before_dropout = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")  # the original's key order
+    model_args = {name: args.pop(name) for name in before_dropout} | {"dropout": dropout} | args
+    return {"model_args": model_args, "model_state_dict": transformer.state_dict()}
 
 
 def _with_bos(units: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Shared test helpers: fixture paths and an isolated cache per test session."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def load_fixture(name: str):
     """Load ``tests/fixtures/<name>`` the way the fixture README prescribes."""
     return torch.load(FIXTURES / name, map_location="cpu", weights_only=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torch.distributed rendezvous in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True, scope="session")

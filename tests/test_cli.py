@@ -15,6 +15,8 @@ import torch
 import dpslm_utils
 from dpslm_utils import cli
 
+from conftest import free_port
+
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
 
@@ -226,7 +228,7 @@ def test_torchrun_shards_files_across_two_ranks(corpus, tmp_path):
     (corpus / "broken.wav").unlink()
     out = tmp_path / "dist"
     env = {**os.environ, "DPSLM_WEIGHTS": "random-tiny", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
                "-m", "dpslm_utils", "encode", str(corpus), str(out), "--k", "100", "--lmbda", "600", "--quiet"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

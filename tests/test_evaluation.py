@@ -214,9 +214,9 @@ def test_zerospeech_command_with_random_tiny_models(tmp_path, monkeypatch, capsy
     overall = json.loads((out / "results.json").read_text())["syntactic"]["dev"]["overall"]
     assert f"{overall * 100:.2f}%" in printed and "RANDOM WEIGHTS" in printed
     assert len((out / "syntactic" / "dev.txt").read_text().splitlines()) == 16
-    with pytest.raises(SystemExit, match="holds the output of other settings \\(lmbda: 600.0 there, 1500.0 now\\)"):
-        cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "1500", "--quiet"])
-    capsys.readouterr()
+    assert cli.main(["zerospeech", str(dataset), str(out), "--k", "100", "--lmbda", "1500", "--quiet"]) == 2
+    assert re.fullmatch("dpslm: error: .*holds the output of other settings \\(lmbda: 600.0 there, 1500.0 now\\).*\n",
+                        capsys.readouterr().err)
     assert cli.main(["zerospeech", str(dataset), str(tmp_path / "o2"), "--k", "100", "--lmbda", "601"]) == 2
     assert re.search("^dpslm: error: no pretrained models for k=100, lmbda=601.*--ulm PATH", capsys.readouterr().err)
     assert not (tmp_path / "o2").exists()  # refused before the output folder was made
@@ -229,8 +229,9 @@ def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypa
     random_tiny.write("unit_lm", tmp_path / "mine.pt", k=200)
     dataset = tmp_path / "slm21"
     shutil.copytree(SLM21 / "lexical" / "test", dataset / "lexical" / "test")
-    with pytest.raises(SystemExit, match="mine.pt is a unit LM for k=200, but --k is 100"):
-        cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")])
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")]) == 2
+    assert re.fullmatch("dpslm: error: .*mine.pt is a unit LM for k=200, but --k is 100\n", capsys.readouterr().err)
+    assert not (tmp_path / "a").exists()
     out = tmp_path / "b"
     assert cli.main(["zerospeech", str(dataset), str(out), "--k", "200", "--lmbda", "1234", "--splits", "test",
                      "--ulm", str(tmp_path / "mine.pt"), "--reduction", "mean", "--quiet"]) == 0
@@ -317,6 +318,11 @@ def test_abx_command_writes_the_three_representations_with_random_tiny_models(tm
     for a, b in itertools.combinations(range(len(units)), 2):  # one codebook vector per unit
         assert np.array_equal(dpdp[a], dpdp[b]) == (units[a] == units[b])
     assert len(list((out / "features" / "units").glob("*.npy"))) == 20  # only the files the item file names
+    (tmp_path / "elsewhere").mkdir()
+    capsys.readouterr()
+    assert cli.main(["abx", str(tmp_path / "words.item"), str(tmp_path / "elsewhere"), str(tmp_path / "o2")]) == 2
+    assert re.fullmatch("dpslm: error: no audio file under .*elsewhere is named in .*words.item.*\n", capsys.readouterr().err)
+    assert not (tmp_path / "o2").exists()  # refused before the output folder was made
 
 
 def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):

@@ -1,9 +1,10 @@
 """Training: the originals' data, objective and schedule (fixtures), learning on synthetic data, resume, DDP."""
 
 import json
+import logging
 import math
 import os
-import socket
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from dpslm_utils import datasets, distributed, training
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
-from conftest import FIXTURES, load_fixture
+from conftest import FIXTURES, free_port, load_fixture
 
 TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_heads=2, dropout=0.0)
 """Smaller than the tiny preset, for the tests that check bookkeeping rather than learning."""
@@ -227,30 +228,31 @@ def _small_run(units, out, **overrides):
     return dpslm_utils.train_ulm(units, out, k=16, **{**settings, **overrides})
 
 
-def test_resuming_gives_the_uninterrupted_run(tmp_path, capsys):
+def _assert_same_training(a, b, loss_rel: float, weights_atol: float) -> None:
+    """Runs a and b saw the same tokens, logged the same losses and ended with the same weights (rtol 1e-5)."""
+    for x, y in zip(a.metrics, b.metrics, strict=True):
+        assert x["tokens"] == y["tokens"]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=loss_rel)
+    state_a = torch.load(a.last_checkpoint, weights_only=True)["model_state_dict"]
+    state_b = torch.load(b.last_checkpoint, weights_only=True)["model_state_dict"]
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=weights_atol)
+
+
+def test_resuming_gives_the_uninterrupted_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dpslm_utils.training")
     markov_units(tmp_path / "units", files=12, length=40)
     whole = _small_run(tmp_path / "units", tmp_path / "whole", max_steps=6, dropout=0.1)
     _small_run(tmp_path / "units", tmp_path / "parts", max_steps=3, dropout=0.1)
     parts = _small_run(tmp_path / "units", tmp_path / "parts", max_steps=6, dropout=0.1)  # resumes
-    assert "resuming" in capsys.readouterr().out
+    assert "resuming" in caplog.text
     assert [m["step"] for m in parts.metrics] == list(range(1, 7))
-    for a, b in zip(whole.metrics, parts.metrics, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
-    state_a = torch.load(whole.last_checkpoint, weights_only=True)["model_state_dict"]
-    state_b = torch.load(parts.last_checkpoint, weights_only=True)["model_state_dict"]
-    for name in state_a:
-        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=1e-6)
+    _assert_same_training(whole, parts, loss_rel=1e-6, weights_atol=1e-6)
 
     with pytest.raises(ValueError, match="lr: .* there"):
         _small_run(tmp_path / "units", tmp_path / "parts", max_steps=6, dropout=0.1, lr=1e-2)
     restarted = _small_run(tmp_path / "units", tmp_path / "parts", max_steps=3, dropout=0.1, lr=1e-2, overwrite=True)
     assert [m["step"] for m in restarted.metrics] == [1, 2, 3] and restarted.config["lr"] == 1e-2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_rank(rank: int, port: int, units: str, out: str) -> None:
@@ -263,15 +265,8 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     """Same micro-batches, gradients averaged by DDP instead of accumulated: losses and weights agree to 1e-5."""
     markov_units(tmp_path / "units", files=12, length=40)
     single = _small_run(tmp_path / "units", tmp_path / "single", max_steps=4, grad_accum=2)
-    torch.multiprocessing.spawn(_ddp_rank, args=(_free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
-    ddp = dpslm_utils.TrainingRun(tmp_path / "ddp")
-    for a, b in zip(single.metrics, ddp.metrics, strict=True):
-        assert a["tokens"] == b["tokens"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    state_a = torch.load(single.last_checkpoint, weights_only=True)["model_state_dict"]
-    state_b = torch.load(ddp.last_checkpoint, weights_only=True)["model_state_dict"]
-    for name in state_a:
-        torch.testing.assert_close(state_a[name], state_b[name], rtol=1e-5, atol=1e-5)
+    torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
+    _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
 
 
 def test_plot_training_draws_train_and_validation_curves(tmp_path):
@@ -302,13 +297,16 @@ def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
     assert cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--max-steps", "4", *small]) == 0
     assert "resuming" in capsys.readouterr().out
     assert [m["step"] for m in dpslm_utils.TrainingRun(tmp_path / "run").metrics] == [2, 4]
-    with pytest.raises(SystemExit, match="chunk_size: 128 there, 64 now"):
-        cli.main(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--chunk-size", "64", *small])
-    with pytest.raises(SystemExit, match="beyond k - 1 = 7"):
-        cli.main(["train-ulm", str(tmp_path / "units"), str(tmp_path / "other"), "--k", "8", *small])
+    def refused(argv, message):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.fullmatch(f"dpslm: error: .*{message}.*\n", err), err
+
+    refused(["train-ulm", str(tmp_path / "units"), out, "--k", "16", "--chunk-size", "64", *small], "chunk_size: 128 there, 64 now")
+    refused(["train-ulm", str(tmp_path / "units"), str(tmp_path / "other"), "--k", "8", *small], "beyond k - 1 = 7")
     assert not (tmp_path / "other").exists()
     (tmp_path / "codes").mkdir()
-    with pytest.raises(SystemExit, match="no unit file .* has a codec file"):
-        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "e"), "--k", "16", *small])
-    with pytest.raises(SystemExit, match=r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]"):
-        cli.main(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small])
+    refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "e"), "--k", "16", *small],
+            "no unit file .* has a codec file")
+    refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small],
+            r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]")
