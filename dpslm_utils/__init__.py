@@ -68,6 +68,17 @@ _EXPORTS: dict[str, str] = {
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",
+    # phones.py: the phone toplines
+    "PhoneLM": "phones",
+    "PhoneTTS": "phones",
+    "text_to_phones": "phones",
+    "US_ARPA_PHONES": "registry",
+    # wer.py: resynthesis intelligibility
+    "resynthesis_wer": "wer",
+    "word_error_rate": "wer",
+    "normalize_text": "wer",
+    "whisper_asr": "wer",
+    "read_transcripts": "wer",
     # training.py, datasets.py: train your own unit LM / ELLA-V
     "train_ulm": "training",
     "train_ellav": "training",

@@ -1,4 +1,4 @@
-"""Audio in: read files, check waveforms, make them mono, resample, and find example recordings.
+"""Audio in and out: read and write files, check waveforms, make them mono, resample, and find example recordings.
 
 Waveforms are float32 tensors ``[channels, samples]`` in [-1, 1]. torchaudio 2.9 no longer reads
 files itself, so files are read with soundfile (wav, flac, ogg, ...); torchaudio is used for
@@ -53,6 +53,13 @@ def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     except Exception as e:  # libsndfile's errors do not name the file
         raise ValueError(f"cannot read audio file {path}: {e}") from e
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+def save_wav(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> None:
+    """Write a mono waveform (any shape holding one channel) as a WAV file, atomically."""
+    from .checkpoints import write_atomically
+
+    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
 
 
 def as_waveform(wav: torch.Tensor | np.ndarray) -> torch.Tensor:

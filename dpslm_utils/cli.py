@@ -1,7 +1,7 @@
 """Command line: ``python -m dpslm_utils COMMAND ...`` (also the ``dpslm`` script).
 
-Commands: demo, encode, encode-codec, train-ulm, train-ellav, resynthesize, score, zerospeech, abx,
-download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
+Commands: demo, encode, encode-codec, train-ulm, train-ellav, resynthesize, score, say, wer, zerospeech,
+abx, download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
 one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
 encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
 
@@ -118,12 +118,9 @@ def units_text(units) -> str:
 
 
 def save_wav(path: Path, wav, sample_rate: int) -> None:
-    """Write ``wav`` (FloatTensor, any shape holding one channel) as a WAV file, atomically."""
-    import soundfile
+    from .audio import save_wav as save  # torch is loaded by then: the command made the waveform
 
-    from .checkpoints import write_atomically
-
-    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
+    save(path, wav, sample_rate)
 
 
 def _read_mono(path: Path) -> tuple:
@@ -425,6 +422,77 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- say, wer (phone toplines and resynthesis intelligibility) -------------------------------------
+
+
+def check_say(args: argparse.Namespace) -> None:
+    from .phones import as_phones, text_to_phones
+
+    args.phone_list = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    check_device(args.device)
+    check_creatable(Path(args.out_wav).parent)
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    from .phones import PhoneTTS
+
+    tts = PhoneTTS.from_pretrained(device=args.device)
+    _say_if_random()
+    print(" ".join(args.phone_list))
+    (speech,) = tts.synthesize(args.phone_list, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    save_wav(Path(args.out_wav), speech.wav, speech.sample_rate)
+    print(f"{args.out_wav} ({len(speech.wav) / speech.sample_rate:.2f} s at {speech.sample_rate} Hz)")
+    return 0
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """``"500:4500,500:0"`` -> ``[(500, 4500), (500, 0)]``, each a released (k, λ)."""
+    try:
+        pairs = [tuple(float(x) for x in item.split(":")) for item in text.split(",") if item.strip()]
+        return [registry.check_combination(int(k), lmbda) for k, lmbda in pairs]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected K:LAMBDA pairs such as 500:4500,500:0 ({e})") from e
+
+
+def check_wer(args: argparse.Namespace) -> None:
+    from .wer import read_transcripts
+
+    if not args.pairs and args.no_references:
+        raise UsageError("nothing to measure: give --pairs or drop --no-references")
+    check_count("--batch-size", args.batch_size)
+    check_sampling(args.temperature, args.top_p)
+    check_seed(args.seed)
+    read_transcripts(args.audio_dir, args.limit)
+    check_device(args.device)
+    check_creatable(Path(args.out_dir))
+
+
+def cmd_wer(args: argparse.Namespace) -> int:
+    from . import wer
+
+    asr = wer.whisper_asr(args.asr_model, device=args.device)  # not installed or offline: one-line error
+    out_dir = Path(args.out_dir)
+    check_writable(out_dir)
+    rows = wer.resynthesis_wer(
+        args.audio_dir, args.pairs, asr=asr, limit=args.limit, references=not args.no_references,
+        exact_search=args.exact_search, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, save_audio=out_dir / "audio" if args.save_audio else None,
+        results_dir=out_dir / "systems",
+    )  # fmt: skip
+    print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7}")
+    for row in rows:
+        name = row["system"] if row["k"] is None else f"k={row['k']} λ={row['lmbda']:g}"
+        bits = "" if row["bits_per_second"] is None else f"{row['bits_per_second']:.1f}"
+        units = "" if row["units_per_second"] is None else f"{row['units_per_second']:.1f}"
+        print(f"{name:>16} {bits:>8} {units:>8} {100 * row['wer']:>7.2f}")
+    csv_path, json_path = wer.write_results(rows, out_dir)
+    print(f"wrote {csv_path} and {json_path}")
+    _say_if_random()
+    return 0
+
+
 # -- demo -----------------------------------------------------------------------------------------
 
 
@@ -700,6 +768,34 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     _add_model_args(p)
     p.set_defaults(run=cmd_score, check=check_score)
+
+    p = sub.add_parser("say", help="text -> ARPAbet phones -> phone ELLA-V -> 24 kHz speech (the phone topline)")
+    p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL")')
+    p.add_argument("out_wav")
+    p.add_argument("--phones", action="store_true", help="TEXT is a space-separated phone sequence")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(run=cmd_say, check=check_say)
+
+    p = sub.add_parser("wer", help="resynthesis WER and bitrate per (k, λ) on a LibriSpeech-layout folder")
+    p.add_argument("audio_dir", help="folder with *.trans.txt transcripts beside the .flac/.wav files")
+    p.add_argument("out_dir", help="writes wer.csv and wer.json (and audio/ with --save-audio); systems/ lets a rerun resume")
+    p.add_argument("--pairs", type=_pairs, default=[(registry.DEFAULT_K, registry.DEFAULT_LMBDA)],
+                   help="comma-separated K:LAMBDA, e.g. 500:4500,500:0 (default 500:4500)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N utterances (sorted by id)")
+    p.add_argument("--no-references", action="store_true", help="skip the original-audio and codec rows")
+    p.add_argument("--exact-search", action="store_true",
+                   help="exact DPDP instead of the paper's 5%%-nearest-codes search the released models were trained on")
+    p.add_argument("--asr-model", default="base.en", help="Whisper model name (default base.en; large-v3 on a GPU)")
+    p.add_argument("--temperature", type=float, default=1.0, help="ELLA-V sampling (paper: 1.0)")
+    p.add_argument("--top-p", type=float, default=0.0, help="ELLA-V nucleus (paper: 0.0, the most likely code)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per ELLA-V batch")
+    p.add_argument("--save-audio", action="store_true", help="keep every resynthesis under OUT_DIR/audio/")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.set_defaults(run=cmd_wer, check=check_wer)
     if not all_options:  # the evaluation commands' choices come with the torch import: see the docstring
         return parser
     from .corpora import CORPORA

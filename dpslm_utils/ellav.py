@@ -1,8 +1,9 @@
-"""ELLA-V: deduplicated units -> WavTokenizer codec tokens (40 Hz), by interleaved generation.
+"""ELLA-V: deduplicated units (or phones) -> WavTokenizer codec tokens (40 Hz), by interleaved generation.
 
 Vocabulary (always the checkpoint's own ``token_to_id_dict``): UNK 0, BOS 1, EOP 2 ("end of
 phone"), EOS 3, then the unit tokens ``"u{n}"`` in *string* order (u0, u1, u10, u11, ...), then the
-codec tokens ``"0"`` .. ``"4095"``.
+codec tokens ``"0"`` .. ``"4095"``. The released phone model (:meth:`ELLAV.from_pretrained_phones`)
+has ARPAbet phones (``"AA0"``, ..., ``"SIL"``, ``"SPN"``) in place of the units; everything else is the same.
 
 Generation for deduplicated units p_1..p_n starts from the prompt ``[p_1 .. p_n, BOS, p_1]``. The
 model then writes codec tokens for the current unit and closes it with EOP; after each EOP the next
@@ -52,21 +53,25 @@ CHECKPOINT_KEYS = ("model_args", "tokenizer", "model_state")
 SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
 UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
-NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE = 4096, 40.0, 50.0
+NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE, PHONE_RATE = 4096, 40.0, 50.0, 100.0
 MAX_CODEC_TOKENS_PER_PHONE = 10
 """The original's default cap on codec tokens per unit (the first unit may get 2 more, later ones 1 more)."""
 
 
-def unit_tokenizer(k: int) -> dict:
-    """The tokenizer dict of a units model, as the original unit-training script builds it.
+def unit_tokenizer(k: int, phones: tuple[str, ...] | None = None) -> dict:
+    """The tokenizer dict of a units model (or, given ``phones``, of a phone model) as the original
+    training scripts build it.
 
-    Unit tokens ``u0 .. u{k-1}`` follow the 4 special tokens in string order; codec tokens follow.
+    The unit tokens ``u0 .. u{k-1}`` (or the phones) follow the 4 special tokens in string order; codec
+    tokens follow. Phone models align phones at 100 Hz (10 ms) and sandwich every phone but UNK.
     """
-    names = [*SPECIAL_TOKENS, *sorted(f"u{n}" for n in range(k)), *(str(c) for c in range(NUM_CODEC_TYPES))]
+    conditioning = sorted(phones if phones is not None else (f"u{n}" for n in range(k)))
+    names = [*SPECIAL_TOKENS, *conditioning, *(str(c) for c in range(NUM_CODEC_TYPES))]
     return {
-        "token_to_id_dict": {name: i for i, name in enumerate(names)}, "num_phone_types": k,
-        "phone_token_rate": UNIT_RATE, "num_codec_types": NUM_CODEC_TYPES, "codec_token_rate": CODEC_RATE,
-        "tokens_not_to_sandwich": [], "num_special_types": len(SPECIAL_TOKENS),
+        "token_to_id_dict": {name: i for i, name in enumerate(names)}, "num_phone_types": len(conditioning),
+        "phone_token_rate": UNIT_RATE if phones is None else PHONE_RATE, "num_codec_types": NUM_CODEC_TYPES,
+        "codec_token_rate": CODEC_RATE, "tokens_not_to_sandwich": [] if phones is None else ["UNK"],
+        "num_special_types": len(SPECIAL_TOKENS),
         **{f"{name}_token": name for name in SPECIAL_TOKENS},
         **{f"{name}_id": i for i, name in enumerate(SPECIAL_TOKENS)},
     }  # fmt: skip
@@ -108,7 +113,11 @@ class Generation(NamedTuple):
 
 
 class ELLAV(nn.Module):
-    """Units -> WavTokenizer (small_600, 40 Hz) codec tokens with the ELLA-V decoder."""
+    """Units (or phones) -> WavTokenizer (small_600, 40 Hz) codec tokens with the ELLA-V decoder.
+
+    ``phone_names[n]`` is the token of unit ``n``: ``"u{n}"`` for a units model, the n-th phone (in
+    token order) for a phone model; prompts may give units as ints or as these names.
+    """
 
     def __init__(self, transformer: Transformer, tokenizer: dict):
         super().__init__()
@@ -122,13 +131,18 @@ class ELLAV(nn.Module):
         self.bos_id, self.eop_id, self.eos_id = (vocab[name] for name in SPECIAL_TOKENS[1:])
         if len(vocab) != transformer.args.vocab_size:
             raise ValueError(f"the tokenizer has {len(vocab)} tokens, the model {transformer.args.vocab_size}")
-        missing = [f"u{n}" for n in range(self.k) if f"u{n}" not in vocab]
-        if missing:
-            raise ValueError(f"the tokenizer is not a unit tokenizer: it lacks {missing[:3]}")
+        first = len(SPECIAL_TOKENS)
+        conditioning = sorted((i, name) for name, i in vocab.items() if first <= i < first + self.k)
+        self.reads_units = all(UNIT_NAME.fullmatch(name) for _, name in conditioning)
+        self.phone_names = tuple(f"u{n}" for n in range(self.k)) if self.reads_units else tuple(n for _, n in conditioning)
+        missing = [name for name in self.phone_names if name not in vocab]
+        if missing or len(conditioning) != self.k:
+            raise ValueError(f"the tokenizer's {self.k} unit tokens are not u0 .. u{self.k - 1} nor phones: lacks {missing[:3]}")
+        self.unit_of_name = {name: n for n, name in enumerate(self.phone_names)}
         codec_of_token = torch.full((len(vocab),), -1)
         for codec in range(tokenizer["num_codec_types"]):
             codec_of_token[vocab[str(codec)]] = codec
-        self.register_buffer("unit_token_ids", torch.tensor([vocab[f"u{n}"] for n in range(self.k)]), persistent=False)
+        self.register_buffer("unit_token_ids", torch.tensor([vocab[n] for n in self.phone_names]), persistent=False)
         self.register_buffer("codec_of_token", codec_of_token, persistent=False)
 
     @classmethod
@@ -159,23 +173,30 @@ class ELLAV(nn.Module):
         load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype, fast=fast)
         return checkpoints.load_pretrained(load, registry.ellav_file(k, lmbda), "ellav", k=k)
 
+    @classmethod
+    def from_pretrained_phones(cls, device=None, dtype: torch.dtype | None = None) -> ELLAV:
+        """The released phone model: ARPAbet phones (:data:`~dpslm_utils.registry.US_ARPA_PHONES`) -> codes."""
+        load = functools.partial(cls.from_checkpoint, device=device, dtype=dtype)
+        return checkpoints.load_pretrained(load, registry.ELLAV_PHONEMES, "phone_ellav")
+
     def __repr__(self) -> str:
         t = self.transformer
-        return checkpoints.describe(self, k=self.k, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
+        vocabulary = {"k" if self.reads_units else "phones": self.k}
+        return checkpoints.describe(self, **vocabulary, unit_rate=f"{self.unit_rate:g}Hz", codec_rate=f"{self.codec_rate:g}Hz",
                                     dim=t.args.dim, n_layers=t.args.n_layers, dtype=self.fast or t.dtype,
                                     device=t.device)  # fmt: skip
 
     def deduplicated_units(self, units) -> torch.Tensor:
-        """Unit ids (ints, or names ``"u{n}"``) with consecutive repeats removed: LongTensor ``[N]``."""
+        """Unit ids (ints, or names ``"u{n}"`` / phones) with consecutive repeats removed: LongTensor ``[N]``."""
         if isinstance(units, (list, tuple)):
             units = [self._unit_number(u) if isinstance(u, str) else u for u in units]
         return torch.unique_consecutive(as_units(units, self.k, "prompt"))
 
     def _unit_number(self, name: str) -> int:
-        match = UNIT_NAME.fullmatch(name)
-        if match is None or int(match.group(1)) >= self.k:
-            raise ValueError(f"{name!r} is not a unit of this model: units are 'u0' .. 'u{self.k - 1}' (or ints)")
-        return int(match.group(1))
+        if name not in self.unit_of_name:
+            allowed = f"'u0' .. 'u{self.k - 1}' (or ints)" if self.reads_units else " ".join(self.phone_names)
+            raise ValueError(f"{name!r} is not a {'unit' if self.reads_units else 'phone'} of this model: use {allowed}")
+        return self.unit_of_name[name]
 
     def encode(self, units) -> torch.Tensor:
         """The inference prompt ``[p_1 .. p_n, BOS, p_1]`` of token ids for deduplicated units p."""

@@ -66,6 +66,29 @@ class Continuation:
     """The prompt units followed by the new units, as speech."""
 
 
+def _check_synthesis(temperature: float, top_p: float, seed: int | None, max_codec_tokens_per_phone: int) -> tuple:
+    """The sampling arguments of a synthesis, checked: ``(seed, max_codec_tokens_per_phone)``."""
+    check_sampling(temperature, top_p)
+    return check_seed(seed), check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
+
+
+def synthesize_batch(ellav: ELLAV, vocoder: WavTokenizer, prompts: list, temperature: float = 1.0, top_p: float = 0.8,
+                     seed: int | None = None, max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE) -> list[Synthesis]:
+    """Speech for each prompt (units, or phones for a phone ELLA-V): ELLA-V codes in one batch, then the vocoder."""
+    seed, max_codec_tokens_per_phone = _check_synthesis(temperature, top_p, seed, max_codec_tokens_per_phone)
+    prompts = [ellav.deduplicated_units(prompt) for prompt in prompts]
+    # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
+    max_tokens = (max_codec_tokens_per_phone + 3) * max(len(prompt) for prompt in prompts) + 1
+    codes, finished, alignments = ellav.generate(
+        prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
+        temperature=temperature, top_p=top_p, seed=seed,
+    )
+    return [
+        Synthesis(vocoder.decode(c)[0].cpu() if len(c) else torch.zeros(0), vocoder.sample_rate, c, a, f)
+        for c, a, f in zip(codes, alignments, finished)
+    ]
+
+
 def resolve_device(device: str | torch.device | None) -> str:
     """One name per device, so the shared models are loaded once: "cuda" -> "cuda:<current>", "cpu:0" -> "cpu"."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -183,20 +206,9 @@ class DPSLM:
 
         ``max_codec_tokens_per_phone`` caps how long ELLA-V may dwell on one unit (25 ms per code).
         """
-        n, seed = check_count("n", n), check_seed(seed)
-        check_sampling(temperature, top_p)
-        max_codec_tokens_per_phone = check_count("max_codec_tokens_per_phone", max_codec_tokens_per_phone, minimum=0)
-        units = self.ellav.deduplicated_units(units)
-        # Each unit costs at most: its forced unit token, max + 1 codes (max + 2 for the first), one EOP.
-        max_tokens = (max_codec_tokens_per_phone + 3) * len(units) + 1
-        codes, finished, alignments = self.ellav.generate(
-            [units] * n, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
-            temperature=temperature, top_p=top_p, seed=seed,
-        )
-        return [
-            Synthesis(self.vocoder.decode(c)[0].cpu() if len(c) else torch.zeros(0), self.vocoder.sample_rate, c, a, f)
-            for c, a, f in zip(codes, alignments, finished)
-        ]
+        n = check_count("n", n)
+        _check_synthesis(temperature, top_p, seed, max_codec_tokens_per_phone)  # before touching the models
+        return synthesize_batch(self.ellav, self.vocoder, [units] * n, temperature, top_p, seed, max_codec_tokens_per_phone)
 
     def resynthesize(self, wav: torch.Tensor, sample_rate: int, n: int = 1, temperature: float = 1.0,
                      top_p: float = 0.8, seed: int | None = None) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ recordings); the stage modules never import it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,6 +29,7 @@ import torch
 
 from . import checkpoints, ellav, ulm
 from .audio import BUNDLED_EXAMPLES, bundled_example
+from .registry import US_ARPA_PHONES
 from .transformer import ModelArgs, Transformer
 from .wavlm import WAVLM_LARGE_CONFIG, WavLMEncoder, build_torchaudio_wavlm, microsoft_state_dict
 from .wavtokenizer import CONFIGS as WAVTOKENIZER_RELEASES
@@ -79,23 +81,48 @@ def write_unit_lm(path: Path, k: int) -> None:
     checkpoints.save_atomically(ulm.official_checkpoint(model), path)
 
 
-def write_ellav(path: Path, k: int) -> None:
-    """A random ELLA-V for k units in the official format ``{"model_args", "tokenizer", "model_state"}``.
+def write_ellav(path: Path, k: int, phones: tuple[str, ...] | None = None) -> None:
+    """A random ELLA-V for k units (or for ``phones``) in the official format ``{"model_args", "tokenizer", "model_state"}``.
 
     The output biases of UNK, BOS, EOS and the unit tokens are set to -30 (a trained model never
     emits them); the output weights are scaled and EOP's bias raised (see :data:`ELLAV_EOP_BOOST`).
     """
-    tokenizer = ellav.unit_tokenizer(k)
+    tokenizer = ellav.unit_tokenizer(k, phones)
     token_to_id = tokenizer["token_to_id_dict"]
     args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=len(token_to_id))
     model = random_transformer(args, output_bias=True, seed=ELLAV_SEED + k)
     with torch.no_grad():
         model.output.weight *= ELLAV_OUTPUT_SCALE
         bias = model.output.bias
-        never_emitted = [token_to_id[name] for name in ("UNK", "BOS", "EOS", *(f"u{n}" for n in range(k)))]
+        units = range(len(ellav.SPECIAL_TOKENS), len(ellav.SPECIAL_TOKENS) + tokenizer["num_phone_types"])
+        never_emitted = [token_to_id["UNK"], token_to_id["BOS"], token_to_id["EOS"], *units]
         bias[never_emitted] = -30.0
         bias[token_to_id["EOP"]] += ELLAV_EOP_BOOST
     checkpoints.save_atomically(ellav.official_checkpoint(model, tokenizer), path)
+
+
+# -- the phone toplines: phone LM (+ its tokenizer JSON) and phone ELLA-V -------------------------
+
+PHONE_LM_SEED = 5005
+
+
+def write_phone_lm(path: Path) -> None:
+    """A random phone LM over :data:`~dpslm_utils.registry.US_ARPA_PHONES` (+ BOS, UNK), Mistral-ULM format."""
+    args = ModelArgs(**TRANSFORMER_DIMS, vocab_size=2 + len(US_ARPA_PHONES))
+    model = random_transformer(args, output_bias=False, seed=PHONE_LM_SEED)
+    checkpoints.save_atomically(ulm.official_checkpoint(model), path)
+
+
+def write_phone_lm_tokenizer(path: Path) -> None:
+    """The phone LM's tokenizer JSON (``us_arpa_tokenizer.json`` format): BOS 0, UNK 1, then the phones."""
+    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *US_ARPA_PHONES])}
+    text = json.dumps({"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": 0, "UNK_id": 1}, indent=4)
+    checkpoints.write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def write_phone_ellav(path: Path) -> None:
+    """A random phone ELLA-V: :func:`write_ellav` with the ARPAbet phones in place of units."""
+    write_ellav(path, len(US_ARPA_PHONES), US_ARPA_PHONES)
 
 
 # -- WavLM and its k-means codebooks -------------------------------------------------------------
@@ -207,6 +234,9 @@ WRITERS: dict[str, Callable[..., None]] = {
     "unit_lm": write_unit_lm,
     "ellav": write_ellav,
     "wavtokenizer": write_wavtokenizer,
+    "phone_lm": write_phone_lm,
+    "phone_lm_tokenizer": write_phone_lm_tokenizer,
+    "phone_ellav": write_phone_ellav,
 }
 """Checkpoint family -> ``writer(path, **arguments)``."""
 

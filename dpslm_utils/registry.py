@@ -118,6 +118,17 @@ PHONE_LM = _hub_file(_ULM_BASE, "mistral-plm-hours-1k-steps-10k-6d3a38a9.pt")
 PHONE_LM_TOKENIZER = RemoteFile(_ULM_BASE + "us_arpa_tokenizer.json", None)
 
 
+_VOWELS = ("AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW")
+_CONSONANTS = ("B", "CH", "D", "DH", "F", "G", "HH", "JH", "K", "L", "M", "N", "NG", "P", "R", "S", "SH", "T",
+               "TH", "V", "W", "Y", "Z", "ZH")  # fmt: skip
+US_ARPA_PHONES: tuple[str, ...] = (
+    *sorted([f"{vowel}{stress}" for vowel in _VOWELS for stress in "012"] + list(_CONSONANTS)), "SIL", "SPN"
+)
+"""The phones of the released phone LM and phone ELLA-V (Montreal Forced Aligner "us-arpa" alignments of
+LibriSpeech): 69 ARPAbet phones (vowels carry stress 0/1/2, as in the CMU Pronouncing Dictionary), silence
+``SIL`` and spoken noise ``SPN``."""
+
+
 def unit_lm_file(k: int, lmbda: float, hours: str = "1k") -> RemoteFile:
     """The released unit LM for (k, λ): trained on 1k hours (all 24 pairs) or 60k hours (k=500, λ=4500)."""
     k, lmbda = check_combination(k, lmbda)

@@ -286,6 +286,24 @@ def pad_right(sequences: list[torch.Tensor], device: torch.device) -> tuple[torc
     return tokens, lengths
 
 
+def sequence_logprobs(model: Transformer, sequences: list[torch.Tensor], batch_size: int = 16) -> list[torch.Tensor]:
+    """``log p(ids[i] | ids[:i])`` for i >= 1 of each 1-D id sequence: FloatTensors ``[len - 1]`` (nats).
+
+    Runs ``batch_size`` right-padded sequences per forward pass (padding never changes the result), taken in
+    order of length so that each batch pads little; the results come back in the order of ``sequences``.
+    """
+    by_length = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    result: list[torch.Tensor] = [torch.empty(0)] * len(sequences)
+    for begin in range(0, len(sequences), batch_size):
+        chunk = by_length[begin : begin + batch_size]
+        tokens, lengths = pad_right([sequences[i] for i in chunk], model.device)
+        logprobs = F.log_softmax(model(tokens[:, :-1]), dim=-1)
+        targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
+        for i, row, length in zip(chunk, targets, lengths.tolist()):
+            result[i] = row[: length - 1]
+    return result
+
+
 def prefill(
     model: Transformer, prompts: list[torch.Tensor], max_new_tokens: int, chunk_size: int | None = None
 ) -> tuple[KVCache, torch.Tensor, torch.Tensor]:

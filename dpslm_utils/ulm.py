@@ -15,7 +15,6 @@ import functools
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoints, registry
@@ -24,9 +23,9 @@ from .fast import make_fast
 from .transformer import (
     Transformer,
     new_generator,
-    pad_right,
     prefill,
     sample,
+    sequence_logprobs,
     steps,
 )
 
@@ -47,6 +46,16 @@ def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
 
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
+
+
+def load_transformer(path: str | os.PathLike, family: str) -> Transformer:
+    """The decoder of a Mistral-ULM checkpoint ``{"model_args", "model_state_dict"}`` (unit or phone LM)."""
+    checkpoint = checkpoints.load_checkpoint(path)
+    checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, f"Mistral-ULM {family}")
+    try:
+        return Transformer.from_state_dict(checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False)
+    except ValueError as e:
+        raise checkpoints.CheckpointError(f"{path} is not a valid {family} checkpoint: {e}") from e
 
 
 class UnitLM(nn.Module):
@@ -71,15 +80,7 @@ class UnitLM(nn.Module):
 
         ``fast=True``: reduced precision for faster generation (int8 weights on a CPU; see :mod:`dpslm_utils.fast`).
         """
-        checkpoint = checkpoints.load_checkpoint(path)
-        checkpoints.require_keys(checkpoint, CHECKPOINT_KEYS, path, "Mistral-ULM unit LM")
-        try:
-            transformer = Transformer.from_state_dict(
-                checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False
-            )
-        except ValueError as e:
-            raise checkpoints.CheckpointError(f"{path} is not a valid unit LM checkpoint: {e}") from e
-        model = cls(transformer).to(device=device, dtype=dtype)
+        model = cls(load_transformer(path, "unit LM")).to(device=device, dtype=dtype)
         model.fast = make_fast(model.transformer, fast, weight_bound=True)
         return model
 
@@ -116,17 +117,7 @@ class UnitLM(nn.Module):
         if not isinstance(batch, (list, tuple)) or len(batch) == 0:
             raise ValueError("expected a non-empty list of unit sequences")
         batch_size = check_count("batch_size", batch_size)
-        ids = [self.tokenize(units) for units in batch]
-        by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        result: list[torch.Tensor] = [torch.empty(0)] * len(ids)
-        for begin in range(0, len(ids), batch_size):
-            chunk = by_length[begin : begin + batch_size]
-            tokens, lengths = pad_right([ids[i] for i in chunk], self.transformer.device)
-            logprobs = F.log_softmax(self.transformer(tokens[:, :-1]), dim=-1)
-            targets = logprobs.gather(-1, tokens[:, 1:, None]).squeeze(-1).cpu()
-            for i, row, length in zip(chunk, targets, lengths.tolist()):
-                result[i] = row[: length - 1]
-        return result
+        return sequence_logprobs(self.transformer, [self.tokenize(units) for units in batch], batch_size)
 
     def loglikelihood(self, units) -> float:
         """``Σ_i log p(unit_i | BOS, units before i)`` in nats for one deduplicated unit sequence."""

@@ -42,9 +42,10 @@ def test_codebooks_module_does_not_reach_back_into_wavlm_or_the_recordings():
 
 
 def test_one_writer_per_checkpoint_family_and_a_clear_error_for_others(tmp_path):
-    assert set(random_tiny.WRITERS) == {"wavlm", "codebook", "unit_lm", "ellav", "wavtokenizer"}
-    with pytest.raises(ValueError, match="no random-tiny writer for checkpoint family 'phone_lm'.*'codebook'"):
-        random_tiny.write("phone_lm", tmp_path / "x.pt")
+    assert set(random_tiny.WRITERS) == {"wavlm", "codebook", "unit_lm", "ellav", "wavtokenizer",
+                                        "phone_lm", "phone_lm_tokenizer", "phone_ellav"}
+    with pytest.raises(ValueError, match="no random-tiny writer for checkpoint family 'hubert'.*'codebook'"):
+        random_tiny.write("hubert", tmp_path / "x.pt")
     assert not list(tmp_path.iterdir())
 
 
@@ -54,6 +55,7 @@ LOADERS = {
     "unit_lm": lambda: dpslm_utils.UnitLM.from_pretrained(100, 600),
     "ellav": lambda: dpslm_utils.ELLAV.from_pretrained(100, 600),
     "wavtokenizer": lambda: dpslm_utils.WavTokenizer.from_pretrained("small_320_24k_4096"),
+    "phone_ellav": lambda: dpslm_utils.ELLAV.from_pretrained_phones(),
 }
 EXPECTED_FILES = {
     "wavlm": registry.WAVLM_LARGE,
@@ -61,6 +63,7 @@ EXPECTED_FILES = {
     "unit_lm": registry.unit_lm_file(100, 600),
     "ellav": registry.ellav_file(100, 600),
     "wavtokenizer": registry.wavtokenizer_file("small_320_24k_4096"),
+    "phone_ellav": registry.ELLAV_PHONEMES,
 }
 
 

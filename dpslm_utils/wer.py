@@ -1,0 +1,341 @@
+"""Resynthesis intelligibility: how much of what was said survives the units?
+
+For a folder of speech with transcripts (the LibriSpeech layout: ``<speaker>/<chapter>/*.trans.txt``
+with lines ``<utterance id> <TEXT>`` beside ``<utterance id>.flac``), each (k, λ) is measured as the
+paper does: speech -> DPDP units (the paper's restricted search, ``PAPER_NUM_NEIGHBORS[k]``) ->
+ELLA-V (temperature 1, top_p 0) -> WavTokenizer -> speech -> ASR -> word error rate against the
+transcript, next to the bitrate of the units. Two reference rows come with it: the original audio
+(the ASR's own error) and the codec's copy-synthesis (WavTokenizer encode -> decode: the best any
+resynthesis through these 40 Hz codes can do).
+
+    rows = resynthesis_wer("LibriSpeech/test-clean", [(500, 4500), (500, 0)], asr=my_asr, limit=200)
+    plots.plot_k_lambda_curves([r for r in rows if r["system"] == "units"], x="bits_per_second", y="wer")
+
+The ASR is any callable ``asr(wav [samples], sample_rate) -> text``; :func:`whisper_asr` is the
+default (``pip install -e ".[asr]"``). Both texts are compared after :func:`normalize_text`.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoints, registry
+from .audio import load_audio, resample, save_wav, to_mono
+from .checks import check_count
+from .ellav import ELLAV
+from .pipeline import UnitEncoder, _shared_vocoder, resolve_device, synthesize_batch
+from .quantize import bitrate
+
+ASR = Callable[[torch.Tensor, int], str]
+"""A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
+
+AUDIO_SUFFIXES = (".flac", ".wav")
+RESULT_COLUMNS = ("system", "k", "lmbda", "num_neighbors", "units_per_second", "entropy_bits", "bits_per_second",
+                  "wer", "substitutions", "deletions", "insertions", "reference_words", "utterances")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Transcripts, text normalisation, WER
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    path: Path
+    text: str
+
+
+def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[Utterance]:
+    """Every utterance of a LibriSpeech-layout folder (``*.trans.txt`` lines ``ID TEXT``), sorted by id.
+
+    ``limit`` keeps the first ``limit`` of them. Raises ValueError when there is no transcript, a line
+    has no text, or an utterance's audio (``ID.flac`` or ``ID.wav`` beside its transcript) is missing.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a directory")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
+    utterances = []
+    for transcript in sorted(root.rglob("*.trans.txt")):
+        for number, line in enumerate(transcript.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            if not text.strip():
+                raise ValueError(f"{transcript}:{number}: expected '<utterance id> <text>', got {line!r}")
+            paths = [transcript.parent / f"{uid}{suffix}" for suffix in AUDIO_SUFFIXES]
+            audio = next((p for p in paths if p.is_file()), None)
+            if audio is None:
+                raise ValueError(f"{transcript}:{number}: no audio for {uid} (looked for {', '.join(map(str, paths))})")
+            utterances.append(Utterance(uid, audio, text.strip()))
+    if not utterances:
+        raise ValueError(f"no transcripts (*.trans.txt in the LibriSpeech layout) under {root}")
+    return sorted(utterances, key=lambda u: u.id)[:limit]
+
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()  # fmt: skip
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
+
+
+def _number_words(n: int) -> str:
+    """An integer in words, as LibriSpeech transcripts write them: 1905 -> "one thousand nine hundred five"."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
+    for scale, name in _SCALES:
+        if n >= scale:
+            rest = n % scale
+            return f"{_number_words(n // scale)} {name}" + ("" if rest == 0 else " " + _number_words(rest))
+    raise AssertionError(n)
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, accents and punctuation removed, integers and a few abbreviations spelled out.
+
+    ``"Mr. Quilter's 2 CATS, café!"`` -> ``"mister quilter's two cats cafe"``. Apostrophes inside words
+    stay (LibriSpeech keeps them); numbers up to 10¹² become words (years are read as plain numbers).
+    """
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
+    text = text.replace("\u2019", "'").replace("&", " and ")
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
+    text = re.sub(r"\d{1,12}", lambda m: f" {_number_words(int(m.group()))} ", text)
+    words = re.sub(r"[^a-z0-9']+", " ", text).split()
+    words = [_ABBREVIATIONS.get(w, w) for w in (w.strip("'") for w in words)]
+    return " ".join(w for w in words if w)
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    """Word errors of hypotheses against references (counts over all utterances)."""
+
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_words: int
+
+    @property
+    def wer(self) -> float:
+        """(substitutions + deletions + insertions) / reference words."""
+        return (self.substitutions + self.deletions + self.insertions) / self.reference_words
+
+    def __float__(self) -> float:
+        return self.wer
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str],
+                    normalize: Callable[[str], str] | None = normalize_text) -> WordErrors:
+    """Corpus word error rate (via ``jiwer``) of ``hypotheses`` against ``references`` after ``normalize``.
+
+    ``float(word_error_rate(refs, hyps))`` is the WER as a fraction; ``normalize=None`` compares the
+    texts as given (split on white space).
+    """
+    try:
+        import jiwer
+    except ImportError as e:
+        raise ImportError("word_error_rate needs jiwer: pip install jiwer (or pip install -e '.[eval]')") from e
+    if isinstance(references, str) or isinstance(hypotheses, str):
+        raise TypeError("references and hypotheses must be lists of texts, not single strings")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    normalize = normalize or (lambda text: " ".join(text.split()))
+    references, hypotheses = [normalize(t) for t in references], [normalize(t) for t in hypotheses]
+    reference_words = sum(len(t.split()) for t in references)
+    if reference_words == 0:
+        raise ValueError("the references hold no words: the WER is undefined")
+    out = jiwer.process_words(references, hypotheses)
+    return WordErrors(out.substitutions, out.deletions, out.insertions, reference_words)
+
+
+# ---------------------------------------------------------------------------------------------
+# The default ASR
+# ---------------------------------------------------------------------------------------------
+
+
+class ASRUnavailable(RuntimeError):
+    """The default speech recogniser is not installed or its weights cannot be loaded."""
+
+
+def whisper_asr(model_name: str = "base.en", device: str | torch.device | None = None) -> ASR:
+    """OpenAI Whisper (``pip install openai-whisper``) as an :data:`ASR`: English, greedy decoding.
+
+    The weights are downloaded once into the dpslm cache (``<cache>/whisper``). ``base.en`` is quick on
+    a CPU; ``large-v3`` (GPU) is closer to the strong recognisers papers use.
+    """
+    try:
+        import whisper
+    except ImportError as e:
+        raise ASRUnavailable(
+            "the default ASR is OpenAI Whisper, which is not installed: pip install openai-whisper "
+            "(or pip install -e '.[asr]'), or pass your own asr callable (wav, sample_rate) -> text"
+        ) from e
+    root = checkpoints.cache_dir() / "whisper"
+    device = resolve_device(device)
+    try:
+        model = whisper.load_model(model_name, device=device, download_root=str(root))
+    except Exception as e:  # a failed download (URLError, OSError, checksum) or an unknown name (RuntimeError)
+        url = getattr(whisper, "_MODELS", {}).get(model_name)
+        where = f"download {url} elsewhere and place it at {root / url.rsplit('/', 1)[-1]}" if url else (
+            f"choose one of {whisper.available_models()}")
+        raise ASRUnavailable(f"could not load the Whisper model {model_name!r} ({e}); {where}") from e
+
+    def transcribe(wav: torch.Tensor, sample_rate: int) -> str:
+        audio = resample(to_mono(wav), sample_rate, 16000)[0].numpy()
+        result = model.transcribe(audio, language="en", temperature=0.0, condition_on_previous_text=False,
+                                  fp16=device.startswith("cuda"))  # fmt: skip
+        return result["text"]
+
+    transcribe.__name__ = f"whisper_{model_name}"
+    return transcribe
+
+
+# ---------------------------------------------------------------------------------------------
+# Resynthesis WER
+# ---------------------------------------------------------------------------------------------
+
+
+def resynthesis_wer(
+    audio_dir: str | os.PathLike,
+    pairs: Sequence[tuple[int, float]],
+    asr: ASR | None = None,
+    limit: int | None = None,
+    references: bool = True,
+    exact_search: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    save_audio: str | os.PathLike | None = None,
+    results_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """WER of the resynthesis of every utterance under ``audio_dir``, one row per system.
+
+    Rows (dicts, keys :data:`RESULT_COLUMNS` plus ``hypotheses``: utterance id -> normalised ASR text):
+    with ``references``, ``system="original"`` (the audio itself; no bitrate) and ``"codec"``
+    (WavTokenizer copy-synthesis; nominal bitrate 40 codes/s × 12 bits); then ``system="units"`` for
+    each (k, λ) of ``pairs``, whose bitrate is :func:`~dpslm_utils.bitrate` of all the utterances' units.
+    Units use the paper's restricted search (``PAPER_NUM_NEIGHBORS[k]``) unless ``exact_search``;
+    ELLA-V samples with ``temperature`` / ``top_p`` (the paper: 1.0 / 0.0), ``batch_size`` utterances
+    at a time. ``asr`` defaults to :func:`whisper_asr`. ``save_audio`` writes every resynthesis as
+    ``<save_audio>/<name>/<utterance id>.wav`` (name: ``original``, ``codec``, ``k500_lmbda4500``, with
+    ``_exact`` for the exact search). With ``results_dir``, every finished row is kept
+    there (``<name>.json``) and reused by a later call with the same utterances and settings, so an
+    interrupted sweep resumes where it stopped.
+    """
+    pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
+    if not pairs and not references:
+        raise ValueError("nothing to measure: give at least one (k, lmbda) pair or references=True")
+    check_count("batch_size", batch_size)
+    utterances = read_transcripts(audio_dir, limit)
+    device = resolve_device(device)
+    asr = asr if asr is not None else whisper_asr(device=device)
+    settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
+                "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "batch_size": batch_size}  # fmt: skip
+    vocoder = _shared_vocoder(device, checkpoints.weights_mode())
+
+    def measure(name: str, speak: Callable[[list[Utterance]], list[tuple[torch.Tensor, int]]], **row) -> dict:
+        """Speak every utterance (``batch_size`` at a time), transcribe, score: the row for one system."""
+        hypotheses = {}
+        with tqdm(total=len(utterances), desc=name, disable=not progress) as bar:
+            for begin in range(0, len(utterances), batch_size):
+                batch = utterances[begin : begin + batch_size]
+                for utterance, (wav, sr) in zip(batch, speak(batch)):
+                    if save_audio is not None:
+                        save_wav(Path(save_audio) / name / f"{utterance.id}.wav", wav, sr)
+                    hypotheses[utterance.id] = normalize_text(asr(wav, sr))
+                bar.update(len(batch))
+        errors = word_error_rate([u.text for u in utterances], list(hypotheses.values()))
+        return {"system": name, **dict.fromkeys(RESULT_COLUMNS[1:7]), **row, "wer": errors.wer,
+                "substitutions": errors.substitutions, "deletions": errors.deletions, "insertions": errors.insertions,
+                "reference_words": errors.reference_words, "utterances": len(utterances), "hypotheses": hypotheses}
+
+    def original(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
+        return [_read_mono(u.path) for u in batch]
+
+    def copy_synthesis(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
+        return [(vocoder.decode(vocoder.encode(wav, sr)[None])[0].cpu(), vocoder.sample_rate) for wav, sr in original(batch)]
+
+    def codec_row() -> dict:
+        rate, bits = vocoder.frame_rate, math.log2(vocoder.num_codes)
+        return measure("codec", copy_synthesis, units_per_second=rate, entropy_bits=bits, bits_per_second=rate * bits)
+
+    def units_name(k: int, lmbda: int) -> str:
+        return f"k{k}_lmbda{lmbda}" + ("_exact" if exact_search else "")
+
+    def units_row(k: int, lmbda: int) -> dict:
+        num_neighbors = None if exact_search else registry.PAPER_NUM_NEIGHBORS[k]
+        encoder = UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors)
+        ellav = ELLAV.from_pretrained(k, lmbda, device=device)
+        frame_units = []
+
+        def resynthesize(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
+            encoded = [encoder.encode(wav, sr) for wav, sr in original(batch)]
+            frame_units.extend(e.frame_units for e in encoded)
+            speech = synthesize_batch(ellav, vocoder, [e.units for e in encoded], temperature, top_p, seed)
+            return [(s.wav, s.sample_rate) for s in speech]
+
+        row = measure(units_name(k, lmbda), resynthesize, k=k, lmbda=lmbda, num_neighbors=num_neighbors)
+        rate = bitrate(frame_units)
+        return {**row, "system": "units", "units_per_second": rate.units_per_second,
+                "entropy_bits": rate.entropy_bits, "bits_per_second": rate.bits_per_second}  # fmt: skip
+
+    systems = [("original", lambda: measure("original", original)), ("codec", codec_row)] if references else []
+    systems += [(units_name(k, lmbda), functools.partial(units_row, k, lmbda)) for k, lmbda in pairs]
+    return [_kept(results_dir, name, settings, compute) for name, compute in systems]
+
+
+def _kept(folder: str | os.PathLike | None, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
+    """``compute()``, or the row stored in ``folder/<name>.json`` by an earlier call with the same ``settings``."""
+    if folder is None:
+        return compute()
+    path = Path(folder) / f"{name}.json"
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:  # a damaged file is measured again
+        stored = None
+    if stored is not None and stored.get("settings") == settings:
+        return stored["row"]
+    row = compute()
+    checkpoints.write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"settings": settings, "row": row})))
+    return row
+
+
+def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
+    wav, sr = load_audio(path)
+    return to_mono(wav)[0], sr
+
+
+def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``wer.csv`` (one line per row, :data:`RESULT_COLUMNS`) and ``wer.json`` (with the hypotheses) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    csv_path, json_path = out_dir / "wer.csv", out_dir / "wer.json"
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    checkpoints.write_atomically(csv_path, write_csv)
+    checkpoints.write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(rows, indent=1) + "\n"))
+    return csv_path, json_path
