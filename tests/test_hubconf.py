@@ -42,3 +42,10 @@ def test_torch_hub_entry_points_validate_their_arguments(random_tiny):
         torch.hub.load(str(REPO), "unit_lm", source="local", k=500, lmbda=1)
     codebook = torch.hub.load(str(REPO), "codebook", source="local", k=100)
     assert codebook.shape[0] == 100
+
+
+@pytest.mark.parametrize("entry, kwargs", [("unit_lm", {"k": 100, "lmbda": 600}), ("ellav", {"k": 100, "lmbda": 600})])
+def test_torch_hub_entry_points_pass_fast_through(random_tiny, entry, kwargs):
+    model = torch.hub.load(str(REPO), entry, source="local", fast="int8", **kwargs)
+    assert model.fast == "int8"
+    assert torch.hub.load(str(REPO), entry, source="local", **kwargs).fast is None
