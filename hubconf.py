@@ -57,3 +57,13 @@ def wavtokenizer(name: str = "small_600_24k_4096", device=None) -> _dpslm.WavTok
     ``small_600_24k_4096`` (40 Hz, ELLA-V's codec) or ``small_320_24k_4096`` (75 Hz).
     """
     return _dpslm.WavTokenizer.from_pretrained(name, device=device)
+
+
+def phone_lm(device=None) -> _dpslm.PhoneLM:
+    """The released phone LM (the paper's topline) with its ARPAbet tokenizer: ``.loglikelihood(phones)`` in nats."""
+    return _dpslm.PhoneLM.from_pretrained(device=device)
+
+
+def phone_tts(device=None) -> _dpslm.PhoneTTS:
+    """Text to speech through phones: CMUdict ARPAbet -> the released phone ELLA-V -> WavTokenizer; ``.say(text)``."""
+    return _dpslm.PhoneTTS.from_pretrained(device=device)
