@@ -27,7 +27,7 @@ from torch import nn
 
 from . import checkpoints, registry
 from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE
-from .pipeline import Synthesis, _shared_vocoder, resolve_device, synthesize_batch
+from .pipeline import Synthesis, shared_vocoder, resolve_device, synthesize_batch
 from .transformer import Transformer, sequence_logprobs
 from .ulm import load_transformer
 from .wavtokenizer import WavTokenizer
@@ -206,7 +206,7 @@ class PhoneTTS:
     def from_pretrained(cls, device: str | torch.device | None = None) -> PhoneTTS:
         """The released phone ELLA-V and the 40 Hz WavTokenizer (shared with every DPSLM on the device)."""
         device = resolve_device(device)
-        return cls(ELLAV.from_pretrained_phones(device=device), _shared_vocoder(device, checkpoints.weights_mode()))
+        return cls(ELLAV.from_pretrained_phones(device=device), shared_vocoder(device, checkpoints.weights_mode()))
 
     @property
     def random_weights(self) -> bool:

@@ -103,12 +103,14 @@ def resolve_device(device: str | torch.device | None) -> str:
 
 
 @functools.cache
-def _shared_encoder(device: str, weights: str, fast: bool | str = False) -> WavLMEncoder:
+def shared_encoder(device: str, weights: str, fast: bool | str = False) -> WavLMEncoder:
+    """One WavLM per (resolved device, weights mode, fast format), shared by every pipeline in the process."""
     return WavLMEncoder.from_pretrained(device=device, fast=fast)
 
 
 @functools.cache
-def _shared_vocoder(device: str, weights: str) -> WavTokenizer:
+def shared_vocoder(device: str, weights: str) -> WavTokenizer:
+    """One WavTokenizer decoder per (resolved device, weights mode), shared by every pipeline in the process."""
     return WavTokenizer.from_pretrained(VOCODER, device=device)
 
 
@@ -127,7 +129,7 @@ class UnitEncoder:
         """
         device = resolve_device(device)
         codebook = load_codebook(k, FEATURE_LAYER, device=device)
-        return cls(_shared_encoder(device, weights_mode(), fast), DPDPQuantizer(codebook, lmbda, num_neighbors))
+        return cls(shared_encoder(device, weights_mode(), fast), DPDPQuantizer(codebook, lmbda, num_neighbors))
 
     @property
     def random_weights(self) -> bool:
@@ -177,7 +179,7 @@ class DPSLM:
             units=UnitEncoder.from_pretrained(k, lmbda, device, num_neighbors, fast),
             ulm=UnitLM.from_pretrained(k, lmbda, hours=hours, device=device, fast=fast),
             ellav=ELLAV.from_pretrained(k, lmbda, device=device, fast=fast),
-            vocoder=_shared_vocoder(device, weights_mode()),
+            vocoder=shared_vocoder(device, weights_mode()),
         )
 
     @property

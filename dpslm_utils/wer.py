@@ -35,7 +35,7 @@ from . import checkpoints, registry
 from .audio import load_audio, resample, save_wav, to_mono
 from .checks import check_count
 from .ellav import ELLAV
-from .pipeline import UnitEncoder, _shared_vocoder, resolve_device, synthesize_batch
+from .pipeline import UnitEncoder, shared_vocoder, resolve_device, synthesize_batch
 from .quantize import bitrate
 
 ASR = Callable[[torch.Tensor, int], str]
@@ -251,7 +251,7 @@ def resynthesis_wer(
     settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
                 "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size}  # fmt: skip
-    vocoder = _shared_vocoder(device, checkpoints.weights_mode())
+    vocoder = shared_vocoder(device, checkpoints.weights_mode())
 
     def measure(name: str, speak: Callable[[list[Utterance]], list[tuple[torch.Tensor, int]]], **row) -> dict:
         """Speak every utterance (``batch_size`` at a time), transcribe, score: the row for one system."""

@@ -21,7 +21,7 @@ from . import plots
 from .checkpoints import weights_mode
 from .codebooks import load_codebook
 from .ellav import ELLAV
-from .pipeline import DPSLM, _shared_vocoder, resolve_device
+from .pipeline import DPSLM, shared_vocoder, resolve_device
 from .quantize import bitrate, deduplicate, dpdp
 from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
 from .ulm import UnitLM
@@ -245,7 +245,7 @@ class Voice:
 def released_voice(k: int, lmbda: int, device=None) -> Voice:
     """The released ELLA-V of (k, λ) with the shared 40 Hz WavTokenizer."""
     device = resolve_device(device)
-    return Voice(ELLAV.from_pretrained(k, lmbda, device=device), _shared_vocoder(device, weights_mode()))
+    return Voice(ELLAV.from_pretrained(k, lmbda, device=device), shared_vocoder(device, weights_mode()))
 
 
 def released_unit_lm(k: int, lmbda: int, device=None):

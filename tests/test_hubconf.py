@@ -14,7 +14,7 @@ def test_torch_hub_loads_the_pipeline_from_this_repo(random_tiny):
     assert isinstance(model, dpslm_utils.DPSLM) and (model.k, model.lmbda) == (100, 600) and model.random_weights
 
 
-ENTRY_POINTS = {"dpslm", "unit_encoder", "wavlm_large", "codebook", "unit_lm", "ellav", "wavtokenizer"}
+ENTRY_POINTS = {"dpslm", "unit_encoder", "wavlm_large", "codebook", "unit_lm", "ellav", "wavtokenizer", "phone_lm", "phone_tts"}
 
 
 def _import_hubconf():
@@ -42,3 +42,16 @@ def test_torch_hub_entry_points_validate_their_arguments(random_tiny):
         torch.hub.load(str(REPO), "unit_lm", source="local", k=500, lmbda=1)
     codebook = torch.hub.load(str(REPO), "codebook", source="local", k=100)
     assert codebook.shape[0] == 100
+
+
+@pytest.mark.parametrize("entry, kwargs", [("unit_lm", {"k": 100, "lmbda": 600}), ("ellav", {"k": 100, "lmbda": 600})])
+def test_torch_hub_entry_points_pass_fast_through(random_tiny, entry, kwargs):
+    model = torch.hub.load(str(REPO), entry, source="local", fast="int8", **kwargs)
+    assert model.fast == "int8"
+    assert torch.hub.load(str(REPO), entry, source="local", **kwargs).fast is None
+
+
+def test_torch_hub_loads_the_phone_toplines(random_tiny):
+    plm = torch.hub.load(str(REPO), "phone_lm", source="local")
+    assert isinstance(plm, dpslm_utils.PhoneLM) and plm.random_weights
+    assert isinstance(torch.hub.load(str(REPO), "phone_tts", source="local"), dpslm_utils.PhoneTTS)
