@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 
@@ -113,7 +113,7 @@ def download(remote: RemoteFile, progress: bool = True) -> Path:
             )
         os.replace(tmp, target)
         _remember_verified(target, digest)
-    except _Unreachable as e:
+    except Unreachable as e:
         raise CheckpointError(
             f"could not download {remote.url} ({e.__cause__}).\n"
             f"Without network access, download it elsewhere and place it at:\n    {target}\n"
@@ -127,26 +127,39 @@ def download(remote: RemoteFile, progress: bool = True) -> Path:
     return target
 
 
-class _Unreachable(Exception):
-    """Reading the URL failed (network, server or URL); the cause is attached."""
+class Unreachable(Exception):
+    """Reading a URL failed (network, server or URL); the cause is attached. Writing failures stay OSError."""
+
+
+def open_url(request: str | urllib.request.Request, urlopen: Callable | None = None) -> Any:
+    """``urlopen(request)`` (default ``urllib.request.urlopen``), every failure to reach it raised as :class:`Unreachable`."""
+    try:
+        return (urlopen or urllib.request.urlopen)(request, timeout=60)
+    except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
+        raise Unreachable() from e
+
+
+def copy_response(response: Any, out: BinaryIO, name: str, progress: bool, done: int = 0,
+                  digest: Any = None) -> None:
+    """Stream ``response`` into ``out`` (and ``digest``), with a progress bar that starts at ``done`` bytes.
+
+    Failures to read become :class:`Unreachable`; failures to write (disk full, permission) stay OSError.
+    """
+    total = done + int(response.headers.get("Content-Length") or 0)
+    with _progress_bar(total or None, name, progress) as bar:
+        bar.update(done)
+        while chunk := _read(response):
+            out.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
+            bar.update(len(chunk))
 
 
 def _fetch(url: str, tmp: Path, name: str, progress: bool) -> str:
-    """Stream ``url`` into ``tmp`` and return its SHA-256 hex digest.
-
-    Failures to read become :class:`_Unreachable`; failures to write stay OSError.
-    """
+    """Stream ``url`` into ``tmp`` and return its SHA-256 hex digest."""
     digest = hashlib.sha256()
-    with open(tmp, "wb") as out:
-        try:
-            response = urllib.request.urlopen(url, timeout=60)
-        except (OSError, http.client.HTTPException) as e:  # URLError and timeouts are OSErrors
-            raise _Unreachable() from e
-        with response, _progress_bar(int(response.headers.get("Content-Length") or 0) or None, name, progress) as bar:
-            while chunk := _read(response):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
+    with open(tmp, "wb") as out, open_url(url) as response:
+        copy_response(response, out, name, progress, digest=digest)
     return digest.hexdigest()
 
 
@@ -154,7 +167,7 @@ def _read(response: Any, size: int = 1 << 20) -> bytes:
     try:
         return response.read(size)
     except (OSError, http.client.HTTPException) as e:
-        raise _Unreachable() from e
+        raise Unreachable() from e
 
 
 def _unwritable_cache_message(folder: Path, error: OSError) -> str:

@@ -12,14 +12,13 @@ import hashlib
 import os
 import shutil
 import tarfile
-import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import _progress_bar, cache_dir
+from .checkpoints import Unreachable, cache_dir, copy_response, open_url
 
 DATA_ENV = "DPSLM_DATA"
 
@@ -65,7 +64,7 @@ def md5_of(path: Path) -> str:
 
 
 def download_corpus(corpus: str | Corpus, folder: str | os.PathLike | None = None, *, extract: bool = True,
-                    progress: bool = True, urlopen: Callable = urllib.request.urlopen) -> Path:
+                    progress: bool = True, urlopen: Callable | None = None) -> Path:
     """Download (resuming), verify and unpack one of :data:`CORPORA` into ``folder`` (default :func:`data_dir`).
 
     Returns the archive's path. An archive already in place is verified instead of fetched, so a
@@ -89,28 +88,25 @@ def download_corpus(corpus: str | Corpus, folder: str | os.PathLike | None = Non
     return archive
 
 
-def _fetch(corpus: Corpus, archive: Path, progress: bool, urlopen: Callable) -> None:
+def _fetch(corpus: Corpus, archive: Path, progress: bool, urlopen: Callable | None) -> None:
     """Download to ``<archive>.part`` (continuing it with an HTTP Range request), then rename."""
     partial = archive.with_name(archive.name + ".part")
     have = partial.stat().st_size if partial.is_file() else 0
     request = urllib.request.Request(corpus.url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
-        with urlopen(request, timeout=60) as response:
+        with open_url(request, urlopen) as response:
             resumed = have > 0 and getattr(response, "status", None) == 206
-            length = int(response.headers.get("Content-Length") or 0)
-            with open(partial, "ab" if resumed else "wb") as out, \
-                    _progress_bar((have if resumed else 0) + length or None, corpus.filename, progress) as bar:
-                bar.update(have if resumed else 0)
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-    except (urllib.error.URLError, OSError) as e:
+            with open(partial, "ab" if resumed else "wb") as out:
+                copy_response(response, out, corpus.filename, progress, done=have if resumed else 0)
+    except Unreachable as e:
         raise DownloadError(
-            f"could not download {corpus.url} ({getattr(e, 'reason', e)}).\n"
+            f"could not download {corpus.url} ({getattr(e.__cause__, 'reason', e.__cause__)}).\n"
             f"Without network access, download it elsewhere and place it at:\n    {archive}\n"
             f"then run the same command again: it verifies and unpacks the file. "
             f"(A partial download is kept in {partial.name} and resumed next time.)"
-        ) from e
+        ) from e.__cause__
+    except OSError as e:  # writing, not reading: disk full, no permission, read-only file system
+        raise DownloadError(f"could not save {partial.name} in {archive.parent}: {e.strerror or e}") from e
     os.replace(partial, archive)
 
 

@@ -80,6 +80,15 @@ def test_without_network_the_message_names_the_url_and_where_to_put_the_file(tmp
     assert not (tmp_path / "data" / "sLM21.dataset.zip").exists()
 
 
+def test_a_failure_to_write_is_reported_as_such_not_as_no_network(archive, tmp_path):
+    path, md5 = archive
+    folder = tmp_path / "data"
+    (folder / "set.tar.gz.part").mkdir(parents=True)  # the partial download cannot be written
+    with pytest.raises(DownloadError, match=r"could not save set.tar.gz.part in .*data") as error:
+        download_corpus(Corpus(path.as_uri(), md5, "x"), folder, progress=False)
+    assert "network" not in str(error.value) and not (folder / "set.tar.gz").exists()
+
+
 def test_a_file_placed_by_hand_is_used_and_unsafe_archives_are_refused(tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
