@@ -23,6 +23,8 @@ def test_notebook_conventions(path):
     code = [text for kind, text, _ in notebook if kind == "code"]
     markdown = [text for kind, text, _ in notebook if kind == "markdown"]
     assert not any(cell.get("outputs") for kind, _, cell in notebook if kind == "code"), "commit without outputs"
+    ids = [cell.get("id") for _, _, cell in notebook]
+    assert None not in ids and len(set(ids)) == len(ids), "every cell has its own id (nbformat 4.5)"
     assert 'find_spec("dpslm_utils") is None' in code[0], "the first code cell is the Colab install cell"
     assert markdown[-1].startswith("## References") and "arXiv:2505.23494" in markdown[-1]
     assert any(text.startswith("## Summary") or "\n## Summary" in text for text in markdown)
