@@ -5,13 +5,15 @@ Random weights at the released sizes (unit LM and ELLA-V: dim 1024, 12 layers, 1
 :func:`dpslm_utils.fast.make_fast` exactly as ``from_checkpoint(..., fast=True)`` does.
 
 * speed: greedy generation of ``--tokens`` tokens per row at batch 1 and 3 (the real ``generate``,
-  prefill included), float32 and fast runs interleaved, median of ``--repeats``; WavLM: features of
+  prefill included), float32 and fast runs interleaved, median of ``--repeats``; then one decoding step
+  alone (after the prompt), median of ``--tokens`` steps, interleaved; WavLM: features of
   ``--seconds`` of audio (layer 11).
 * kernels: the matrix products alone, float32 / bfloat16 / int8, for batch 3 (decoding) and 500 (WavLM).
 * agreement (greedy, batch 1): how many of the first ``--tokens`` greedy tokens are identical before
-  the first difference; on the float32 greedy sequence (teacher forcing), the share of positions
-  where both pick the same next token, the mean |log p(token)| difference and the mean
-  KL(float32 ‖ fast) of the next-token distributions in nats (with random weights these are nearly
+  the first difference; on the float32 greedy sequence (teacher forcing, once one token per step
+  through the KV cache as generation decodes, once the whole sequence in one pass as scoring does), the
+  share of positions where both pick the same next token, the mean |log p(token)| difference and the
+  mean KL(float32 ‖ fast) of the next-token distributions in nats (with random weights these are nearly
   uniform, so the top-1 choice hangs on tiny margins: a pessimistic test); WavLM: the
   relative error ‖f_fast − f‖ / ‖f‖ of the layer-11 features and their cosine similarity.
 
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
 from dpslm_utils.fast import Int8Linear, choose_format, make_fast
 from dpslm_utils.random_tiny import random_transformer
-from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs
+from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, prefill
 from dpslm_utils.ulm import UnitLM
 from dpslm_utils.wavlm import POSITIONAL_CONV, WAVLM_LARGE_CONFIG, WavLMEncoder
 
@@ -55,9 +57,30 @@ def interleaved_medians(functions: dict, repeats: int) -> dict:
 
 
 @torch.inference_mode()
-def teacher_forced(transformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token log-probabilities ``[T-1, vocab]`` along ``tokens [T]``."""
-    return F.log_softmax(transformer(tokens[None, :-1])[0], dim=-1)
+def teacher_forced(transformer, tokens: torch.Tensor, one_step_at_a_time: bool) -> torch.Tensor:
+    """Next-token log-probabilities ``[T-1, vocab]`` along ``tokens [T]``: one token per call through a KV
+    cache (as generation decodes), or the whole sequence in one call (as scoring)."""
+    if not one_step_at_a_time:
+        return F.log_softmax(transformer(tokens[None, :-1])[0], dim=-1)
+    cache = transformer.new_cache(1, len(tokens))
+    logits = [transformer(tokens[None, i : i + 1], torch.tensor([i]), cache)[0, 0] for i in range(len(tokens) - 1)]
+    return F.log_softmax(torch.stack(logits), dim=-1)
+
+
+@torch.inference_mode()
+def decoding_steps(transformers: dict, prompt: torch.Tensor, batch: int, count: int) -> dict:
+    """Median seconds of one greedy decoding step of each transformer after prefilling ``batch`` copies of
+    ``prompt``; the transformers take their steps in turn."""
+    states = {name: prefill(transformer, [prompt] * batch, count) for name, transformer in transformers.items()}
+    times = {name: [] for name in transformers}
+    for _ in range(count):
+        for name, transformer in transformers.items():
+            cache, logits, position = states[name]
+            start = time.perf_counter()
+            logits = transformer(logits.argmax(-1)[:, None], position, cache)[:, -1]
+            times[name].append(time.perf_counter() - start)
+            states[name] = cache, logits, position + 1
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def unit_lm() -> UnitLM:
@@ -90,18 +113,25 @@ def compare_language_model(name: str, model, options) -> None:
             speed_up = seconds["f32"] / seconds["fast"]
             print(f"{name:8} {fast.fast:>5} batch {batch}: float32 {rate(seconds['f32']):6.1f} tok/s, "
                   f"fast {rate(seconds['fast']):6.1f} tok/s, speed-up {speed_up:.2f}x")  # fmt: skip
+            tokens = model.tokenize(prompt) if name == "unit LM" else model.encode(prompt)
+            step = decoding_steps({"f32": model.transformer, "fast": fast.transformer}, tokens, batch, options.tokens)
+            print(f"{name:8} {fast.fast:>5} batch {batch}: one decoding step (median of {options.tokens}): float32 "
+                  f"{1e3 * step['f32']:.1f} ms, fast {1e3 * step['fast']:.1f} ms, "
+                  f"speed-up {step['f32'] / step['fast']:.2f}x")  # fmt: skip
     differ = (reference != candidate).nonzero()
     same_prefix = int(differ[0]) if len(differ) else len(reference)
     sequence = model.tokenize(reference) if name == "unit LM" else torch.cat([model.encode(prompt), reference])
-    logprobs, logprobs_fast = teacher_forced(model.transformer, sequence), teacher_forced(fast.transformer, sequence)
-    logp, logp_fast = (lp.gather(-1, sequence[1:, None])[:, 0] for lp in (logprobs, logprobs_fast))
-    kl = (logprobs.exp() * (logprobs - logprobs_fast)).sum(-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
-    top1 = (logprobs.argmax(-1) == logprobs_fast.argmax(-1)).float()
-    print(f"{name:8} agreement: greedy tokens identical for {same_prefix}/{len(reference)}; teacher-forced over "
-          f"{len(logp)} positions: top-1 agreement {top1.mean():.3f}, mean |Δ log p| {(logp - logp_fast).abs().mean():.4f} "
-          f"nats, Σ log p {logp.sum():.1f} vs {logp_fast.sum():.1f}, mean KL(float32 ‖ fast) {kl.mean():.4f} nats; "
-          f"entropy of float32 {entropy.mean():.2f} nats")  # fmt: skip
+    print(f"{name:8} agreement: greedy tokens identical for {same_prefix}/{len(reference)}")
+    for one_step_at_a_time, how in ((True, "one token per step, KV cache"), (False, "whole sequence in one pass")):
+        logprobs, logprobs_fast = (teacher_forced(m.transformer, sequence, one_step_at_a_time) for m in (model, fast))
+        logp, logp_fast = (lp.gather(-1, sequence[1:, None])[:, 0] for lp in (logprobs, logprobs_fast))
+        kl = (logprobs.exp() * (logprobs - logprobs_fast)).sum(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        top1 = (logprobs.argmax(-1) == logprobs_fast.argmax(-1)).float()
+        print(f"{name:8} teacher-forced, {how}, over {len(logp)} positions: top-1 agreement {top1.mean():.3f}, "
+              f"mean |Δ log p| {(logp - logp_fast).abs().mean():.4f} nats, Σ log p {logp.sum():.1f} vs "
+              f"{logp_fast.sum():.1f}, mean KL(float32 ‖ fast) {kl.mean():.4f} nats; entropy of float32 "
+              f"{entropy.mean():.2f} nats")  # fmt: skip
 
 
 @torch.inference_mode()

@@ -84,12 +84,12 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_seq_len = max_seq_len
+        self.rows = torch.arange(batch_size, device=device)[:, None]
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """Write ``k, v [B, Hkv, T, D]`` at ``positions [B, T]``; return the first ``kv_len`` cached positions."""
-        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
-        self.keys[layer][rows, :, positions] = k.transpose(1, 2)
-        self.values[layer][rows, :, positions] = v.transpose(1, 2)
+        self.keys[layer][self.rows, :, positions] = k.transpose(1, 2).to(self.keys.dtype)
+        self.values[layer][self.rows, :, positions] = v.transpose(1, 2).to(self.values.dtype)
         return self.keys[layer][:, :, :kv_len], self.values[layer][:, :, :kv_len]
 
 
@@ -105,18 +105,22 @@ class RMSNorm(nn.Module):
 
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles ``position · θ^(-2i/head_dim)``: ``[B, T, 1, head_dim/2]`` float32."""
+    """cos and sin of the rotation angles ``position · θ^(-2i/head_dim)``, laid out for :func:`apply_rotary`.
+
+    ``[B, T, 1, head_dim]`` float32 each: pair i holds ``(cos, cos)`` and ``(-sin, sin)`` of its angle.
+    """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
     angles = positions.float()[..., None, None] * inv_freq
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return angles.cos().repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each consecutive pair ``(x[2i], x[2i+1])`` of ``x [B, T, H, D]`` as a complex number."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    """Rotate each consecutive pair ``(x[2i], x[2i+1])`` of ``x [B, T, H, D]`` as a complex number:
+    ``(x[2i] cos - x[2i+1] sin, x[2i+1] cos + x[2i] sin)``, in float32."""
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x[2i+1], x[2i]) in each pair
+    return (x32 * cos + swapped * sin).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -163,7 +167,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, positions, k, v, kv_len)
-        out = attention(q, k, v, mask)
+        out = attention(q.to(k.dtype), k, v, mask).to(x.dtype)
         return self.dropout(self.wo(out.transpose(1, 2).reshape(batch, length, -1)))
 
 
@@ -205,6 +209,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args, dropout) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=output_bias)
+        self.cache_dtype: torch.dtype | None = None  # the KV cache's dtype; None: the weights' (fast.py sets it)
 
     @property
     def device(self) -> torch.device:
@@ -215,7 +220,7 @@ class Transformer(nn.Module):
         return self.tok_embeddings.weight.dtype
 
     def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
-        return KVCache(self.args, batch_size, max_seq_len, self.device, self.dtype)
+        return KVCache(self.args, batch_size, max_seq_len, self.device, self.cache_dtype or self.dtype)
 
     def forward(
         self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None

@@ -7,7 +7,15 @@ from torch import nn
 
 from conftest import FIXTURES, load_fixture
 from dpslm_utils import ELLAV, UnitEncoder, UnitLM, WavLMEncoder
-from dpslm_utils.fast import FusedInt8Linear, Int8Linear, choose_format, make_fast, quantize_linears
+from dpslm_utils.fast import (
+    MANY_ROWS,
+    REDUCE_RANGE,
+    FusedInt8Linear,
+    Int8Linear,
+    choose_format,
+    make_fast,
+    quantize_linears,
+)
 from dpslm_utils.random_tiny import random_transformer
 from dpslm_utils.transformer import ModelArgs, prefill
 
@@ -43,6 +51,34 @@ def test_int8_linear_rounds_each_weight_to_its_row_scale():
         expected = linear(x)
     relative_error = (quantized(x) - expected).norm() / expected.norm()
     assert quantized(x).shape == (5, 3, 64) and relative_error < 0.02
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
+def test_int8_kernels_for_few_and_many_rows_compute_the_same_products():
+    """Prefill and scoring (many rows) run another int8 kernel than decoding: same quantization, same sums."""
+    torch.manual_seed(0)
+    quantized = Int8Linear(nn.Linear(256, 64))
+    assert quantized.packed_for_many_rows is not quantized.packed
+    x = 3 * torch.randn(2, MANY_ROWS, 256)
+    few_rows_kernel = torch.ops.quantized.linear_dynamic(x, quantized.packed, REDUCE_RANGE)
+    torch.testing.assert_close(quantized(x), few_rows_kernel, atol=1e-5, rtol=0)
+    row = x[:1, :1]  # one row alone takes the few-rows kernel
+    torch.testing.assert_close(quantized(row), torch.ops.quantized.linear_dynamic(row, quantized.packed, REDUCE_RANGE))
+
+
+def test_int8_decoding_with_its_bfloat16_cache_stays_close_to_the_original():
+    """One unit per step through the KV cache (bfloat16 keys and values), as generation runs."""
+    fixture = load_fixture("ulm_fixture.pt")
+    ulm = UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt", fast="int8")
+    for units, logits in zip(fixture["inputs"]["units"], fixture["expected"]["logits"]):
+        ids = ulm.tokenize(units)
+        cache = ulm.transformer.new_cache(1, len(ids))
+        assert cache.keys.dtype == torch.bfloat16
+        with torch.inference_mode():
+            steps = [ulm.transformer(ids[None, i : i + 1], torch.tensor([i]), cache)[0, 0] for i in range(len(units))]
+        stepwise = torch.stack(steps)
+        torch.testing.assert_close(stepwise, logits, atol=LOGIT_ATOL["int8"], rtol=0)  # measured: 0.06-0.08
+        assert (stepwise.argmax(-1) == logits.argmax(-1)).float().mean() >= 0.9  # measured: 0.95-0.96
 
 
 def test_fused_projections_equal_the_separate_int8_layers():
