@@ -113,6 +113,17 @@ def test_dependencies_are_ranges_and_the_exact_pins_live_in_the_setup_files():
         assert f"{name} {pin[1]}" in (REPO / "README.md").read_text()  # the tested version, stated
 
 
+def test_numba_is_optional_installed_for_the_tests_and_pinned():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert not [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("numba")]
+    (spec,) = extras["numba"]
+    assert spec.startswith("numba>=") and spec in extras["dev"]  # setup.sh installs dev: CI tests both recursions
+    pin = re.search(r"^numba==([\d.]+)$", (REPO / "scripts" / "constraints.txt").read_text(), re.MULTILINE)
+    assert pin, "scripts/constraints.txt pins no numba version"
+    assert f"numba=={pin[1]}" in (REPO / "environment.yml").read_text()
+    assert f"numba {pin[1]}" in (REPO / "README.md").read_text()
+
+
 def test_project_urls_and_citation():
     urls = PYPROJECT["project"]["urls"]
     assert urls and all(u.startswith("https://") for u in urls.values())
