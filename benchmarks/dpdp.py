@@ -1,14 +1,17 @@
 """Time dpslm_utils.dpdp (Viterbi, O(T·K)) against the original segmental DPDP (O(T²·K)), side by side.
 
-    .venv/bin/python benchmarks/dpdp.py [--repeats 5] [--threads 2] [--device cpu]
+    flock /tmp/bench.lock .venv/bin/python benchmarks/dpdp.py [--repeats 15] [--threads 2] [--device cpu]
 
 For each size (T frames, K codebook entries, D dimensions) the table shows, as medians over
-``--repeats`` runs: the time of our distance matrix, of our dynamic programme (recursion +
-backtrace) and its share of the distance time, the public ``dpdp`` call end to end; the original
-algorithm's time end to end and without its distance matrix (``cdist``); the speed-ups end to end
-and of the dynamic programme alone; and whether both found the same optimum (cost in float64
-within relative 1e-9; units identical or not). Both pay for one T×K×D matrix product, which bounds
-the end-to-end speed-up; the dynamic programmes are what differ (O(T·K) against O(T²·K)).
+``--repeats`` rounds: the time of our distance matrix alone; our dynamic programme (recursion +
+backtrace) with numpy and compiled with numba; the public ``dpdp`` call end to end with each, and
+that call's time over the distance matrix's (``DPSLM_NUMBA=0`` selects numpy); the original
+algorithm's time end to end and without its distance matrix (``cdist``); the speed-up of the default
+call (numba when installed) end to end and of its dynamic programme alone; and whether all three
+found the same optimum (cost in float64 within relative 1e-9; units identical or not). Every round
+runs each of our measurements once, in turn, so that a change in the machine's load hits them alike.
+Both implementations pay for one T×K×D matrix product, which bounds the end-to-end speed-up; the
+dynamic programmes are what differ (O(T·K) against O(T²·K)).
 
 The features imitate speech units: runs of 2-14 frames around random codebook entries plus noise,
 with λ chosen so that segments average a few frames, as at the paper's settings.
@@ -17,6 +20,8 @@ with λ chosen so that segments average a few frames, as at the paper's settings
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +30,7 @@ from typing import Optional
 import torch
 
 from dpslm_utils import dpdp, dpdp_cost
-from dpslm_utils.quantize import _frame_distances, _viterbi
+from dpslm_utils.quantize import NUMBA_ENV, _compiled_viterbi, _frame_distances, _viterbi_numpy
 
 SIZES = [(1000, 500, 1024), (500, 100, 1024), (1000, 1000, 1024), (2000, 500, 1024)]
 NOISE = 0.7  # per-dimension noise around the true centre (codebook entries are N(0, 1))
@@ -78,30 +83,39 @@ def speech_like(num_frames: int, k: int, dim: int, seed: int = 0) -> tuple[torch
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+    return median_seconds_interleaved({"": fn}, repeats)[""]
+
+
+def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function over ``repeats`` rounds; every round runs each function once."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; the median is shown")
+    parser.add_argument("--repeats", type=int, default=15, help="rounds per measurement; the median is shown")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="device of features and codebook (the DP runs on the CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    compiled = _compiled_viterbi()
+    numba_version = importlib.metadata.version("numba") if compiled else "not installed: its columns are empty"
     print(
-        f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}; "
-        f"medians of {args.repeats} runs ({max(1, args.repeats // 2)} for the original)"
+        f"device {device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, numba {numba_version}; "
+        f"medians of {args.repeats} rounds ({max(1, args.repeats // 5)} for the original)"
     )
 
     header = (
-        f"{'T':>5} {'K':>5} {'D':>5} {'segs':>4} | {'dist ms':>7} {'DP ms':>6} {'DP/dist':>7} {'total ms':>8} | "
+        f"{'T':>5} {'K':>5} {'D':>5} {'segs':>4} | {'dist ms':>7} | {'DP ms: numpy':>12} {'numba':>6} | "
+        f"{'call ms: numpy':>14} {'/dist':>5} {'numba':>6} {'/dist':>5} | "
         f"{'original ms':>11} {'its DP ms':>9} | {'speed-up':>8} {'DP only':>7} | same cost, units"
     )
     print(header)
@@ -116,6 +130,13 @@ def main() -> None:
             sync()
             return distances
 
+        def call_with(numba: bool) -> Callable[[], torch.Tensor]:
+            def call():
+                os.environ[NUMBA_ENV] = "1" if numba else "0"
+                return dpdp(features, codebook, lmbda)
+
+            return call
+
         def original():
             units = original_dpdp(features, codebook, lmbda)
             sync()
@@ -126,25 +147,44 @@ def main() -> None:
             sync()
             return distances
 
-        distances, units = distances_only(), dpdp(features, codebook, lmbda)  # also warm-up runs
+        distances = distances_only()
+        ours = {"numpy": call_with(numba=False)()}  # also warm-up runs
+        measured = {
+            "distances": distances_only,
+            "numpy DP": lambda: _viterbi_numpy(distances, lmbda),
+            "numpy call": call_with(numba=False),
+        }
+        if compiled:
+            ours["numba"] = call_with(numba=True)()  # compiles on the first call ever, then loads the cache
+            measured |= {"numba DP": lambda: compiled(distances, lmbda), "numba call": call_with(numba=True)}
         reference, _ = original(), original()  # TorchScript optimises during its first runs
-        t_distances = median_seconds(distances_only, args.repeats)
-        t_dp = median_seconds(lambda: _viterbi(distances, lmbda), args.repeats)
-        t_total = median_seconds(lambda: dpdp(features, codebook, lmbda), args.repeats)
-        t_original = median_seconds(original, max(1, args.repeats // 2))
+        t = median_seconds_interleaved(measured, args.repeats)
+        t_original = median_seconds(original, max(1, args.repeats // 5))
         t_original_dp = t_original - median_seconds(original_distances_only, args.repeats)
+        os.environ.pop(NUMBA_ENV)
 
-        ours, theirs = (sum(dpdp_cost(features, codebook, u, lmbda)) for u in (units, reference))
-        same_cost = abs(ours - theirs) <= 1e-9 * abs(theirs)
-        segments = torch.unique_consecutive(units).numel()
+        default = "numba" if compiled else "numpy"
+        theirs = sum(dpdp_cost(features, codebook, reference, lmbda))
+        costs = [sum(dpdp_cost(features, codebook, units, lmbda)) for units in ours.values()]
+        same_cost = all(abs(cost - theirs) <= 1e-9 * abs(theirs) for cost in costs)
+        identical = all(torch.equal(units, reference) for units in ours.values())
+        segments = torch.unique_consecutive(ours["numpy"]).numel()
+
+        def ms(name: str, width: int) -> str:
+            return f"{1e3 * t[name]:>{width}.2f}" if name in t else " " * width
+
+        def ratio(name: str) -> str:
+            return f"{t[name] / t['distances']:>5.2f}" if name in t else " " * 5
+
         print(
-            f"{num_frames:>5} {k:>5} {dim:>5} {segments:>4} | {1e3 * t_distances:>7.2f} {1e3 * t_dp:>6.2f} "
-            f"{t_dp / t_distances:>7.2f} {1e3 * t_total:>8.2f} | "
+            f"{num_frames:>5} {k:>5} {dim:>5} {segments:>4} | {ms('distances', 7)} | "
+            f"{ms('numpy DP', 12)} {ms('numba DP', 6)} | "
+            f"{ms('numpy call', 14)} {ratio('numpy call')} {ms('numba call', 6)} {ratio('numba call')} | "
             f"{1e3 * t_original:>11.1f} {1e3 * t_original_dp:>9.1f} | "
-            f"{t_original / t_total:>7.0f}x {t_original_dp / t_dp:>6.0f}x | "
-            f"{'yes' if same_cost else f'NO ({ours} vs {theirs})'}, "
-            f"{'identical' if torch.equal(units, reference) else 'differ'}"
+            f"{t_original / t[f'{default} call']:>7.0f}x {t_original_dp / t[f'{default} DP']:>6.0f}x | "
+            f"{'yes' if same_cost else f'NO ({costs} vs {theirs})'}, {'identical' if identical else 'differ'}"
         )
+
 
 if __name__ == "__main__":
     main()

@@ -11,13 +11,21 @@ The exact optimum comes from a Viterbi recursion over (frame, unit) in which cha
 
     cost[t, u] = d[t, u] + min(cost[t−1, u], min_v cost[t−1, v] + λ),      d[t, u] = ‖x_t − c_u‖²
 
-O(T·K) work, one vectorised step per frame, then a backtrace from the cheapest final unit. (The
-original dpdp.py solves the same problem with a segmental recursion over every segment start,
-O(T²·K); ``benchmarks/dpdp.py`` times the two side by side.) The distances are computed on the
-features' device, the recursion runs in float64 with numpy on the CPU, and the units come back on
-the features' device. Memory: 8·T·K bytes for the float64 recursion (4 MB for T = 1000, K = 500).
-Among equally cheap answers the original's is chosen: read from the end, the longest last segment,
-then the lowest unit index, and so on for what precedes it.
+O(T·K) work, then a backtrace from the cheapest final unit. (The original dpdp.py solves the same
+problem with a segmental recursion over every segment start, O(T²·K); ``benchmarks/dpdp.py`` times
+the two side by side.) Among equally cheap answers the original's is chosen: read from the end, the
+longest last segment, then the lowest unit index, and so on for what precedes it.
+
+The distances are computed on the features' device and the units come back there; the recursion runs
+on the CPU in float64, in one of two ways that give identical units:
+
+- compiled with numba (:mod:`dpslm_utils.viterbi_numba`) whenever ``import numba`` works (the ``numba``
+  extra; Colab ships it). It keeps two float64 cost rows and one byte of backtrace flags per
+  (frame, unit): 0.5 MB and 0.3–0.5 ms for T = 1000, K = 500, under a tenth of the distance matrix.
+- numpy, the readable reference below (:func:`_viterbi_numpy`), one vectorised step per frame over a
+  float64 copy of the distances (8·T·K bytes, 4 MB for T = 1000, K = 500). About 2 µs of numpy call
+  overhead per frame make it several times slower. ``DPSLM_NUMBA=0`` in the environment selects it
+  even when numba is installed.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import functools
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +45,9 @@ from . import checkpoints, registry
 from .checks import check_int, check_real
 from .codebooks import check_codebook, check_vectors, codebook_from_checkpoint, squared_distances
 from .registry import DEFAULT_K, DEFAULT_LMBDA
+
+NUMBA_ENV = "DPSLM_NUMBA"
+"""Environment variable: ``0`` runs the recursion with numpy even when numba is installed."""
 
 _MAX_DISTANCE_CELLS = 1 << 24
 """Most frame-to-entry distances :func:`dpdp_batch` computes in one matrix product (64 MiB in float32)."""
@@ -174,9 +185,15 @@ def _groups(utterances: list[Tensor], k: int) -> list[list[Tensor]]:
 
 def _frame_distances(features: Tensor, codebook: Tensor, num_neighbors: int | None) -> np.ndarray:
     """``‖x_t − c_u‖²`` as a CPU array ``[T, K]`` (float32, or float64 for float64 inputs), with the
-    K − N farthest entries of every frame set to +inf when ``num_neighbors = N``."""
+    K − N farthest entries of every frame set to +inf when ``num_neighbors = N``. Raises ValueError
+    when they overflow into NaN (finite inputs whose squares exceed the dtype's range)."""
     dtype = torch.promote_types(torch.promote_types(features.dtype, codebook.dtype), torch.float32)
     distances = squared_distances(features.to(dtype), codebook.to(dtype))
+    if distances.sum().isnan():  # distances are >= 0, so only a NaN makes their sum NaN
+        raise ValueError(
+            "features and codebook have values too large to use: their squared distances overflow "
+            f"{str(dtype).removeprefix('torch.')}"
+        )
     k = codebook.shape[0]
     if num_neighbors is not None and num_neighbors < k:
         farthest = distances.topk(k - num_neighbors, dim=1).indices
@@ -185,7 +202,26 @@ def _frame_distances(features: Tensor, codebook: Tensor, num_neighbors: int | No
 
 
 def _viterbi(distances: np.ndarray, lmbda: float) -> np.ndarray:
-    """Optimal units ``[T]`` (int64) for ``distances [T, K]``: the recursion in float64, then the backtrace."""
+    """Optimal units ``[T]`` (int64) for ``distances [T, K]``: compiled with numba when it can be imported
+    and :data:`NUMBA_ENV` is not ``0``, else :func:`_viterbi_numpy`. Both give identical units."""
+    compiled = _compiled_viterbi() if os.environ.get(NUMBA_ENV, "").strip() != "0" else None
+    return (compiled or _viterbi_numpy)(distances, lmbda)
+
+
+@functools.cache
+def _compiled_viterbi() -> Callable[[np.ndarray, float], np.ndarray] | None:
+    """:func:`dpslm_utils.viterbi_numba.viterbi`, or None when numba cannot be imported (looked up once)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return None
+    from .viterbi_numba import viterbi
+
+    return viterbi
+
+
+def _viterbi_numpy(distances: np.ndarray, lmbda: float) -> np.ndarray:
+    """The reference recursion in numpy: float64, one vectorised step per frame, then the backtrace."""
     cost = distances.astype(np.float64)  # becomes cost[t, u] in place, one frame at a time
     arrive = np.empty(cost.shape[1])  # cheapest way into (t, u): stay on u, or switch from the best unit
     row_min, minimum = np.minimum.reduce, np.minimum  # bound once: this loop runs per frame

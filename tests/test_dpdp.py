@@ -1,8 +1,10 @@
 """DPDP quantisation: the original's outputs (fixtures), exhaustive search on small problems, batching,
-the straight-through quantizer, run-length encoding and bitrate in closed form, and input errors."""
+the straight-through quantizer, run-length encoding and bitrate in closed form, and input errors.
+The recursion is tested both ways: numpy (the reference) and numba-compiled (skipped without numba)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, load_fixture
@@ -13,6 +15,16 @@ from dpslm_utils.checkpoints import RANDOM_WEIGHTS_MESSAGE
 FIXTURE = load_fixture("dpdp_fixture.pt")
 CASES = {case["name"]: case for case in FIXTURE["cases"]}
 QUANTIZER_CASES = {case["name"]: case for case in FIXTURE["hub_quantizer_cases"]}
+NO_NUMBA = "numba is not installed (pip install '.[numba]'), so the compiled DPDP recursion is not tested"
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def recursion(request, monkeypatch):
+    """Run the test with the numpy recursion, then with the numba-compiled one."""
+    if request.param == "numba" and quantize._compiled_viterbi() is None:
+        pytest.skip(NO_NUMBA)
+    monkeypatch.setenv(quantize.NUMBA_ENV, "1" if request.param == "numba" else "0")
+    return request.param
 
 
 def objective(features, codebook, units, lmbda):
@@ -27,7 +39,7 @@ def objective(features, codebook, units, lmbda):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_reproduces_the_original(name):
+def test_reproduces_the_original(name, recursion):
     inputs, expected = CASES[name]["inputs"], CASES[name]["expected"]
     units = dpdp(inputs["features"], inputs["codebook"], inputs["lmbda"], inputs["num_neighbors"])
     assert units.dtype == torch.int64 and units.shape == expected["units"].shape
@@ -38,7 +50,7 @@ def test_reproduces_the_original(name):
     assert torch.equal(deduplicate(units)[0], expected["units_deduplicated"])
 
 
-def test_batch_reproduces_the_original_in_one_call():
+def test_batch_reproduces_the_original_in_one_call(recursion):
     cases = [case for case in CASES.values() if case["inputs"]["codebook"].shape[0] == 50]
     for lmbda in (0.0, 20.0, 600.0):
         group = [case for case in cases if case["inputs"]["lmbda"] == lmbda and case["inputs"]["num_neighbors"] is None]
@@ -47,7 +59,7 @@ def test_batch_reproduces_the_original_in_one_call():
 
 
 @pytest.mark.parametrize("name", QUANTIZER_CASES)
-def test_quantizer_reproduces_the_original_module(name):
+def test_quantizer_reproduces_the_original_module(name, recursion):
     inputs, expected = QUANTIZER_CASES[name]["inputs"], QUANTIZER_CASES[name]["expected"]
     quantizer = DPDPQuantizer(inputs["codebook"], inputs["lmbda"], inputs["num_neighbors"])
     assert (quantizer.k, quantizer.lmbda, quantizer.num_neighbors) == (50, inputs["lmbda"], inputs["num_neighbors"])
@@ -98,7 +110,7 @@ def exhaustive(distances, lmbda):
     return optimum.item(), min(sequences[costs == optimum], key=original_preference)
 
 
-def test_finds_the_exact_optimum_of_small_random_problems():
+def test_finds_the_exact_optimum_of_small_random_problems(recursion):
     generator = torch.Generator().manual_seed(0)
     for trial in range(60):
         num_frames, k, dim = int(torch.randint(1, 8, (1,), generator=generator)), 1 + trial % 4, 3
@@ -115,7 +127,7 @@ def test_finds_the_exact_optimum_of_small_random_problems():
         assert torch.equal(units, expected)
 
 
-def test_ties_are_broken_like_the_original():
+def test_ties_are_broken_like_the_original(recursion):
     # Integer features and K a power of two: every distance, and so every tie, is exact in floating point.
     generator = torch.Generator().manual_seed(1)
     for trial in range(150):
@@ -127,12 +139,59 @@ def test_ties_are_broken_like_the_original():
         assert torch.equal(dpdp(features, codebook, lmbda), expected), (features, codebook, lmbda)
 
 
+def random_distances(generator, num_frames, k, dtype, ties, num_neighbors):
+    """A ``[T, K]`` distance matrix: small integers when ``ties`` (many exact ties), else continuous;
+    with ``num_neighbors`` the other entries of every frame are +inf."""
+    if ties:
+        distances = generator.integers(0, 4, (num_frames, k)).astype(dtype)
+    else:
+        distances = generator.exponential(10.0, (num_frames, k)).astype(dtype)
+    if num_neighbors is not None:
+        farthest = generator.permuted(np.tile(np.arange(k), (num_frames, 1)), axis=1)[:, num_neighbors:]
+        np.put_along_axis(distances, farthest, np.inf, axis=1)
+    return distances
+
+
+def test_compiled_recursion_gives_the_numpy_units():
+    if quantize._compiled_viterbi() is None:
+        pytest.skip(NO_NUMBA)
+    from dpslm_utils.viterbi_numba import viterbi
+
+    generator = np.random.default_rng(3)
+    for trial in range(240):
+        num_frames, k = [0, 1, 2, 5, 40, 300][trial % 6], [1, 2, 7, 8, 9, 70][trial // 6 % 6]
+        ties = trial % 3 == 0
+        lmbda = float(trial % 4) if ties else [0.0, 3.0, 25.0, 1e6][trial % 4]
+        num_neighbors = int(generator.integers(1, k + 1)) if trial % 5 == 0 else None
+        dtype = np.float32 if trial % 2 else np.float64
+        distances = random_distances(generator, num_frames, k, dtype, ties, num_neighbors)
+        expected = quantize._viterbi_numpy(distances, lmbda)
+        units = viterbi(distances, lmbda)
+        assert units.dtype == np.int64 and np.array_equal(units, expected), (trial, distances, lmbda)
+
+
+def test_numba_env_switches_the_recursion(monkeypatch):
+    if quantize._compiled_viterbi() is None:
+        pytest.skip(NO_NUMBA)
+    numpy_calls = []
+    reference = quantize._viterbi_numpy
+    monkeypatch.setattr(quantize, "_viterbi_numpy", lambda *args: numpy_calls.append(1) or reference(*args))
+    inputs, expected = CASES["main_lmbda35_nnNone"]["inputs"], CASES["main_lmbda35_nnNone"]["expected"]
+    for setting, calls in (("0", 1), ("1", 1), (None, 1), (" 0 ", 2)):
+        if setting is None:
+            monkeypatch.delenv(quantize.NUMBA_ENV, raising=False)
+        else:
+            monkeypatch.setenv(quantize.NUMBA_ENV, setting)
+        assert torch.equal(dpdp(inputs["features"], inputs["codebook"], inputs["lmbda"]), expected["units"])
+        assert len(numpy_calls) == calls, setting
+
+
 # ---------------------------------------------------------------------------------------------
 # Limits, batching, devices
 # ---------------------------------------------------------------------------------------------
 
 
-def test_lambda_zero_gives_nearest_centroids_and_huge_lambda_one_segment():
+def test_lambda_zero_gives_nearest_centroids_and_huge_lambda_one_segment(recursion):
     inputs = CASES["main_lmbda0_nnNone"]["inputs"]
     features, codebook = inputs["features"], inputs["codebook"]
     distances = torch.cdist(features.double(), codebook.double()).square()
@@ -148,7 +207,7 @@ def test_segment_count_never_grows_with_lambda():
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
 
 
-def test_batch_equals_one_by_one_with_any_lengths(monkeypatch):
+def test_batch_equals_one_by_one_with_any_lengths(monkeypatch, recursion):
     generator = torch.Generator().manual_seed(2)
     codebook = torch.randn(16, 8, generator=generator)
     utterances = [
@@ -164,12 +223,12 @@ def test_batch_equals_one_by_one_with_any_lengths(monkeypatch):
     assert dpdp_batch([], codebook, 1.0) == []
 
 
-def test_empty_utterance_gives_empty_units():
+def test_empty_utterance_gives_empty_units(recursion):
     units = dpdp(torch.zeros(0, 4), torch.randn(3, 4), 1.0)
     assert units.dtype == torch.int64 and units.shape == (0,)
 
 
-def test_float64_and_float32_inputs_agree():
+def test_float64_and_float32_inputs_agree(recursion):
     case = CASES["main_lmbda50_nn5"]
     inputs = case["inputs"]
     units = dpdp(inputs["features"].double(), inputs["codebook"].double(), inputs["lmbda"], inputs["num_neighbors"])
@@ -205,6 +264,8 @@ X, C = torch.randn(10, 4), torch.randn(5, 4)
         (X.index_fill(0, torch.tensor([3]), math.inf), C, 1.0, None, ValueError, "features contains NaN or infinite"),
         (X, C.index_fill(0, torch.tensor([1]), math.nan), 1.0, None, ValueError, "codebook contains NaN"),
         (X.index_fill(0, torch.tensor([3]), 3e38), C, 1.0, None, ValueError, "features has values too large to use"),
+        (torch.full((3, 4), 1e20), torch.tensor([[1e20, -1e20] * 2, [0.0] * 4]), 1.0, None, ValueError,
+         "features and codebook have values too large to use: their squared distances overflow float32"),
         (X, torch.zeros(0, 4), 1.0, None, ValueError, r"codebook is empty \(K = 0"),
         (X, C, -1.0, None, ValueError, r"lmbda \(the duration penalty λ\) must be >= 0, got -1"),
         (X, C, math.nan, None, ValueError, "must be finite, got nan"),

@@ -46,6 +46,7 @@ def test_the_wheel_ships_the_recordings_license_and_type_marker(wheel):
     for recording in BUNDLED_EXAMPLES.values():
         assert f"dpslm_utils/examples/{recording}" in names
     assert "dpslm_utils/py.typed" in names and "dpslm_utils/random_tiny.py" in names
+    assert "dpslm_utils/viterbi_numba.py" in names
     assert any(re.fullmatch(r"dpslm_utils-[^/]+\.dist-info/licenses/LICENSE", n) for n in names), names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert f"Version: {dpslm_utils.__version__}\n" in metadata
@@ -66,6 +67,7 @@ def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_d
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DPSLM_WEIGHTS")}
     env |= {"DPSLM_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    env["DPSLM_NUMBA"] = "0"  # numba would compile DPDP afresh for this new path (~3 s); test_dpdp tests it
     where = _run([python, "-c", "import dpslm_utils; print(dpslm_utils.__file__)"], cwd=tmp_path, env=env)
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
 
@@ -111,6 +113,17 @@ def test_dependencies_are_ranges_and_the_exact_pins_live_in_the_setup_files():
         assert pin, f"scripts/constraints.txt pins no {name} version"
         assert f"{name}=={pin[1]}" in (REPO / "environment.yml").read_text()
         assert f"{name} {pin[1]}" in (REPO / "README.md").read_text()  # the tested version, stated
+
+
+def test_numba_is_optional_installed_for_the_tests_and_pinned():
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert not [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("numba")]
+    (spec,) = extras["numba"]
+    assert spec.startswith("numba>=") and spec in extras["dev"]  # setup.sh installs dev: CI tests both recursions
+    pin = re.search(r"^numba==([\d.]+)$", (REPO / "scripts" / "constraints.txt").read_text(), re.MULTILINE)
+    assert pin, "scripts/constraints.txt pins no numba version"
+    assert f"numba=={pin[1]}" in (REPO / "environment.yml").read_text()
+    assert f"numba {pin[1]}" in (REPO / "README.md").read_text()
 
 
 def test_project_urls_and_citation():
