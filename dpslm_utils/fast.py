@@ -80,12 +80,19 @@ def quantized_engine(engine: str):
         torch.backends.quantized.engine = previous
 
 
+def int8_values(quantized: torch.Tensor) -> torch.Tensor:
+    """The int8 values of a ``torch.qint8`` tensor, in its own memory (``int_repr()`` copies them)."""
+    values = torch.empty(0, dtype=torch.int8)
+    return values.set_(quantized.untyped_storage(), quantized.storage_offset(), quantized.shape, quantized.stride())
+
+
 class Int8Linear(nn.Module):
     """An ``nn.Linear`` with int8 weights (one scale per output row) and dynamically quantized inputs.
 
     ``[..., in_features]`` float32 -> ``[..., out_features]`` float32. CPU only; inference only. The
     weights are packed twice, for the kernel of few rows and for that of many (:data:`MANY_ROWS`);
-    both compute the same int32 sums from the same quantized input.
+    both compute the same int32 sums from the same quantized input. ``weight`` (int8 ``[out, in]``) is
+    the plain copy that the second pack keeps anyway: three copies of the int8 weights in memory in all.
     """
 
     def __init__(self, linear: nn.Linear):
@@ -102,7 +109,7 @@ class Int8Linear(nn.Module):
             with quantized_engine("onednn"):
                 self.packed_for_many_rows = torch.ops.quantized.linear_prepack(int8_weight, bias)
         # the same weights, for inspection (and parameter counts): w ≈ weight · scale[:, None]
-        self.weight = nn.Parameter(int8_weight.int_repr(), requires_grad=False)
+        self.weight = nn.Parameter(int8_values(int8_weight), requires_grad=False)
         self.register_buffer("scale", scales)
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 

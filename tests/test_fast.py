@@ -66,6 +66,14 @@ def test_int8_kernels_for_few_and_many_rows_compute_the_same_products():
     torch.testing.assert_close(quantized(row), torch.ops.quantized.linear_dynamic(row, quantized.packed, REDUCE_RANGE))
 
 
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
+def test_int8_weight_for_inspection_is_the_memory_that_the_many_rows_kernel_keeps():
+    """No third copy of the int8 weights: ``weight`` is the tensor oneDNN's pack holds (and unpacks)."""
+    quantized = Int8Linear(nn.Linear(256, 64))
+    kept = torch.ops.quantized.linear_unpack(quantized.packed_for_many_rows)[0]
+    assert quantized.weight.data_ptr() == kept.data_ptr() and torch.equal(quantized.weight, kept.int_repr())
+
+
 def test_int8_decoding_with_its_bfloat16_cache_stays_close_to_the_original():
     """One unit per step through the KV cache (bfloat16 keys and values), as generation runs."""
     fixture = load_fixture("ulm_fixture.pt")
