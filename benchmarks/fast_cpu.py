@@ -9,6 +9,7 @@ Random weights at the released sizes (unit LM and ELLA-V: dim 1024, 12 layers, 1
   alone (after the prompt), median of ``--tokens`` steps, interleaved; WavLM: features of
   ``--seconds`` of audio (layer 11).
 * kernels: the matrix products alone, float32 / bfloat16 / int8, for batch 3 (decoding) and 500 (WavLM).
+* memory: the resident memory that deleting a released-size unit LM frees, float32 and int8 (Linux, glibc).
 * agreement (greedy, batch 1): how many of the first ``--tokens`` greedy tokens are identical before
   the first difference; on the float32 greedy sequence (teacher forcing, once one token per step
   through the KV cache as generation decodes, once the whole sequence in one pass as scoring does), the
@@ -24,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
+import os
 import statistics
 import time
 import warnings
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
-from dpslm_utils.fast import Int8Linear, choose_format, make_fast
+from dpslm_utils.fast import choose_format, int8_linear, make_fast
 from dpslm_utils.random_tiny import random_transformer
 from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, prefill
 from dpslm_utils.ulm import UnitLM
@@ -81,6 +85,28 @@ def decoding_steps(transformers: dict, prompt: torch.Tensor, batch: int, count: 
             times[name].append(time.perf_counter() - start)
             states[name] = cache, logits, position + 1
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def resident_mib() -> float:
+    """This process's resident memory in MiB, after returning freed heap pages to the system (Linux, glibc)."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def compare_memory() -> None:
+    """MiB that a released-size unit LM holds in float32 and after ``make_fast``: what deleting it frees."""
+    sizes = {}
+    for precision in ("float32", "int8"):
+        model = unit_lm()
+        if precision == "int8":
+            make_fast(model.transformer, True, weight_bound=True)
+        before = resident_mib()
+        del model
+        sizes[precision] = before - resident_mib()
+    print(f"unit LM  memory (resident, freed on deletion): float32 {sizes['float32']:.0f} MiB, "
+          f"int8 {sizes['int8']:.0f} MiB")
 
 
 def unit_lm() -> UnitLM:
@@ -158,7 +184,7 @@ def compare_kernels(options) -> None:
     layers = [torch.nn.Linear(1024, 4096, bias=False) for _ in range(24)]
     for layer in layers:
         torch.nn.init.normal_(layer.weight, std=1 / 32, generator=generator)
-    int8 = [Int8Linear(layer) for layer in layers]
+    int8 = [int8_linear(layer) for layer in layers]
     bf16 = [layer.weight.bfloat16() for layer in layers]
     for batch in (3, 500):
         x = torch.randn(batch, 1024, generator=generator)
@@ -186,6 +212,7 @@ def main() -> None:
     compare_kernels(options)
     if options.kernels_only:
         return
+    compare_memory()
     for name, build in (("unit LM", unit_lm), ("ELLA-V", ellav)):
         compare_language_model(name, build(), options)  # one model in memory at a time
     if not options.skip_wavlm:

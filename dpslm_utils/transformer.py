@@ -87,9 +87,10 @@ class KVCache:
         self.rows = torch.arange(batch_size, device=device)[:, None]
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        """Write ``k, v [B, Hkv, T, D]`` at ``positions [B, T]``; return the first ``kv_len`` cached positions."""
-        self.keys[layer][self.rows, :, positions] = k.transpose(1, 2).to(self.keys.dtype)
-        self.values[layer][self.rows, :, positions] = v.transpose(1, 2).to(self.values.dtype)
+        """Write ``k, v [B, T, Hkv, D]`` at ``positions [B, T]``; return the first ``kv_len`` cached positions
+        ``[B, Hkv, kv_len, D]``."""
+        self.keys[layer][self.rows, :, positions] = k.to(self.keys.dtype)
+        self.values[layer][self.rows, :, positions] = v.to(self.values.dtype)
         return self.keys[layer][:, :, :kv_len], self.values[layer][:, :, :kv_len]
 
 
@@ -155,20 +156,31 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.wqkv = None  # fast.py's int8 fusion of wq|wk|wv (x -> q, k, v) in place of the three
+        self.wqkv = None  # fast.py's int8 fusion of wq|wk|wv (x -> [q | k | v]) in place of the three
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, cos, sin, positions, mask, cache: KVCache | None, layer: int, kv_len: int) -> torch.Tensor:
         batch, length, _ = x.shape
-        q, k, v = self.wqkv(x) if self.wqkv is not None else (self.wq(x), self.wk(x), self.wv(x))
-        q = apply_rotary(q.view(batch, length, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
-        v = v.view(batch, length, self.n_kv_heads, self.head_dim)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v = self.rotated_projections(x, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, positions, k, v, kv_len)
-        out = attention(q.to(k.dtype), k, v, mask).to(x.dtype)
+        else:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+        out = attention(q.transpose(1, 2).to(k.dtype), k, v, mask).to(x.dtype)
         return self.dropout(self.wo(out.transpose(1, 2).reshape(batch, length, -1)))
+
+    def rotated_projections(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q ``[B, T, n_heads, D]`` and k ``[B, T, n_kv_heads, D]`` rotated to their positions, v like k."""
+        if self.wqkv is None:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+            q = apply_rotary(q.unflatten(-1, (self.n_heads, self.head_dim)), cos, sin)
+            k = apply_rotary(k.unflatten(-1, (self.n_kv_heads, self.head_dim)), cos, sin)
+            return q, k, v.unflatten(-1, (self.n_kv_heads, self.head_dim))
+        q_and_k, v = self.wqkv(x).unflatten(-1, (-1, self.head_dim)).split(
+            (self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2
+        )
+        q, k = apply_rotary(q_and_k, cos, sin).split((self.n_heads, self.n_kv_heads), dim=2)  # one call for both
+        return q, k, v
 
 
 class FeedForward(nn.Module):
@@ -177,11 +189,11 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
-        self.w13 = None  # fast.py's int8 fusion of w1|w3 (x -> gate, up) in place of the two
+        self.w13 = None  # fast.py's int8 fusion of w1|w3 (x -> [gate | up]) in place of the two
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x) if self.w13 is not None else (self.w1(x), self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1) if self.w13 is not None else (self.w1(x), self.w3(x))
         return self.dropout(self.w2(F.silu(gate) * up))
 
 

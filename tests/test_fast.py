@@ -10,9 +10,9 @@ from dpslm_utils import ELLAV, UnitEncoder, UnitLM, WavLMEncoder
 from dpslm_utils.fast import (
     MANY_ROWS,
     REDUCE_RANGE,
-    FusedInt8Linear,
     Int8Linear,
     choose_format,
+    int8_linear,
     make_fast,
     quantize_linears,
 )
@@ -51,6 +51,7 @@ def test_int8_linear_rounds_each_weight_to_its_row_scale():
         expected = linear(x)
     relative_error = (quantized(x) - expected).norm() / expected.norm()
     assert quantized(x).shape == (5, 3, 64) and relative_error < 0.02
+    assert torch.equal(int8_linear(linear)(x), quantized(x))  # as the models hold it, compiled
 
 
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
@@ -64,6 +65,14 @@ def test_int8_kernels_for_few_and_many_rows_compute_the_same_products():
     torch.testing.assert_close(quantized(x), few_rows_kernel, atol=1e-5, rtol=0)
     row = x[:1, :1]  # one row alone takes the few-rows kernel
     torch.testing.assert_close(quantized(row), torch.ops.quantized.linear_dynamic(row, quantized.packed, REDUCE_RANGE))
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
+def test_int8_weight_for_inspection_is_the_memory_that_the_many_rows_kernel_keeps():
+    """No third copy of the int8 weights: ``weight`` is the tensor oneDNN's pack holds (and unpacks)."""
+    quantized = int8_linear(nn.Linear(256, 64))
+    kept = torch.ops.quantized.linear_unpack(quantized.packed_for_many_rows)[0]
+    assert quantized.weight.data_ptr() == kept.data_ptr() and torch.equal(quantized.weight, kept.int_repr())
 
 
 def test_int8_decoding_with_its_bfloat16_cache_stays_close_to_the_original():
@@ -89,13 +98,15 @@ def test_fused_projections_equal_the_separate_int8_layers():
     separate = quantize_linears(random_transformer(args, output_bias=True, seed=0))
     assert make_fast(model, "int8", weight_bound=True) == "int8"
     block = model.layers[0]
-    assert isinstance(block.attention.wqkv, FusedInt8Linear) and isinstance(block.feed_forward.w13, FusedInt8Linear)
+    assert block.attention.wqkv.original_name == block.feed_forward.w13.original_name == "Int8Linear"
     assert not hasattr(block.attention, "wq") and not hasattr(block.feed_forward, "w1")
     x = torch.randn(3, 5, 64)
     for fused, layers in ((block.attention.wqkv, ("wq", "wk", "wv")), (block.feed_forward.w13, ("w1", "w3"))):
         parent = separate.layers[0].attention if layers[0] == "wq" else separate.layers[0].feed_forward
-        for got, layer in zip(fused(x), layers, strict=True):
-            torch.testing.assert_close(got, getattr(parent, layer)(x), atol=1e-6, rtol=0)
+        expected = [getattr(parent, layer)(x) for layer in layers]
+        got = fused(x).split([out.shape[-1] for out in expected], dim=-1)
+        for got_one, expected_one in zip(got, expected, strict=True):
+            torch.testing.assert_close(got_one, expected_one, atol=1e-6, rtol=0)
     tokens = torch.randint(0, 50, (2, 7))
     with torch.inference_mode():
         torch.testing.assert_close(model(tokens), separate(tokens), atol=1e-5, rtol=0)
