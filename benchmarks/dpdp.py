@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import statistics
-import time
 from collections.abc import Callable
 from typing import Optional
 
@@ -31,6 +29,7 @@ import torch
 
 from dpslm_utils import dpdp, dpdp_cost
 from dpslm_utils.quantize import NUMBA_ENV, _compiled_viterbi, _frame_distances, _viterbi_numpy
+from timing import interleaved_medians
 
 SIZES = [(1000, 500, 1024), (500, 100, 1024), (1000, 1000, 1024), (2000, 500, 1024)]
 NOISE = 0.7  # per-dimension noise around the true centre (codebook entries are N(0, 1))
@@ -83,18 +82,7 @@ def speech_like(num_frames: int, k: int, dim: int, seed: int = 0) -> tuple[torch
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    return median_seconds_interleaved({"": fn}, repeats)[""]
-
-
-def median_seconds_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function over ``repeats`` rounds; every round runs each function once."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return interleaved_medians({"": fn}, repeats)[""]
 
 
 def main() -> None:
@@ -158,7 +146,7 @@ def main() -> None:
             ours["numba"] = call_with(numba=True)()  # compiles on the first call ever, then loads the cache
             measured |= {"numba DP": lambda: compiled(distances, lmbda), "numba call": call_with(numba=True)}
         reference, _ = original(), original()  # TorchScript optimises during its first runs
-        t = median_seconds_interleaved(measured, args.repeats)
+        t = interleaved_medians(measured, args.repeats)
         t_original = median_seconds(original, max(1, args.repeats // 5))
         t_original_dp = t_original - median_seconds(original_distances_only, args.repeats)
         os.environ.pop(NUMBA_ENV)

@@ -41,23 +41,9 @@ from dpslm_utils.random_tiny import random_transformer
 from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, prefill
 from dpslm_utils.ulm import UnitLM
 from dpslm_utils.wavlm import POSITIONAL_CONV, WAVLM_LARGE_CONFIG, WavLMEncoder
+from timing import interleaved_medians
 
 K = 500
-
-
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def interleaved_medians(functions: dict, repeats: int) -> dict:
-    """Median seconds of each function, run in turn ``repeats`` times (contention hits all alike)."""
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            times[name].append(timed(function))
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @torch.inference_mode()
