@@ -15,13 +15,16 @@ Interspeech 2025 (arXiv:2505.23494). Notebooks 07 and 08 put these next to their
   values like 1/9 = 11.1 %), with greedy ELLA-V decoding (``temperature=1.0, top_p=0.0``, per the
   original README); the test set and ASR are described in the paper.
 * :data:`CODEBOOK_BITRATES`: the bitrate of plain k-means units (λ = 0) for each released codebook,
-  from the table in the nicolvisser/WavLM-codebooks README.
+  from the table in the nicolvisser/WavLM-codebooks README. Neither source gives the entropies, so the
+  units per second behind these bitrates are known only as a lower bound (:func:`min_units_per_second`).
 
 The paper's sWUGGY / sBLIMP / ABX results are in its tables and figures, which this project could not
 read offline; they are not here.
 """
 
 from __future__ import annotations
+
+import math
 
 FIGURE4_RESYNTHESIS: dict[tuple[int, int], tuple[float, float]] = {
     # (k, λ): (bits per second, median WER in %)
@@ -63,3 +66,18 @@ def figure4_rows() -> list[dict]:
         {"k": k, "lmbda": lmbda, "bits_per_second": bits_per_second, "wer": wer}
         for (k, lmbda), (bits_per_second, wer) in FIGURE4_RESYNTHESIS.items()
     ]
+
+
+def min_units_per_second(k: int) -> float:
+    """The fewest deduplicated units per second that :data:`CODEBOOK_BITRATES` allows for k-means units
+    (λ = 0) of codebook size k: bits/s ÷ log2 k, since the entropy of k units is at most log2 k bits."""
+    return CODEBOOK_BITRATES[k] / math.log2(k)
+
+
+def closest_bitrate_pair() -> tuple[tuple[int, int], tuple[int, int]]:
+    """The two released pairs of *different* k, both with λ > 0, whose Figure 4 bitrates are closest:
+    ``((k_small, λ), (k_large, λ))``. Notebook 07 listens to them side by side (equal bitrate, different
+    units), so the class set of models (:func:`dpslm_utils.registry.class_files`) includes both."""
+    coarse = [pair for pair in FIGURE4_RESYNTHESIS if pair[1] > 0]
+    pairs = [(a, b) for a in coarse for b in coarse if a[0] < b[0]]
+    return min(pairs, key=lambda ab: abs(FIGURE4_RESYNTHESIS[ab[0]][0] - FIGURE4_RESYNTHESIS[ab[1]][0]))

@@ -2,6 +2,10 @@
 
 Every function draws into ``ax`` (a new figure when omitted) and returns the axes, so figures can be
 composed. Time is always on the x-axis in seconds.
+
+One figure style: constrained layout, and a RANDOM WEIGHTS stamp (:func:`mark_random_weights`) on every
+figure of model outputs while the models are random. A function that makes its own figure for model
+outputs stamps it; for a figure you compose, make it with :func:`marked_subplots`.
 """
 
 from __future__ import annotations
@@ -13,14 +17,37 @@ import torch
 from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
 
 
-def _axes(ax: plt.Axes | None, figsize: tuple[float, float] = (10, 3)) -> plt.Axes:
-    return ax if ax is not None else plt.subplots(figsize=figsize)[1]
+RANDOM_WEIGHTS_STAMP = "dpslm-random-weights"
+"""The ``gid`` of the text :func:`mark_random_weights` puts on a figure (one per figure)."""
 
 
 def mark_random_weights(fig: plt.Figure) -> None:
-    """Stamp a red warning on ``fig`` when the models have random weights."""
+    """Stamp a red RANDOM WEIGHTS line on ``fig`` when the models have random weights (once per figure)."""
+    if using_random_weights() and not any(text.get_gid() == RANDOM_WEIGHTS_STAMP for text in fig.texts):
+        fig.text(0.99, 0.01, RANDOM_WEIGHTS_MESSAGE, ha="right", va="bottom", color="red", fontsize=8,
+                 gid=RANDOM_WEIGHTS_STAMP)
+
+
+def marked_subplots(nrows: int = 1, ncols: int = 1, **subplots_kw) -> tuple[plt.Figure, np.ndarray | plt.Axes]:
+    """``plt.subplots`` (constrained layout) for figures of model outputs, already stamped by
+    :func:`mark_random_weights`; under random weights a strip at the bottom is kept free for the
+    stamp, so it never covers an axis label."""
+    fig, axes = plt.subplots(nrows, ncols, layout="constrained", **subplots_kw)
     if using_random_weights():
-        fig.text(0.99, 0.01, RANDOM_WEIGHTS_MESSAGE, ha="right", va="bottom", color="red", fontsize=8)
+        strip = 16 / (fig.get_figheight() * fig.dpi)  # about one line of 8-point text
+        fig.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
+        mark_random_weights(fig)
+    return fig, axes
+
+
+def _axes(ax: plt.Axes | None, figsize: tuple[float, float] = (10, 3), model_output: bool = True) -> plt.Axes:
+    """``ax``, or the axes of a new figure: :func:`marked_subplots` for model outputs, else a plain one
+    (input audio, a worked example)."""
+    if ax is not None:
+        return ax
+    if model_output:
+        return marked_subplots(figsize=figsize)[1]
+    return plt.subplots(figsize=figsize, layout="constrained")[1]
 
 
 def log_spectrogram(wav: torch.Tensor, sample_rate: int, window_ms: float = 25.0, hop_ms: float = 10.0) -> np.ndarray:
@@ -33,7 +60,7 @@ def log_spectrogram(wav: torch.Tensor, sample_rate: int, window_ms: float = 25.0
 
 
 def plot_waveform(wav: torch.Tensor, sample_rate: int, ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
-    ax = _axes(ax, (10, 2))
+    ax = _axes(ax, (10, 2), model_output=False)
     wav = torch.as_tensor(wav).float().reshape(-1).numpy()
     ax.plot(np.arange(len(wav)) / sample_rate, wav, lw=0.5)
     ax.set(xlabel="time (s)", ylabel="amplitude", title=title, xlim=(0, len(wav) / sample_rate))
@@ -42,7 +69,7 @@ def plot_waveform(wav: torch.Tensor, sample_rate: int, ax: plt.Axes | None = Non
 
 def plot_spectrogram(wav: torch.Tensor, sample_rate: int, ax: plt.Axes | None = None, title: str = "",
                      max_hz: float = 8000.0) -> plt.Axes:
-    ax = _axes(ax)
+    ax = _axes(ax, model_output=False)
     spec = log_spectrogram(wav, sample_rate)
     duration = torch.as_tensor(wav).numel() / sample_rate
     top = min(max_hz, sample_rate / 2)
@@ -69,7 +96,7 @@ def plot_segmentation(wav: torch.Tensor, sample_rate: int, units: torch.Tensor, 
     ``units`` are per-frame (50 Hz) units ``[T]``. Segments shorter than ``label_min_frames`` get no
     label, to keep the picture readable for small λ.
     """
-    ax = plot_spectrogram(wav, sample_rate, ax=ax, title=title)
+    ax = plot_spectrogram(wav, sample_rate, ax=_axes(ax), title=title)
     starts, ends, labels = segment_boundaries(units)
     top = ax.get_ylim()[1]
     for start, end, label in zip(starts, ends, labels):
@@ -184,7 +211,7 @@ def plot_frame_windows(frames: int = 5, sample_rate: int = 16000, hop: int = 320
     the ``window`` padded samples from ``t · hop``, i.e. original samples
     ``[t · hop − pad, t · hop − pad + window)``, centred on ``t · hop + hop / 2``.
     """
-    ax = _axes(ax, (10, 2.4))
+    ax = _axes(ax, (10, 2.4), model_output=False)
     pad = (window - hop) // 2
     ax.axvspan(-pad, 0, color="grey", alpha=0.3, label=f"{pad} zeros of padding")
     for t in range(frames):
@@ -214,7 +241,7 @@ def plot_dp_table(cost: np.ndarray, units: torch.Tensor | np.ndarray, ax: plt.Ax
     if units.shape[0] != cost.shape[0]:
         raise ValueError(f"units has {units.shape[0]} frames but the table has {cost.shape[0]}")
     num_frames, k = cost.shape
-    ax = _axes(ax, (max(4.0, 0.9 * num_frames + 1.5), max(2.0, 0.6 * k + 1.0)))
+    ax = _axes(ax, (max(4.0, 0.9 * num_frames + 1.5), max(2.0, 0.6 * k + 1.0)), model_output=False)
     finite = cost[np.isfinite(cost)]
     ax.imshow(cost.T, origin="upper", cmap="Blues", aspect="auto",
               vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
@@ -238,14 +265,13 @@ def plot_segmentation_stack(wav: torch.Tensor, sample_rate: int, frame_units: di
                             label_min_frames: int = 3) -> np.ndarray:
     """One :func:`plot_segmentation` panel per entry of ``frame_units`` (title -> per-frame units
     ``[T]``), stacked with a shared time axis. Returns the array of axes, top to bottom."""
-    fig, axes = plt.subplots(len(frame_units), 1, figsize=(10, panel_height * len(frame_units)), sharex=True,
-                             squeeze=False)
+    _, axes = marked_subplots(len(frame_units), 1, figsize=(10, panel_height * len(frame_units)), sharex=True,
+                              squeeze=False)
     axes = axes[:, 0]
     for ax, (title, units) in zip(axes, frame_units.items()):
         plot_segmentation(wav, sample_rate, units, frame_rate, ax=ax, title=title, label_min_frames=label_min_frames)
         ax.set_xlabel("")
     axes[-1].set_xlabel("time (s)")
-    fig.tight_layout()
     return axes
 
 
@@ -255,7 +281,7 @@ def plot_bitrates(lmbdas, bitrates, axes=None, label: str | None = None, marker:
     ``bitrates`` are :class:`dpslm_utils.quantize.Bitrate` results, one per λ in ``lmbdas``.
     """
     if axes is None:
-        axes = plt.subplots(1, 2, figsize=(10, 3.2))[1]
+        axes = marked_subplots(1, 2, figsize=(10, 3.2))[1]
     lmbdas = np.asarray(lmbdas, dtype=float)
     axes[0].plot(lmbdas, [b.units_per_second for b in bitrates], marker=marker, label=label)
     axes[1].plot(lmbdas, [b.bits_per_second for b in bitrates], marker=marker, label=label)
@@ -275,18 +301,6 @@ def plot_bitrates(lmbdas, bitrates, axes=None, label: str | None = None, marker:
 
 def _ints(values) -> np.ndarray:
     return torch.as_tensor(values).reshape(-1).cpu().numpy()
-
-
-def marked_subplots(nrows: int = 1, ncols: int = 1, **subplots_kw) -> tuple[plt.Figure, np.ndarray | plt.Axes]:
-    """``plt.subplots`` (constrained layout) for figures of model outputs, already stamped by
-    :func:`mark_random_weights`; under random weights a strip at the bottom is kept free for the
-    stamp, so it never covers an axis label."""
-    fig, axes = plt.subplots(nrows, ncols, layout="constrained", **subplots_kw)
-    if using_random_weights():
-        strip = 16 / (fig.get_figheight() * fig.dpi)  # about one line of 8-point text
-        fig.get_layout_engine().set(rect=(0, strip, 1, 1 - strip))
-        mark_random_weights(fig)
-    return fig, axes
 
 
 def plot_codes(codes: torch.Tensor, frame_rate: float = 40.0, num_codes: int = 4096, ax: plt.Axes | None = None,
@@ -342,7 +356,7 @@ def plot_code_usage(codes: torch.Tensor, num_codes: int = 4096, axes=None, bins:
     distinct code), with the number of distinct codes and their entropy in the title.
     """
     if axes is None:
-        axes = plt.subplots(1, 2, figsize=(11, 3), layout="constrained")[1]
+        axes = marked_subplots(1, 2, figsize=(11, 3))[1]
     counts = code_counts(codes, num_codes)
     ids = np.repeat(np.arange(num_codes), counts)
     axes[0].hist(ids, bins=np.linspace(0, num_codes, bins + 1), color="C0")
@@ -395,7 +409,7 @@ def plot_continuation(wav: torch.Tensor, sample_rate: int, boundary_seconds: flo
                       title: str = "", labels: tuple[str, str] = ("prompt", "continuation")) -> plt.Axes:
     """Spectrogram of a continued prompt with the boundary marked: a dashed line at ``boundary_seconds``,
     the part after it shaded, and ``labels`` written on either side."""
-    ax = plot_spectrogram(wav, sample_rate, ax=ax, title=title)
+    ax = plot_spectrogram(wav, sample_rate, ax=_axes(ax), title=title)
     end = torch.as_tensor(wav).numel() / sample_rate
     ax.axvline(boundary_seconds, color="cyan", lw=2, ls="--")
     ax.axvspan(boundary_seconds, end, color="cyan", alpha=0.12)

@@ -204,6 +204,19 @@ OFFICIAL_EXAMPLES: dict[str, RemoteFile] = {
 }
 
 
+def class_files() -> list[RemoteFile]:
+    """Every file the course's two 90-minute class sessions (notebooks 00-07) load, for a shared cache
+    (notebook 00 §7): WavLM Large, every codebook, both WavTokenizers, the example recordings, and the
+    unit LM and ELLA-V of every λ of k = 500 and of notebook 07's equal-bitrate pair
+    (:func:`dpslm_utils.paper.closest_bitrate_pair`)."""
+    from .paper import closest_bitrate_pair
+
+    pairs = dict.fromkeys([*((DEFAULT_K, lmbda) for lmbda in VALID_LAMBDAS[DEFAULT_K]), *closest_bitrate_pair()])
+    files = [WAVLM_LARGE, *(codebook_file(k) for k in CODEBOOK_SIZES), *WAVTOKENIZER_FILES.values()]
+    files += [unit_lm_file(k, lmbda) for k, lmbda in pairs] + [ellav_file(k, lmbda) for k, lmbda in pairs]
+    return files + list(OFFICIAL_EXAMPLES.values())
+
+
 def all_files() -> list[RemoteFile]:
     """Every file in the registry (for listing, mirroring or pre-fetching)."""
     files = [WAVLM_LARGE, *(codebook_file(k) for k in CODEBOOK_SIZES)]

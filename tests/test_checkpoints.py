@@ -217,3 +217,18 @@ def test_random_weights_notice_is_shown_by_default_and_can_be_silenced():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(checkpoints.RANDOM_WEIGHTS_MESSAGE) == 1 and result.stdout == ""
+
+
+def test_a_read_only_class_cache_serves_the_files_it_holds(tmp_path, monkeypatch):
+    # notebook 00 §7: the instructor downloads into a shared cache, the students only read it
+    held, placed_by_hand = _published(tmp_path, b"G" * 500, "held-x.pt"), _published(tmp_path, b"H" * 500, "hand-x.pt")
+    checkpoints.download(held, progress=False)
+    (checkpoints.cache_dir() / "hand-x.pt").write_bytes(b"H" * 500)  # no .verified record beside it
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(checkpoints, "_new_temporary", _failing_temporary(denied))  # nothing can be written now
+    Path(held.url.removeprefix("file://")).unlink()  # and nothing downloaded
+    assert checkpoints.download(held, progress=False).read_bytes() == b"G" * 500
+    assert checkpoints.download(placed_by_hand, progress=False).read_bytes() == b"H" * 500  # hashed, record skipped
+    missing = _published(tmp_path, b"I" * 500, "missing-x.pt")
+    with pytest.raises(checkpoints.CheckpointError, match="cannot write to the cache directory"):
+        checkpoints.download(missing, progress=False)  # a file outside the class set: a clear error

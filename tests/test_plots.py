@@ -4,12 +4,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from types import SimpleNamespace  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from dpslm_utils import plots  # noqa: E402
+from dpslm_utils import checkpoints, plots  # noqa: E402
 from dpslm_utils.quantize import Bitrate  # noqa: E402
 
 
@@ -201,6 +203,73 @@ def test_marked_subplots_stamps_only_random_weights(monkeypatch):
     assert "RANDOM WEIGHTS" in stamp.get_text()
     left, bottom, width, height = fig.get_layout_engine().get()["rect"]
     assert bottom == pytest.approx(16 / (3 * fig.dpi)) and bottom + height == pytest.approx(1)  # a free bottom strip
+
+
+# -- the RANDOM WEIGHTS stamp: on every figure of model outputs, once -------------------------
+
+WAV = torch.randn(16000) * 0.1
+UNITS = torch.tensor([1] * 20 + [2] * 30)
+MODEL_OUTPUT_FIGURES = {  # each makes its own figure of something a model computed
+    "plot_features": lambda: plots.plot_features(torch.randn(20, 4)),
+    "plot_similarity": lambda: plots.plot_similarity(torch.randn(20, 4)),
+    "plot_pca_over_time": lambda: plots.plot_pca_over_time(torch.randn(20, 4)),
+    "plot_segmentation": lambda: plots.plot_segmentation(WAV, 16000, UNITS),
+    "plot_durations": lambda: plots.plot_durations(torch.tensor([1, 2, 5])),
+    "plot_segmentation_stack": lambda: plots.plot_segmentation_stack(WAV, 16000, {"a": UNITS, "b": UNITS})[0],
+    "plot_bitrates": lambda: plots.plot_bitrates([0, 1], [Bitrate(50.0, 8.0, 400.0), Bitrate(30.0, 7.0, 210.0)])[0],
+    "plot_codes": lambda: plots.plot_codes(torch.tensor([1, 2, 3])),
+    "plot_code_tape": lambda: plots.plot_code_tape(torch.tensor([1, 2, 3])),
+    "plot_code_usage": lambda: plots.plot_code_usage(torch.tensor([1, 2, 2]))[0],
+    "plot_unit_timelines": lambda: plots.plot_unit_timelines({"a": (torch.tensor([1, 2]), torch.tensor([0.1, 0.2]))}),
+    "plot_continuation": lambda: plots.plot_continuation(WAV, 16000, 0.5),
+    "plot_k_lambda_curves": lambda: plots.plot_k_lambda_curves([{"k": 100, "lmbda": 0, "x": 1.0, "y": 2.0}], "x", "y"),
+    "plot_unit_surprisal": lambda: plots.plot_unit_surprisal(torch.tensor([1.0, 2.0]), torch.tensor([3, 4])),
+    "plot_token_strip": lambda: plots.plot_token_strip(torch.tensor([4, 8, 2]), ELLAV_VOCAB),
+    "plot_training": lambda: plots.plot_training(SimpleNamespace(metrics=[{"step": 1, "train_loss": 2.0}])),
+}
+INPUT_FIGURES = {  # the input audio or a worked example: true whatever the weights
+    "plot_waveform": lambda: plots.plot_waveform(WAV, 16000),
+    "plot_spectrogram": lambda: plots.plot_spectrogram(WAV, 16000),
+    "plot_frame_windows": lambda: plots.plot_frame_windows(),
+    "plot_dp_table": lambda: plots.plot_dp_table(np.ones((3, 2)), [0, 0, 1]),
+}
+
+
+def stamps(fig):
+    return [text for text in fig.texts if text.get_gid() == plots.RANDOM_WEIGHTS_STAMP]
+
+
+def test_every_plot_function_says_whether_it_draws_model_outputs():
+    functions = {name for name in vars(plots) if name.startswith("plot_")}
+    assert functions == set(MODEL_OUTPUT_FIGURES) | set(INPUT_FIGURES)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_OUTPUT_FIGURES))
+def test_model_output_figures_are_stamped_once_under_random_weights(name, monkeypatch):
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    fig = MODEL_OUTPUT_FIGURES[name]().figure
+    (stamp,) = stamps(fig)
+    assert stamp.get_text() == checkpoints.RANDOM_WEIGHTS_MESSAGE and stamp.get_color() == "red"
+    monkeypatch.setenv("DPSLM_WEIGHTS", "pretrained")
+    assert not stamps(MODEL_OUTPUT_FIGURES[name]().figure)
+
+
+@pytest.mark.parametrize("name", sorted(INPUT_FIGURES))
+def test_input_figures_are_never_stamped(name, monkeypatch):
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    assert not stamps(INPUT_FIGURES[name]().figure)
+
+
+def test_mark_random_weights_stamps_a_figure_once(monkeypatch):
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    fig, ax = plots.marked_subplots()
+    plots.plot_similarity(torch.randn(10, 3), ax=ax)  # drawn into a stamped figure: no second stamp
+    plots.mark_random_weights(fig)
+    assert len(stamps(fig)) == 1
+    plain = plt.figure()
+    plots.mark_random_weights(plain)  # a figure made elsewhere (a widget's) gets the same stamp
+    plots.mark_random_weights(plain)
+    assert len(stamps(plain)) == 1
 
 
 # -- notebooks 03 (unit LM) and 04 (ELLA-V) --------------------------------------------------

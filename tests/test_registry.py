@@ -3,7 +3,7 @@ import re
 import pytest
 
 import dpslm_utils
-from dpslm_utils import registry
+from dpslm_utils import paper, registry
 
 # The table in the paper / UPSTREAM_FACTS.md, written out independently of registry.VALID_LAMBDAS.
 PAPER_GRID = {
@@ -77,3 +77,14 @@ def test_bad_registry_lookups_raise_clear_errors():
 def test_example_hashes_are_full_sha256():
     for f in registry.OFFICIAL_EXAMPLES.values():
         assert re.fullmatch(r"[0-9a-f]{64}", f.sha256)
+
+
+def test_class_files_hold_everything_the_two_class_sessions_load():
+    files = registry.class_files()
+    assert len(files) == len(set(files)) and set(files) <= set(registry.all_files())
+    expected = {registry.WAVLM_LARGE, *registry.WAVTOKENIZER_FILES.values(), *registry.OFFICIAL_EXAMPLES.values()}
+    expected |= {registry.codebook_file(k) for k in registry.CODEBOOK_SIZES}  # notebook 07 sweeps them all
+    pairs = [(500, lmbda) for lmbda in registry.VALID_LAMBDAS[500]] + list(paper.closest_bitrate_pair())
+    expected |= {registry.unit_lm_file(k, lmbda) for k, lmbda in pairs}
+    expected |= {registry.ellav_file(k, lmbda) for k, lmbda in pairs}  # 07's listening grid: every λ of k = 500 + its pair
+    assert set(files) == expected
