@@ -168,7 +168,7 @@ def check_installed(module: str, needed_for: str) -> None:
 
 
 def import_optional(module: str, needed_for: str):
-    """``import module`` (an optional package, see :data:`OPTIONAL_DEPENDENCIES`), or raise :class:`MissingDependency`."""
+    """``import module``, an optional package (:data:`OPTIONAL_DEPENDENCIES`), or raise :class:`MissingDependency`."""
     try:
         return importlib.import_module(module)
     except ImportError as e:

@@ -784,7 +784,7 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("say", help="text -> ARPAbet phones -> phone ELLA-V -> 24 kHz speech (the phone topline)")
     p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL"); long text '
-                   'is spoken in chunks (at most phones.MAX_PHONES_PER_CHUNK phones), cut at sentence ends where possible')
+                   'is spoken in chunks, cut at sentence ends where possible')
     p.add_argument("out_wav", help="the audio file to write; its suffix names the format: .wav, .flac, .ogg, .mp3, .aiff")
     p.add_argument("--phones", action="store_true", help="TEXT is a space-separated phone sequence (chunks end at SIL)")
     p.add_argument("--temperature", type=float, default=1.0)

@@ -72,14 +72,14 @@ def _words(text: str) -> tuple[list[list[str]], list[int]]:
         )
     if not words:
         raise ValueError(f"no words in {text!r}")
-    phones, breaks = [], []
+    pronounced, breaks = [], []
     for token in tokens:
         if token not in PAUSE_MARKS:
-            phones.append(dictionary[token.strip("'").lower()][0])
+            pronounced.append(dictionary[token.strip("'").lower()][0])
             breaks.append(1)
         elif breaks:  # a pause mark before the first word is no break
             breaks[-1] = max(breaks[-1], 3 if token in SENTENCE_ENDS else 2)
-    return phones, breaks
+    return pronounced, breaks
 
 
 def _with_silences(words: list[list[str]], breaks: list[int]) -> list[str]:
@@ -103,9 +103,9 @@ def text_to_phones(text: str, silences: bool = False) -> list[str]:
 
 
 def _cuts(breaks: list[int], length: Callable[[int, int], int], limit: int) -> list[tuple[int, int]]:
-    """Runs ``(start, end)`` of consecutive items, each of ``length(start, end) <= limit`` and as long as it
-    can be, cut after the item followed by the strongest break (``breaks[i]``: after item i), the latest of
-    equals. ``length`` must not decrease as ``end`` grows. Raises ValueError if one item alone is too long."""
+    """Consecutive items cut into runs ``(start, end)`` with ``length(start, end) <= limit``: each run ends
+    after the item followed by the strongest break (``breaks[i]``: after item i) among the ends that fit,
+    the latest of equals. ``length`` must not decrease as ``end`` grows. ValueError if one item alone is too long."""
     runs, start = [], 0
     while start < len(breaks):
         if length(start, start + 1) > limit:
@@ -143,7 +143,8 @@ def text_to_phone_chunks(text: str, max_phones: int = MAX_PHONES_PER_CHUNK) -> l
 
 
 def phone_chunks(phones: list[str], max_phones: int = MAX_PHONES_PER_CHUNK) -> list[list[str]]:
-    """A phone sequence in chunks of at most ``max_phones`` phones, cut after a ``SIL``; concatenated, they are ``phones``.
+    """A phone sequence in chunks of at most ``max_phones`` phones, cut after a ``SIL``; concatenated, they are
+    ``phones``.
 
     Raises ValueError if more than ``max_phones`` phones follow one another without a ``SIL`` at which to cut.
     """

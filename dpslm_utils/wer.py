@@ -5,9 +5,9 @@ with lines ``<utterance id> <TEXT>`` beside ``<utterance id>.flac``), each (k, Î
 paper does: speech -> DPDP units (the paper's restricted search, ``PAPER_NUM_NEIGHBORS[k]``) ->
 ELLA-V (temperature 1, top_p 0) -> WavTokenizer -> speech -> ASR -> word error rate against the
 transcript (pooled over the utterances, ``wer``, and the median of the per-utterance WERs, ``median_wer``,
-which the paper's Figure 4 plots), next to the bitrate of the units. Two reference rows come with it: the original audio
-(the ASR's own error) and the codec's copy-synthesis (WavTokenizer encode -> decode: the best any
-resynthesis through these 40 Hz codes can do).
+which the paper's Figure 4 plots), next to the bitrate of the units. Two reference rows come with it:
+the original audio (the ASR's own error) and the codec's copy-synthesis (WavTokenizer encode -> decode:
+the best any resynthesis through these 40 Hz codes can do).
 
     rows = resynthesis_wer("LibriSpeech/test-clean", [(500, 4500), (500, 0)], asr=my_asr, limit=200)
     plots.plot_k_lambda_curves([r for r in rows if r["system"] == "units"], x="bits_per_second", y="wer")
@@ -91,7 +91,8 @@ def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[
             if audio is None:
                 raise ValueError(f"{transcript}:{number}: no audio for {uid} (looked for {', '.join(map(str, paths))})")
             if not normalize_text(text):
-                log.warning("%s:%d: left out %s: its text %r has no words, so no WER", transcript, number, uid, text.strip())
+                log.warning("%s:%d: left out %s: its text %r has no words, so no WER", transcript, number, uid,
+                            text.strip())
                 continue
             utterances.append(Utterance(uid, audio, text.strip()))
     if not transcripts:
@@ -131,9 +132,10 @@ def _number_words(n: int) -> str:
 
 
 def _year_words(n: int) -> str:
-    """A year as it is read, in two halves: 1905 -> "nineteen oh five", 1850 -> "eighteen fifty", 1900 -> "nineteen hundred"."""
+    """A year read in two halves: 1905 -> "nineteen oh five", 1850 -> "eighteen fifty", 1900 -> "nineteen hundred"."""
     century, rest = divmod(n, 100)
-    return f"{_number_words(century)} " + ("hundred" if rest == 0 else f"oh {_ONES[rest]}" if rest < 10 else _number_words(rest))
+    second = "hundred" if rest == 0 else f"oh {_ONES[rest]}" if rest < 10 else _number_words(rest)
+    return f"{_number_words(century)} {second}"
 
 
 def _last_word(words: str, change: Callable[[str], str]) -> str:
@@ -142,7 +144,8 @@ def _last_word(words: str, change: Callable[[str], str]) -> str:
 
 
 def _spoken_number(match: re.Match) -> str:
-    """One :data:`_NUMBER` in words: "21st" -> "twenty first", "1990s" -> "nineteen nineties", "$1.05" -> "one dollar five cents"."""
+    """One :data:`_NUMBER` in words: "21st" -> "twenty first", "1990s" -> "nineteen nineties", "$1.05" -> "one
+    dollar five cents"."""
     digits, fraction, currency = match["integer"].replace(",", ""), match["fraction"], match["currency"]
     n = int(digits)
     is_year = digits == match["integer"] and len(digits) == 4 and 1100 <= n <= 1999 and fraction is None
@@ -150,7 +153,7 @@ def _spoken_number(match: re.Match) -> str:
     if match["ordinal"]:
         words = _last_word(words, lambda w: _ORDINALS.get(w) or (w[:-1] + "ieth" if w.endswith("y") else w + "th"))
     elif match["plural"]:
-        words = _last_word(words, lambda w: w[:-1] + "ies" if w.endswith("y") else w + "es" if w.endswith("x") else w + "s")
+        words = _last_word(words, lambda w: w[:-1] + "ies" if w.endswith("y") else w + ("es" if w.endswith("x") else "s"))
     if currency and fraction is not None and len(fraction) == 2:  # $5.50: dollars and cents
         unit, units, cent, cents = _CURRENCIES[currency]
         small = int(fraction)
@@ -221,7 +224,7 @@ class WordErrors:
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str],
                     normalize: Callable[[str], str] | None = normalize_text) -> WordErrors:
-    """Word errors (via ``jiwer``) of ``hypotheses`` against ``references`` after ``normalize``: pooled and per utterance.
+    """Word errors (via ``jiwer``) of ``hypotheses`` against ``references`` after ``normalize``, pooled and per utterance.
 
     ``float(word_error_rate(refs, hyps))`` is the pooled WER as a fraction, ``.median_wer`` the median of
     the per-utterance WERs; ``normalize=None`` compares the texts as given (split on white space). A
@@ -234,6 +237,8 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str],
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     normalize = normalize or (lambda text: " ".join(text.split()))
     normalized = [normalize(t) for t in references]
+    if not normalized:
+        raise ValueError("no references: the WER is undefined")
     empty = [f"{i} ({text!r})" for i, (text, words) in enumerate(zip(references, normalized)) if not words.split()]
     if empty:
         raise ValueError(f"references with no words have no WER: {', '.join(empty[:5])}"
@@ -343,8 +348,9 @@ def resynthesis_wer(
                 bar.update(len(batch))
         errors = word_error_rate([u.text for u in utterances], list(hypotheses.values()))
         return {"system": name, **dict.fromkeys(RESULT_COLUMNS[1:7]), **row, "wer": errors.wer,
-                "median_wer": errors.median_wer, "substitutions": errors.substitutions, "deletions": errors.deletions, "insertions": errors.insertions,
-                "reference_words": errors.reference_words, "utterances": len(utterances), "hypotheses": hypotheses}
+                "median_wer": errors.median_wer, "substitutions": errors.substitutions, "deletions": errors.deletions,
+                "insertions": errors.insertions, "reference_words": errors.reference_words,
+                "utterances": len(utterances), "hypotheses": hypotheses}  # fmt: skip
 
     def original(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
         return [_read_mono(u.path) for u in batch]
