@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -26,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import registry
-from .checks import AUDIO_SUFFIXES, check_count, check_file, check_int, check_real, check_sampling, check_seed
+from .checks import (AUDIO_SUFFIXES, MissingDependency, audio_format, check_count, check_file, check_installed, check_int,
+                     check_real, check_sampling, check_seed)  # fmt: skip
 
 TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
 SILENCE_PEAK = 1e-4
@@ -117,10 +117,21 @@ def units_text(units) -> str:
     return " ".join(f"u{u}" for u in units.tolist())
 
 
-def save_wav(path: Path, wav, sample_rate: int) -> None:
-    from .audio import save_wav as save  # torch is loaded by then: the command made the waveform
+def save_audio(path: Path, wav, sample_rate: int) -> None:
+    """Write audio in the format its suffix names (``check_say`` and the fixed ``.wav`` names ensure one)."""
+    from .audio import save_audio as save  # torch is loaded by then: the command made the waveform
 
     save(path, wav, sample_rate)
+
+
+def write_speech(path: Path, wav, sample_rate: int, what: str) -> bool:
+    """:func:`save_audio` a rendition and print its path; one without samples is reported instead. True if written."""
+    if wav.numel() == 0:  # ELLA-V closed every unit without a codec token: nothing to write
+        print(f"{what} is empty (ELLA-V produced no codec tokens); {path} was not written", file=sys.stderr)
+        return False
+    save_audio(path, wav, sample_rate)
+    print(f"{path} ({wav.numel() / sample_rate:.2f} s at {sample_rate} Hz)")
+    return True
 
 
 def _read_mono(path: Path) -> tuple:
@@ -381,16 +392,9 @@ def cmd_resynthesize(args: argparse.Namespace) -> int:
     _say_if_random()
     outputs = model.resynthesize(args.wav, args.sr, n=args.n, temperature=args.temperature, top_p=args.top_p,
                                  seed=args.seed)
-    failed = 0
-    for i, out in enumerate(outputs):
-        path = Path(f"{args.out_prefix}_{i}.wav")
-        if out.numel() == 0:  # ELLA-V closed every unit without a codec token: nothing to write
-            failed += 1
-            print(f"rendition {i} is empty (ELLA-V produced no codec tokens); {path} was not written", file=sys.stderr)
-            continue
-        save_wav(path, out, model.vocoder.sample_rate)
-        print(path)
-    return 1 if failed else 0
+    written = [write_speech(Path(f"{args.out_prefix}_{i}.wav"), out, model.vocoder.sample_rate, f"rendition {i}")
+               for i, out in enumerate(outputs)]  # fmt: skip
+    return 0 if all(written) else 1
 
 
 def check_score(args: argparse.Namespace) -> None:
@@ -426,9 +430,18 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def check_say(args: argparse.Namespace) -> None:
-    from .phones import as_phones, text_to_phones
+    from . import phones
 
-    args.phone_list = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
+    audio_format(args.out_wav)
+    if args.phones:
+        sequence = phones.as_phones(args.text)
+        unknown = sorted(set(sequence) - set(registry.US_ARPA_PHONES), key=sequence.index)
+        if unknown:
+            raise UsageError(f"--phones: {', '.join(map(repr, unknown))} not among the phones of the phone ELLA-V: "
+                             f"{' '.join(registry.US_ARPA_PHONES)}")
+        args.chunks = phones.phone_chunks(sequence, phones.MAX_PHONES_PER_CHUNK)
+    else:
+        args.chunks = phones.text_to_phone_chunks(args.text, phones.MAX_PHONES_PER_CHUNK)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
     check_device(args.device)
@@ -436,15 +449,15 @@ def check_say(args: argparse.Namespace) -> None:
 
 
 def cmd_say(args: argparse.Namespace) -> int:
-    from .phones import PhoneTTS
+    from .phones import MAX_PHONES_PER_CHUNK, PhoneTTS
 
     tts = PhoneTTS.from_pretrained(device=args.device)
     _say_if_random()
-    print(" ".join(args.phone_list))
-    (speech,) = tts.synthesize(args.phone_list, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    save_wav(Path(args.out_wav), speech.wav, speech.sample_rate)
-    print(f"{args.out_wav} ({len(speech.wav) / speech.sample_rate:.2f} s at {speech.sample_rate} Hz)")
-    return 0
+    if len(args.chunks) > 1:
+        print(f"{len(args.chunks)} chunks of at most {MAX_PHONES_PER_CHUNK} phones, spoken one after another:")
+    print(*(" ".join(chunk) for chunk in args.chunks), sep="\n")
+    wav = tts.speak(args.chunks, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    return 0 if write_speech(Path(args.out_wav), wav, tts.sample_rate, "the speech") else 1
 
 
 def _pairs(text: str) -> list[tuple[int, int]]:
@@ -464,6 +477,8 @@ def check_wer(args: argparse.Namespace) -> None:
     check_count("--batch-size", args.batch_size)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
+    check_installed("jiwer", "dpslm wer")
+    check_installed("whisper", "dpslm wer (its ASR, OpenAI Whisper)")
     read_transcripts(args.audio_dir, args.limit)
     check_device(args.device)
     check_creatable(Path(args.out_dir))
@@ -481,12 +496,13 @@ def cmd_wer(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, save_audio=out_dir / "audio" if args.save_audio else None,
         results_dir=out_dir / "systems",
     )  # fmt: skip
-    print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7}")
+    print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7} {'median %':>8}")
     for row in rows:
         name = row["system"] if row["k"] is None else f"k={row['k']} λ={row['lmbda']:g}"
         bits = "" if row["bits_per_second"] is None else f"{row['bits_per_second']:.1f}"
         units = "" if row["units_per_second"] is None else f"{row['units_per_second']:.1f}"
-        print(f"{name:>16} {bits:>8} {units:>8} {100 * row['wer']:>7.2f}")
+        print(f"{name:>16} {bits:>8} {units:>8} {100 * row['wer']:>7.2f} {100 * row['median_wer']:>8.2f}")
+    print("WER %: pooled over the utterances; median %: the median of their own WERs (the paper's Figure 4)")
     csv_path, json_path = wer.write_results(rows, out_dir)
     print(f"wrote {csv_path} and {json_path}")
     _say_if_random()
@@ -545,8 +561,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     speech = model.synthesize(encoded.units, n=2, seed=args.seed)
     for i, s in enumerate(speech):
-        save_wav(out / f"resynthesis_{i}.wav", s.wav, s.sample_rate)
-    save_wav(out / "original.wav", wav, sr)
+        save_audio(out / f"resynthesis_{i}.wav", s.wav, s.sample_rate)
+    save_audio(out / "original.wav", wav, sr)
 
     word, nonword = (example_audio(name) for name in ("manufacture", "manufelture"))
     scores = {name: model.loglikelihood(*audio) for name, audio in (("manufacture", word), ("manufelture", nonword))}
@@ -601,10 +617,7 @@ def check_abx(args: argparse.Namespace) -> None:
     if not args.files:
         raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
                          f"(it names files like {sorted(wanted)[:2]})")
-    if importlib.util.find_spec("zrc_abx2") is None:
-        from .evaluation import ABX_INSTALL_HINT
-
-        raise UsageError(ABX_INSTALL_HINT)
+    check_installed("zrc_abx2", "dpslm abx")
     check_evaluation_output(args, "abx")
 
 
@@ -770,9 +783,10 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_score, check=check_score)
 
     p = sub.add_parser("say", help="text -> ARPAbet phones -> phone ELLA-V -> 24 kHz speech (the phone topline)")
-    p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL")')
-    p.add_argument("out_wav")
-    p.add_argument("--phones", action="store_true", help="TEXT is a space-separated phone sequence")
+    p.add_argument("text", help='English text, or ARPAbet phones with --phones ("SIL HH AH0 L OW1 SIL"); long text '
+                   'is spoken in chunks, cut at sentence ends where possible')
+    p.add_argument("out_wav", help="the audio file to write; its suffix names the format: .wav, .flac, .ogg, .mp3, .aiff")
+    p.add_argument("--phones", action="store_true", help="TEXT is a space-separated phone sequence (chunks end at SIL)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=None)
@@ -870,13 +884,13 @@ def _main(argv: list[str]) -> int:
         try:
             if hasattr(args, "check"):
                 args.check(args)  # every argument, input and output, before any model is loaded
-        except (ValueError, TypeError, OSError) as e:
+        except (ValueError, TypeError, OSError, MissingDependency) as e:
             raise UsageError(str(e)) from e
         return args.run(args)
     except UsageError as e:
         print(f"dpslm: error: {e}", file=sys.stderr)
         return 2
-    except (OSError, ValueError, RuntimeError) as e:  # CheckpointError and out-of-memory are RuntimeErrors
+    except (OSError, ValueError, RuntimeError, MissingDependency) as e:  # CheckpointError, out of memory: RuntimeErrors
         print("dpslm: error:", " ".join(line.strip() for line in str(e).splitlines()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

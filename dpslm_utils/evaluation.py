@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import load_audio, to_mono
-from .checks import AUDIO_SUFFIXES
+from .checks import AUDIO_SUFFIXES, import_optional
 from .checkpoints import using_random_weights, write_atomically
 from .datasets import save_array
 from .pipeline import FEATURE_LAYER
@@ -404,15 +404,9 @@ def results_table(results: dict) -> str:
 
 # -- phone ABX ------------------------------------------------------------------------------------------
 
-ABX_INSTALL_HINT = 'ABX needs the optional package zerospeech-libriabx2: pip install -e ".[eval]"'
-
-
 def _libriabx():
-    try:
-        from zrc_abx2.eval_ABX import EvalABX, EvalArgs
-    except ImportError as e:
-        raise ImportError(ABX_INSTALL_HINT) from e
-    return EvalABX, EvalArgs
+    eval_abx = import_optional("zrc_abx2.eval_ABX", "ABX")
+    return eval_abx.EvalABX, eval_abx.EvalArgs
 
 
 def one_hot_units(units, num_units: int) -> np.ndarray:

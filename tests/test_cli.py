@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import soundfile
 import torch
 
 import dpslm_utils
-from dpslm_utils import cli
+from dpslm_utils import checks, cli
 
 from conftest import free_port
 
@@ -222,6 +223,30 @@ def test_resynthesize_never_writes_an_empty_wav(corpus, tmp_path, capsys, monkey
     assert cli.main(["resynthesize", str(corpus / "a.flac"), str(prefix), "--k", "100", "--lmbda", "600", "-n", "2"]) == 1
     assert "rendition 0 is empty" in capsys.readouterr().err
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["x_1.wav"]
+
+
+@pytest.mark.parametrize("module", sorted(checks.OPTIONAL_DEPENDENCIES))
+def test_every_optional_import_fails_in_one_line_naming_its_extra(module, monkeypatch):
+    package, extra = checks.OPTIONAL_DEPENDENCIES[module]
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(rf"{re.escape(package)}\b", requirement) for requirement in extras[extra])
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails, as when the package is not installed
+    expected = f'X needs the optional package {package}: pip install "dpslm-utils[{extra}]" (in a clone: pip install -e ".[{extra}]")'
+    for call in (checks.import_optional, checks.check_installed):
+        with pytest.raises(checks.MissingDependency) as error:
+            call(module, "X")
+        assert str(error.value) == expected and isinstance(error.value, ImportError)
+
+
+def test_abx_without_its_package_is_refused_in_one_line(tmp_path, capsys, monkeypatch, no_models):
+    item_file, audio = tmp_path / "x.item", tmp_path / "audio"
+    audio.mkdir()
+    soundfile.write(audio / "a.wav", 0.1 * np.ones(8000, dtype=np.float32), 16000)
+    item_file.write_text("#file onset offset #phone prev-phone next-phone speaker\na 0.1 0.2 a b c s1\n")
+    monkeypatch.setitem(sys.modules, "zrc_abx2", None)
+    assert cli.main(["abx", str(item_file), str(audio), str(tmp_path / "out"), "--k", "100", "--lmbda", "600"]) == 2
+    assert capsys.readouterr().err == ('dpslm: error: dpslm abx needs the optional package zerospeech-libriabx2: '
+                                       'pip install "dpslm-utils[eval]" (in a clone: pip install -e ".[eval]")\n')
 
 
 def test_torchrun_shards_files_across_two_ranks(corpus, tmp_path):

