@@ -157,8 +157,9 @@ def test_pair_accuracy_margins_are_loglikelihood_differences(ulm):
 class FakeEncoder:
     """Units from the audio itself (its loudest samples' positions mod k): deterministic, no model."""
 
-    def __init__(self, k):
+    def __init__(self, k, version=0):
         self.k, self.calls = k, 0
+        self.cache_identity = {"fake": k, "version": version}
 
     def encode_batch(self, wavs, sample_rate):
         self.calls += len(wavs)
@@ -229,7 +230,8 @@ def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypa
     random_tiny.write("unit_lm", tmp_path / "mine.pt", k=200)
     dataset = tmp_path / "slm21"
     shutil.copytree(SLM21 / "lexical" / "test", dataset / "lexical" / "test")
-    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")]) == 2
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--splits", "test",
+                     "--ulm", str(tmp_path / "mine.pt")]) == 2
     assert re.fullmatch("dpslm: error: .*mine.pt is a unit LM for k=200, but --k is 100\n", capsys.readouterr().err)
     assert not (tmp_path / "a").exists()
     out = tmp_path / "b"
@@ -333,6 +335,8 @@ def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):
 
 def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_path):
     class Failing:
+        cache_identity = {"failing": True}
+
         def encode_batch(self, wavs, sample_rate):
             raise RuntimeError("input too short")
 
