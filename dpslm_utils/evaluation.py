@@ -533,9 +533,13 @@ class ItemToken:
     onset: float
     offset: float
     phone: str
-    context: str
-    """``"<prev-phone>+<next-phone>"``."""
+    previous: str
+    next: str
     speaker: str
+
+    @property
+    def context(self) -> tuple[str, str]:
+        return self.previous, self.next
 
 
 def read_item_file(path: str | os.PathLike) -> list[ItemToken]:
@@ -570,7 +574,7 @@ def read_item_file(path: str | os.PathLike) -> list[ItemToken]:
             raise ValueError(f"{where}: onset and offset must be numbers (seconds), got {columns[1]!r} {columns[2]!r}") from None
         if not (math.isfinite(onset) and math.isfinite(offset) and 0 <= onset < offset):
             raise ValueError(f"{where}: expected 0 <= onset < offset (seconds), got {onset} and {offset}")
-        tokens.append(ItemToken(number, columns[0], onset, offset, columns[3], f"{columns[4]}+{columns[5]}", columns[6]))
+        tokens.append(ItemToken(number, columns[0], onset, offset, *columns[3:]))
     if not tokens:
         raise ValueError(f"{path} holds no ABX tokens (a header line, then lines of {' '.join(ITEM_COLUMNS)})")
     return tokens
@@ -584,7 +588,7 @@ def check_abx_triplets(item_file: str | os.PathLike, tokens: Sequence[ItemToken]
     ``context_mode="within"``). Within speakers X is another token of A's speaker, so some phone
     needs two tokens from one speaker; across speakers X comes from another speaker.
     """
-    group = (lambda t: (t.context, t.speaker)) if context_mode == "within" else (lambda t: ("", t.speaker))
+    group = (lambda t: (t.context, t.speaker)) if context_mode == "within" else (lambda t: ((), t.speaker))
     counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (context, speaker) -> phone -> tokens
     speakers: dict[tuple, set] = defaultdict(set)  # (context, phone) -> speakers
     for token in tokens:
@@ -709,7 +713,7 @@ def abx_error_rates(item_file: str | os.PathLike, representations: dict[str, dic
     with tempfile.TemporaryDirectory(prefix="dpslm-abx-") as tmp:
         items = Path(tmp) / item_file.name  # the checked tokens, one per line (no blank lines for zrc_abx2 to trip on)
         items.write_text(" ".join(ITEM_COLUMNS) + "\n" + "".join(
-            f"{t.file} {t.onset!r} {t.offset!r} {t.phone} {t.context.replace('+', ' ', 1)} {t.speaker}\n" for t in tokens))
+            f"{t.file} {t.onset!r} {t.offset!r} {t.phone} {t.previous} {t.next} {t.speaker}\n" for t in tokens))
         for i, (name, (arrays, _)) in enumerate(sources.items()):
             folder = arrays if isinstance(arrays, Path) else Path(tmp) / f"features-{i}"
             if not isinstance(arrays, Path):
