@@ -742,8 +742,8 @@ def _add_training_args(p: argparse.ArgumentParser, settings_options: bool) -> No
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     """The DPDP search of ``zerospeech`` and ``abx``: by default the paper's, as in ``wer``."""
     p.add_argument("--exact-search", action="store_true",
-                   help="exact DPDP instead of the paper's 5%%-nearest-codes search (PAPER_NUM_NEIGHBORS[k], the default) "
-                        "the released models were trained on")
+                   help="exact DPDP over all k codes. Default: the paper's search, each frame limited to its 5%% nearest "
+                        "codes (PAPER_NUM_NEIGHBORS[k]), as for the released models' training units")
     p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes "
                    "(default: the paper's 5%% of k)")
 
