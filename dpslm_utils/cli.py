@@ -82,7 +82,8 @@ def check_can_create(out_dir: Path) -> None:
     try:
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as e:
-        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}" + ("" if existing == out_dir else f" (in {existing})")) from e
+        where = "" if existing == out_dir else f" (in {existing})"
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}{where}") from e
 
 
 def check_writable(out_dir: Path) -> None:
@@ -649,7 +650,8 @@ def check_evaluation_output(args: argparse.Namespace, command: str, partial: boo
     check_can_create(Path(args.out_dir))
     from .settings_record import check_settings
 
-    check_settings(args.out_dir, command, _encoding_settings(args), write=False, partial=partial)  # SettingsMismatch: a refusal
+    settings = _encoding_settings(args)
+    check_settings(args.out_dir, command, settings, write=False, partial=partial)  # SettingsMismatch: a refusal
 
 
 def cmd_zerospeech(args: argparse.Namespace) -> int:

@@ -571,7 +571,8 @@ def read_item_file(path: str | os.PathLike) -> list[ItemToken]:
         try:
             onset, offset = float(columns[1]), float(columns[2])
         except ValueError:
-            raise ValueError(f"{where}: onset and offset must be numbers (seconds), got {columns[1]!r} {columns[2]!r}") from None
+            raise ValueError(f"{where}: onset and offset must be numbers (seconds), "
+                             f"got {columns[1]!r} {columns[2]!r}") from None
         if not (math.isfinite(onset) and math.isfinite(offset) and 0 <= onset < offset):
             raise ValueError(f"{where}: expected 0 <= onset < offset (seconds), got {onset} and {offset}")
         tokens.append(ItemToken(number, columns[0], onset, offset, *columns[3:]))
@@ -629,7 +630,8 @@ def _check_token_frames(item_file: Path, name: str, tokens: Sequence[ItemToken],
     return kept
 
 
-def _representation(name: str, representation: dict | str | os.PathLike) -> tuple[dict[str, np.ndarray] | Path, dict[str, int]]:
+def _representation(name: str, representation: dict | str | os.PathLike
+                    ) -> tuple[dict[str, np.ndarray] | Path, dict[str, int]]:
     """A folder of 2-D ``.npy`` features as it is, anything else as a dict stem -> array; and each file's frames."""
     if isinstance(representation, dict):
         arrays = {stem: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for stem, v in representation.items()}
