@@ -74,6 +74,18 @@ def check_creatable(out_dir: Path) -> None:
             return
 
 
+def check_can_create(out_dir: Path) -> None:
+    """Raise UsageError unless ``out_dir`` is, or can be made, a folder to write in. Leaves nothing behind,
+    so a refusal after it leaves no empty output folder: the test folder it makes is removed at once."""
+    check_creatable(out_dir)
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        where = "" if existing == out_dir else f" (in {existing})"
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}{where}") from e
+
+
 def check_writable(out_dir: Path) -> None:
     """Create ``out_dir`` and try a file in it; UsageError if that fails. Call it after every other check."""
     try:
@@ -595,7 +607,21 @@ def _encoding_settings(args: argparse.Namespace) -> dict:
     return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "random_weights": using_random_weights()}
 
 
+def _resolve_search(args: argparse.Namespace) -> None:
+    """``--num-neighbors N``, ``--exact-search``, or (default) the paper's restricted search ``PAPER_NUM_NEIGHBORS[k]``."""
+    if args.k not in registry.CODEBOOK_SIZES:
+        raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
+    if args.exact_search and args.num_neighbors is not None:
+        raise UsageError("give --exact-search or --num-neighbors, not both")
+    if args.num_neighbors is not None:
+        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
+    elif not args.exact_search:
+        args.num_neighbors = registry.PAPER_NUM_NEIGHBORS[args.k]
+
+
 def check_zerospeech(args: argparse.Namespace) -> None:
+    from .evaluation import check_zerospeech_dataset
+
     check_folder(args.dataset_dir)
     if args.ulm:
         check_file(args.ulm, "unit-LM checkpoint")
@@ -605,38 +631,48 @@ def check_zerospeech(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise UsageError(f"{e} (or pass --ulm PATH for a unit LM of your own)") from e
     check_count("--batch-size", args.batch_size)
-    check_evaluation_output(args, "zerospeech")
+    check_zerospeech_dataset(args.dataset_dir, args.splits)  # layout, gold.csv, audio: before hours of encoding
+    # evaluate_zerospeech records the encoder's full identity (its weights too); compare what is known before loading it
+    check_evaluation_output(args, "zerospeech", partial=True)
 
 
 def check_abx(args: argparse.Namespace) -> None:
-    check_file(args.item_file, "item file")
+    from .evaluation import check_abx_triplets, check_distinct_stems, read_item_file
+
+    check_installed("zrc_abx2", "dpslm abx")
+    item_file = check_file(args.item_file, "item file")
+    tokens = read_item_file(item_file)
     check_folder(args.audio_dir)
-    item_file = Path(args.item_file)
-    wanted = {line.split()[0] for line in item_file.read_text().splitlines()[1:] if line.strip()}
-    args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in wanted]
+    named = {token.file for token in tokens}
+    args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in named]
     if not args.files:
         raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
-                         f"(it names files like {sorted(wanted)[:2]})")
-    check_installed("zrc_abx2", "dpslm abx")
+                         f"(it names files like {sorted(named)[:2]})")
+    missing = sorted(named - {f.stem for f in args.files})
+    if missing:
+        raise UsageError(f"{len(missing)} of the {len(named)} files that {item_file} names are not under "
+                         f"{args.audio_dir}, e.g. {missing[:3]}")
+    check_distinct_stems(args.files)  # features are named by the file's stem
+    check_abx_triplets(item_file, tokens, args.speaker_modes, args.context)
     check_evaluation_output(args, "abx")
 
 
-def check_evaluation_output(args: argparse.Namespace, command: str) -> None:
-    """OUT_DIR of ``zerospeech``/``abx``, and its settings record (cached units/features fit only their settings)."""
-    if args.num_neighbors is not None:
-        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
-    check_creatable(Path(args.out_dir))
+def check_evaluation_output(args: argparse.Namespace, command: str, partial: bool = False) -> None:
+    """The search, device and OUT_DIR of ``zerospeech``/``abx``: writable (nothing is created yet), and its
+    settings record (cached units/features fit only their settings)."""
+    _resolve_search(args)
     check_device(args.device)
+    check_can_create(Path(args.out_dir))
     from .settings_record import check_settings
 
-    check_settings(args.out_dir, command, _encoding_settings(args), write=False)  # SettingsMismatch: a refusal
+    settings = _encoding_settings(args)
+    check_settings(args.out_dir, command, settings, write=False, partial=partial)  # SettingsMismatch: a refusal
 
 
 def cmd_zerospeech(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_zerospeech, results_table
+    from .settings_record import SettingsMismatch
     from .ulm import UnitLM
-
-    from .settings_record import check_settings
 
     out_dir = Path(args.out_dir)
     if args.ulm:
@@ -645,12 +681,13 @@ def cmd_zerospeech(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
     else:
         ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
-    check_writable(out_dir)
-    check_settings(out_dir, "zerospeech", _encoding_settings(args))
     encoder = _unit_encoder(args)
     _say_if_random()
-    results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
-                                  reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
+    try:
+        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
+                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
+    except SettingsMismatch as e:  # the same k, λ and search, but other weights: refused before any work
+        raise UsageError(str(e)) from e
     print(results_table(results))
     print(f"wrote the submission files under {out_dir}/lexical and {out_dir}/syntactic, metrics in {out_dir}/results.json")
     _say_if_random()
@@ -663,16 +700,16 @@ def cmd_abx(args: argparse.Namespace) -> int:
     from .settings_record import check_settings
 
     item_file, out_dir, files = Path(args.item_file), Path(args.out_dir), args.files
-    check_writable(out_dir)
-    check_settings(out_dir, "abx", _encoding_settings(args))
     encoder = _unit_encoder(args)
+    check_settings(out_dir, "abx", _encoding_settings(args))  # recorded once the settings proved loadable
     _say_if_random()
     folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
     rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
-                            frame_rate=encoder.encoder.frame_rate, distance=args.distance,
+                            frame_rate=encoder.encoder.frame_rate, distance=args.distance, speaker_modes=args.speaker_modes,
                             context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
     write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
-    print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g}, {len(files)} files")
+    search = "exact search" if args.num_neighbors is None else f"{args.num_neighbors} nearest codes"
+    print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g} ({search}), {len(files)} files")
     print(f"{'representation':<15} {'within':>7} {'across':>7}")
     for name, rate in rates.items():
         print(f"{name:<15} {rate.get('within', float('nan')):>7.2f} {rate.get('across', float('nan')):>7.2f}")
@@ -717,6 +754,15 @@ def _add_training_args(p: argparse.ArgumentParser, settings_options: bool) -> No
     for name, value in PRESETS["ulm"]["tiny"].items():
         if name != "max_steps":
             settings.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None, metavar=type(value).__name__.upper())
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    """The DPDP search of ``zerospeech`` and ``abx``: by default the paper's, as in ``wer``."""
+    p.add_argument("--exact-search", action="store_true",
+                   help="exact DPDP over all k codes. Default: the paper's search, each frame limited to its 5%% nearest "
+                        "codes (PAPER_NUM_NEIGHBORS[k]), as for the released models' training units")
+    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes "
+                   "(default: the paper's 5%% of k)")
 
 
 def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
@@ -821,7 +867,7 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--hours", choices=["1k", "60k"], default="1k", help="released unit LM trained on 1k or 60k hours")
     p.add_argument("--ulm", default=None, help="a unit-LM checkpoint of your own instead of the released one")
-    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    _add_search_args(p)
     p.add_argument("--splits", nargs="+", choices=SPLITS, default=["dev"])
     p.add_argument("--reduction", choices=REDUCTIONS, default="sum",
                    help="sum: summed log-likelihood per file (the original); mean: per unit")
@@ -834,11 +880,13 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("audio_dir", help="the audio the item file names (e.g. LibriSpeech/dev-clean)")
     p.add_argument("out_dir", help="cached features and abx.json")
     _add_model_args(p)
-    p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
+    _add_search_args(p)
     p.add_argument("--representations", nargs="+", choices=["wavlm", "dpdp", "units"],
                    default=["wavlm", "dpdp", "units"])
     p.add_argument("--distance", choices=["cosine", "euclidean", "kl", "kl_symmetric"], default="cosine")
     p.add_argument("--context", choices=["within", "any"], default="within", help="within: triphone ABX (classic)")
+    p.add_argument("--speaker-modes", nargs="+", choices=["within", "across"], default=["within", "across"],
+                   help="within and/or across speakers (default both)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_abx, check=check_abx)
 

@@ -14,6 +14,8 @@ the best any resynthesis through these 40 Hz codes can do).
 
 The ASR is any callable ``asr(wav [samples], sample_rate) -> text``; :func:`whisper_asr` is the
 default (``pip install -e ".[asr]"``). Both texts are compared after :func:`normalize_text`.
+An ASR may carry an ``identity`` string (:func:`asr_identity`): rows kept for a resumable sweep are
+reused only for the same ASR.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 import os
 import re
 import statistics
+import types
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from .checks import MissingDependency, check_count, import_optional
 from .ellav import ELLAV
 from .pipeline import UnitEncoder, shared_vocoder, resolve_device, synthesize_batch
 from .quantize import bitrate
+from .settings_record import digest, file_state
 
 ASR = Callable[[torch.Tensor, int], str]
 """A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
@@ -284,7 +288,27 @@ def whisper_asr(model_name: str = "base.en", device: str | torch.device | None =
         return result["text"]
 
     transcribe.__name__ = f"whisper_{model_name}"
+    transcribe.identity = (f"openai-whisper {getattr(whisper, '__version__', '?')} {model_name} "
+                           f"{'fp16' if device.startswith('cuda') else 'fp32'}")
     return transcribe
+
+
+def asr_identity(asr: ASR) -> str:
+    """Which recogniser ``asr`` is: its ``identity`` attribute where it has one (:func:`whisper_asr`:
+    package version, model, precision), else its module, qualified name and a digest of its code,
+    constants and simple closure values (so two different lambdas differ)."""
+    identity = getattr(asr, "identity", None)
+    if identity is not None:
+        return str(identity)
+    function = asr if hasattr(asr, "__code__") else getattr(type(asr), "__call__", None)
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(asr).__qualname__)}"
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return name
+    constants = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
+    cells = [c.cell_contents for c in getattr(function, "__closure__", None) or ()]
+    simple = [v for v in cells if isinstance(v, (str, int, float, bool, type(None)))]
+    return f"{name} {digest([code.co_code.hex(), repr(constants), simple])}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +344,9 @@ def resynthesis_wer(
     ``<save_audio>/<name>/<utterance id>.wav`` (name: ``original``, ``codec``, ``k500_lmbda4500``, with
     ``_exact`` for the exact search). With ``results_dir``, every finished row is kept
     there (``<name>.json``) and reused by a later call with the same utterances and settings, so an
-    interrupted sweep resumes where it stopped.
+    interrupted sweep resumes where it stopped. A kept row is keyed by the transcripts, the audio
+    folder, each audio file's size and modification time, :func:`asr_identity` and the settings: a
+    corrected transcript, changed audio or another ASR measure the row again.
     """
     pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
     if not pairs and not references:
@@ -329,7 +355,9 @@ def resynthesis_wer(
     utterances = read_transcripts(audio_dir, limit)
     device = resolve_device(device)
     asr = asr if asr is not None else whisper_asr(device=device)
-    settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
+    settings = {"utterances": [u.id for u in utterances], "audio_dir": str(Path(audio_dir).resolve()),
+                "transcripts": digest([(u.id, u.text) for u in utterances]),
+                "audio": digest([(str(u.path), file_state(u.path)) for u in utterances]), "asr": asr_identity(asr),
                 "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size}  # fmt: skip
     settings["columns"] = list(RESULT_COLUMNS)  # rows kept by a version with other columns are measured again

@@ -169,6 +169,31 @@ def test_resynthesis_wer_rows_with_a_fake_asr(random_tiny, librispeech, tmp_path
     assert json.loads(json_path.read_text())[2]["hypotheses"]["7-11-0001"] == "manufacture"
 
 
+def test_kept_rows_are_measured_again_for_corrected_transcripts_changed_audio_or_another_asr(
+        random_tiny, librispeech, tmp_path):
+    heard = []
+
+    def asr(wav, sample_rate):
+        heard.append(sample_rate)
+        return "manufacture"
+
+    def original_row(recogniser) -> dict:
+        rows = wer.resynthesis_wer(librispeech, [], asr=recogniser, device="cpu", progress=False,
+                                   results_dir=tmp_path / "systems")
+        return rows[0]
+
+    assert original_row(asr)["wer"] == 0.5 and len(heard) == 4  # MANUFELTURE misheard; original + codec rows
+    assert original_row(asr)["wer"] == 0.5 and len(heard) == 4  # everything kept
+    transcript = librispeech / "7" / "11" / "7-11.trans.txt"
+    transcript.write_text(transcript.read_text().replace("MANUFELTURE", "MANUFACTURE"))  # a corrected transcript
+    assert original_row(asr)["wer"] == 0.0 and len(heard) == 8
+    assert original_row(lambda wav, sr: "manufacture two")["wer"] == 1.0  # another ASR of the same name
+    assert original_row(lambda wav, sr: "manufacture")["wer"] == 0.0
+    audio = librispeech / "7" / "11" / "7-11-0001.flac"
+    shutil.copy(RECORDINGS / "manufacture.flac", audio)  # other audio under the same name
+    assert original_row(asr)["wer"] == 0.0 and len(heard) == 12
+
+
 def test_resynthesis_wer_checks_pairs_before_loading_anything(librispeech):
     with pytest.raises(ValueError, match="no pretrained models for k=500, lmbda=4400"):
         wer.resynthesis_wer(librispeech, [(500, 4400)], asr=lambda wav, sr: "")
@@ -201,8 +226,14 @@ def test_whisper_asr_names_the_url_and_the_cache_path_when_offline(monkeypatch, 
 @pytest.fixture
 def fake_whisper(monkeypatch):
     """An importable ``whisper`` (the CLI checks for it) whose ASR hears "manufacture" in everything."""
+
+    def hearing(wav, sr):
+        return "manufacture"
+
+    hearing.identity = "one fake recogniser"
     monkeypatch.setitem(sys.modules, "whisper", types.ModuleType("whisper"))
-    monkeypatch.setattr(wer, "whisper_asr", lambda name, device: lambda wav, sr: "manufacture")
+    monkeypatch.setattr(wer, "whisper_asr", lambda name, device: hearing)
+    return hearing
 
 
 def test_cli_wer_writes_the_table(random_tiny, librispeech, tmp_path, monkeypatch, capsys, fake_whisper):
@@ -221,7 +252,7 @@ def test_cli_wer_writes_the_table(random_tiny, librispeech, tmp_path, monkeypatc
     def deaf(wav, sr):
         raise AssertionError("a finished system is not measured again")
 
-    deaf.__name__ = "<lambda>"  # the same ASR name: the stored row is reused
+    deaf.identity = fake_whisper.identity  # said to be the same ASR: the stored row is reused
     monkeypatch.setattr(wer, "whisper_asr", lambda name, device: deaf)
     (out / "wer.csv").unlink()
     assert cli.main(arguments) == 0
