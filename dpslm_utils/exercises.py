@@ -29,24 +29,24 @@ _MISSING = object()
 
 def check(answers: Mapping[str, Any], name: str, expected: Any = _MISSING, *, cases: Iterable[tuple[Any, Any]] = (),
           label: str = "", hint: str = "", tolerance: float = 1e-6) -> bool:
-    """Whether ``answers[name]`` (pass ``globals()``) is right; prints one line saying so, and never raises.
+    """Whether ``answers[name]`` (pass ``globals()``) is right; prints one line saying so, whatever the answer.
 
     ``expected``: the value (numbers agree to ``tolerance``, relative or absolute; lists, tuples, tensors and
     arrays element by element; dicts key by key), or a function of the answer that returns True when it is right.
     ``cases``: ``(arguments, result)`` pairs for a function answer; a tuple of arguments is spread, anything else
     is the one argument. ``hint`` is printed after a wrong value (a function's failing case speaks for itself).
     """
+    cases = list(cases)
+    if not cases and expected is _MISSING:
+        raise TypeError("check() needs an expected value or cases")  # a mistake in the notebook, not the learner's
     prefix = f"{label}: " if label else ""
     if name not in answers:
         print(f"… {prefix}`{name}` is not defined yet: write it in a new cell as the exercise asks, run that cell, "
               "then run this one again.")
         return False
     answer = answers[name]
-    cases = list(cases)
     if cases:
         verdict = _check_function(answer, name, cases, tolerance)
-    elif expected is _MISSING:
-        raise TypeError("check() needs an expected value or cases")  # a mistake in the notebook, not the learner's
     else:
         verdict = _check_value(answer, name, expected, tolerance, hint)
     print(f"{'✓' if verdict is None else '✗'} {prefix}{verdict or f'`{name}` is right.'}")
