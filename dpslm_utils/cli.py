@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import registry
+from . import checks, registry
 from .checks import AUDIO_SUFFIXES, check_count, check_file, check_int, check_real, check_sampling, check_seed
 
 TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
@@ -102,14 +102,11 @@ def check_input_audio(path: str) -> tuple:
 
 
 def check_device(device: str | None) -> None:
-    if device is None:
-        return
-    from .pipeline import resolve_device
-
+    """Raise UsageError unless ``--device`` is one the package runs on (cpu, cuda, cuda:N of a present GPU)."""
     try:
-        resolve_device(device)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--device {device}: {e}") from e
+        checks.check_device(device, "--device")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def units_text(units) -> str:
@@ -323,7 +320,9 @@ def _training_overrides(args: argparse.Namespace) -> dict:
 def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
     """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
 
-    The trainers raise ValueError (settings, an OUT_DIR of other settings, bad data) only before the first step: refusals.
+    The trainers raise ValueError (settings, an OUT_DIR of other settings or in use, bad data, a state that
+    cannot be resumed) only before the first step: refusals. A loss that is not finite stops the
+    run with a RuntimeError (exit status 1).
     """
     try:
         run = trainer(*folders, k=args.k, preset=args.preset, val_dir=args.val_dir, device=args.device,
