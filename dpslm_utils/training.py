@@ -43,6 +43,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +96,7 @@ RESUMABLE_CHANGES = ("max_steps", "eval_interval", "log_interval")
 """Settings that may change between a run and its resumption (train longer, log more often)."""
 
 # fmt: off
-SETTING_RANGES: dict[str, tuple[bool, str, object]] = {
+SETTING_RANGES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
     **{name: (True, ">= 1", lambda x: x >= 1) for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads",
        "n_kv_heads", "batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval")},
     **{name: (True, ">= 0", lambda x: x >= 0) for name in ("warmup_steps", "decay_steps", "chunk_size")},
@@ -433,7 +434,13 @@ def _saved_config(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
     config_path = out_dir / "config.json"
     if not config_path.exists():
         return None
-    saved = json.loads(config_path.read_text())
+    try:
+        saved = json.loads(config_path.read_text())
+    except ValueError as e:  # edited by hand, or not ours
+        if overwrite:
+            return {}
+        raise ValueError(f"{config_path} is unreadable ({e}): use another folder, or overwrite=True (--overwrite) "
+                         "to start over there") from e  # fmt: skip
     differences = [f"{name}: {saved.get(name)!r} there, {config.get(name)!r} now" for name in sorted(set(saved) | set(config))
                    if name not in (*RESUMABLE_CHANGES, "data", "steps_done") and saved.get(name) != config.get(name)]  # fmt: skip
     if differences and not overwrite:

@@ -427,7 +427,7 @@ def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
         resumed.metrics
 
 
-def test_an_empty_or_truncated_state_file_is_named(tmp_path):
+def test_an_empty_or_truncated_state_or_config_file_is_named(tmp_path):
     markov_units(tmp_path / "units", files=12, length=40)
     _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
     state_file = tmp_path / "run" / "train_state.pt"
@@ -436,6 +436,9 @@ def test_an_empty_or_truncated_state_file_is_named(tmp_path):
         state_file.write_bytes(content)
         with pytest.raises(ValueError, match=f"{re.escape(str(state_file))} {problem}.*--overwrite"):
             _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    (tmp_path / "run" / "config.json").write_text('{"task": "ulm", ')
+    with pytest.raises(ValueError, match=r"config.json is unreadable \(.*\): .*--overwrite"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
     restarted = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3, overwrite=True)
     assert [m["step"] for m in restarted.metrics] == [1, 2, 3]
 
