@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import checks, registry
+from . import registry
 from .checks import AUDIO_SUFFIXES, check_count, check_file, check_int, check_real, check_sampling, check_seed
 
 TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
@@ -103,6 +103,8 @@ def check_input_audio(path: str) -> tuple:
 
 def check_device(device: str | None) -> None:
     """Raise UsageError unless ``--device`` is one the package runs on (cpu, cuda, cuda:N of a present GPU)."""
+    from . import checks
+
     try:
         checks.check_device(device, "--device")
     except ValueError as e:
