@@ -220,7 +220,6 @@ def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
         raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
     check_unique_stems(args.files, in_dir)
     check_creatable(out_dir)
-    check_device(args.device)
     from .settings_record import check_settings
 
     check_settings(out_dir, command, settings(), write=False)  # SettingsMismatch: a refusal
@@ -344,7 +343,6 @@ def check_training(args: argparse.Namespace) -> None:
         if folder is not None:
             check_folder(folder)
     check_creatable(Path(args.out_dir))
-    check_device(args.device)
 
 
 def cmd_train_ulm(args: argparse.Namespace) -> int:
@@ -370,7 +368,6 @@ def check_resynthesize(args: argparse.Namespace) -> None:
     out_folder = Path(args.out_prefix).parent
     check_creatable(out_folder)
     check_file(args.input, "audio file")
-    check_device(args.device)
     args.wav, args.sr = check_input_audio(args.input)
     check_writable(out_folder)
 
@@ -404,7 +401,6 @@ def check_score(args: argparse.Namespace) -> None:
             problems.append(str(e))
     if problems:
         raise UsageError("; ".join(problems))
-    check_device(args.device)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -432,7 +428,6 @@ def check_say(args: argparse.Namespace) -> None:
     args.phone_list = as_phones(args.text) if args.phones else text_to_phones(args.text, silences=True)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
-    check_device(args.device)
     check_creatable(Path(args.out_wav).parent)
 
 
@@ -466,7 +461,6 @@ def check_wer(args: argparse.Namespace) -> None:
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
     read_transcripts(args.audio_dir, args.limit)
-    check_device(args.device)
     check_creatable(Path(args.out_dir))
 
 
@@ -501,7 +495,6 @@ def check_demo(args: argparse.Namespace) -> None:
     args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
     check_seed(args.seed)
     check_creatable(Path(args.out))
-    check_device(args.device)
     check_writable(Path(args.out))
 
 
@@ -614,7 +607,6 @@ def check_evaluation_output(args: argparse.Namespace, command: str) -> None:
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
     check_creatable(Path(args.out_dir))
-    check_device(args.device)
     from .settings_record import check_settings
 
     check_settings(args.out_dir, command, _encoding_settings(args), write=False)  # SettingsMismatch: a refusal
@@ -869,6 +861,7 @@ def _main(argv: list[str]) -> int:
         all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
         args = build_parser(all_options).parse_args(argv)
         try:
+            check_device(getattr(args, "device", None))  # first, for every command that takes --device
             if hasattr(args, "check"):
                 args.check(args)  # every argument, input and output, before any model is loaded
         except (ValueError, TypeError, OSError) as e:

