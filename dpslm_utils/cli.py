@@ -607,6 +607,7 @@ def check_evaluation_output(args: argparse.Namespace, command: str) -> None:
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
     check_creatable(Path(args.out_dir))
+    check_device(args.device)
     from .settings_record import check_settings
 
     check_settings(args.out_dir, command, _encoding_settings(args), write=False)  # SettingsMismatch: a refusal
