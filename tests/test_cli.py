@@ -15,7 +15,7 @@ import torch
 import dpslm_utils
 from dpslm_utils import cli
 
-from conftest import free_port
+from conftest import RunsCode, free_port
 
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
@@ -205,14 +205,10 @@ def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsy
 def test_train_ellav_refuses_a_codec_file_that_would_run_code(tmp_path, capsys):
     from dpslm_utils import datasets
 
-    class RunsCode:
-        def __reduce__(self):
-            return exec, (f"open({str(tmp_path / 'ran')!r}, 'w').close()",)
-
     for name in ("a", "b"):
         datasets.save_units(tmp_path / "units" / f"{name}.npy", [1, 2], [5, 5])
         (tmp_path / "codes").mkdir(exist_ok=True)
-        torch.save(torch.arange(8) if name == "a" else {"codes": RunsCode()}, tmp_path / "codes" / f"{name}.pt")
+        torch.save(torch.arange(8) if name == "a" else {"codes": RunsCode(tmp_path / "ran")}, tmp_path / "codes" / f"{name}.pt")
     argv = ["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "run"), "--k", "6"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

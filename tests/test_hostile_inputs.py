@@ -12,6 +12,8 @@ import torch
 import dpslm_utils
 from dpslm_utils import pipeline, wavlm
 
+from conftest import RunsCode
+
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
 
@@ -53,14 +55,6 @@ def test_one_shared_wavlm_per_device_whatever_its_spelling():
 
 
 # -- training data, checkpoints and saves: errors that name the file -------------------------------
-
-
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
 def _npy(path, array):
@@ -119,7 +113,7 @@ def test_codec_files_are_checked_and_never_run_code(tmp_path):
     _npy(tmp_path / "beyond.npy", np.array([5, 4096], dtype=np.int16))
     _npy(tmp_path / "negative.npy", np.array([5, -1], dtype=np.int16))
     torch.save(torch.tensor([1.0, 2.0]), tmp_path / "floats.pt")
-    torch.save({"codes": _RunsCode(tmp_path / "ran")}, tmp_path / "code.pt")
+    torch.save({"codes": RunsCode(tmp_path / "ran")}, tmp_path / "code.pt")
     torch.save(torch.arange(100), tmp_path / "whole.pt")
     (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -160,7 +154,7 @@ def test_checkpoints_that_are_empty_truncated_or_run_code_are_named(tmp_path):
     data = official.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.pt").write_bytes(b"")
-    torch.save({"model_args": _RunsCode(tmp_path / "ran")}, tmp_path / "code.pt")
+    torch.save({"model_args": RunsCode(tmp_path / "ran")}, tmp_path / "code.pt")
     for name, message in (("truncated.pt", "is not a readable PyTorch checkpoint"), ("empty.pt", "is empty"),
                           ("code.pt", "holds Python objects besides tensors and plain values: refused")):  # fmt: skip
         with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path / name))} {message}"):

@@ -16,7 +16,7 @@ from dpslm_utils import datasets, distributed, training
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
-from conftest import FIXTURES, free_port, load_fixture
+from conftest import FIXTURES, RunsCode, free_port, load_fixture
 
 TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_heads=2, dropout=0.0)
 """Smaller than the tiny preset, for the tests that check bookkeeping rather than learning."""
@@ -317,22 +317,12 @@ def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
 # -- safety: the state file, one commit point, the folder lock, numbers that lie -----------------
 
 
-class _RunsCode:
-    """Unpickling this calls ``exec``: what a crafted state file could make ``torch.load(weights_only=False)`` do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
-
-
 def test_resume_never_runs_code_from_the_state_file(tmp_path):
     markov_units(tmp_path / "units", files=12, length=40)
     _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
     state_file = tmp_path / "run" / "train_state.pt"
     state = torch.load(state_file, weights_only=True)  # the state is tensors and plain values
-    torch.save({**state, "step": _RunsCode(tmp_path / "ran")}, state_file)
+    torch.save({**state, "step": RunsCode(tmp_path / "ran")}, state_file)
     torch.load(state_file, weights_only=False)  # the crafted file is potent when unpickled freely
     assert (tmp_path / "ran").exists()
     (tmp_path / "ran").unlink()
