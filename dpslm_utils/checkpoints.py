@@ -22,11 +22,13 @@ import http.client
 import json
 import logging
 import os
+import pickle
 import secrets
 import sys
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -238,8 +240,15 @@ def _progress_bar(total: int | None, name: str, enabled: bool) -> Iterator[Any]:
 def load_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with errors that name the file."""
     path = check_file(path, "checkpoint")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty, not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: never do that here
+        if zipfile.is_zipfile(path):  # torch's format, with something in it that is not a tensor or plain value
+            raise CheckpointError(f"{path} holds Python objects besides tensors and plain values: refused, "
+                                  "as loading them could run code") from e  # fmt: skip
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not in torch's file format)") from e
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
 
@@ -256,8 +265,9 @@ def require_keys(checkpoint: Any, keys: tuple[str, ...], path: str | os.PathLike
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    Readers never see a half-written ``path``; if ``write`` fails, nothing is left behind. The file
-    gets the permissions of any new file (``0o666`` less the umask).
+    Readers never see a half-written ``path``; if ``write`` fails, nothing is left behind, and an
+    OSError (a full disk, a lost mount) names ``path``. The file gets the permissions of any new file
+    (``0o666`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,6 +275,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        message = f"could not write {path}: {e.strerror or e}"
+        raise (OSError(e.errno, message) if e.errno else OSError(message)) from e  # same subclass: PermissionError, ...
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -279,9 +292,22 @@ def _new_temporary(path: Path) -> Path:
     return tmp
 
 
+def leftover_temporaries(path: Path) -> list[Path]:
+    """The temporary files of :func:`write_atomically` for ``path`` that a killed process left behind.
+
+    Only the writer of ``path`` may remove them, and only while no other process writes it (e.g. under a lock).
+    """
+    return sorted(Path(path).parent.glob(f".{Path(path).name}.*.part"))
+
+
 def save_atomically(obj: Any, path: Path) -> None:
     """``torch.save(obj)`` to ``path`` via :func:`write_atomically`."""
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # through a Python file: a full disk is an OSError, not a C++ RuntimeError
+            torch.save(obj, f)
+
+    write_atomically(path, save)
 
 
 @contextlib.contextmanager

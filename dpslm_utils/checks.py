@@ -88,6 +88,30 @@ def check_sampling(temperature, top_p, top_k=None) -> None:
         check_int("top_k", top_k, minimum=1)
 
 
+SUPPORTED_DEVICES = ("cpu", "cuda")
+"""Device types the package runs on (``cuda`` also as ``cuda:N``); others (mps, xpu, ...) are refused."""
+
+
+def check_device(device, name: str = "device") -> None:
+    """Refuse (ValueError) a ``device`` the package cannot run on: not a device name, not cpu or cuda,
+    CUDA not available, or a GPU index beyond the GPUs present. ``None`` (CUDA when available) passes."""
+    if device is None:
+        return
+    import torch  # here, not at the top: see the module docstring
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} {device}: not a device type torch knows; use cpu or cuda (cuda:N)") from e
+    if parsed.type not in SUPPORTED_DEVICES:
+        raise ValueError(f"{name} {device}: {parsed.type} is not supported; use cpu or cuda (cuda:N)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device}: CUDA is not available here (use cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {device}: there are only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def check_file(path: str | os.PathLike, what: str = "file") -> Path:
     """``path`` as a Path if it is an existing file; else FileNotFoundError or IsADirectoryError saying which."""
     path = Path(path)

@@ -114,14 +114,13 @@ def check_input_audio(path: str) -> tuple:
 
 
 def check_device(device: str | None) -> None:
-    if device is None:
-        return
-    from .pipeline import resolve_device
+    """Raise UsageError unless ``--device`` is one the package runs on (cpu, cuda, cuda:N of a present GPU)."""
+    from . import checks
 
     try:
-        resolve_device(device)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--device {device}: {e}") from e
+        checks.check_device(device, "--device")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def units_text(units) -> str:
@@ -244,7 +243,6 @@ def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
         raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
     check_unique_stems(args.files, in_dir)
     check_creatable(out_dir)
-    check_device(args.device)
     from .settings_record import check_settings
 
     check_settings(out_dir, command, settings(), write=False)  # SettingsMismatch: a refusal
@@ -346,7 +344,9 @@ def _training_overrides(args: argparse.Namespace) -> dict:
 def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
     """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
 
-    The trainers raise ValueError (settings, an OUT_DIR of other settings, bad data) only before the first step: refusals.
+    The trainers raise ValueError (settings, an OUT_DIR of other settings or in use, bad data, a state that
+    cannot be resumed) only before the first step: refusals. A loss that is not finite stops the
+    run with a RuntimeError (exit status 1).
     """
     try:
         run = trainer(*folders, k=args.k, preset=args.preset, val_dir=args.val_dir, device=args.device,
@@ -366,7 +366,6 @@ def check_training(args: argparse.Namespace) -> None:
         if folder is not None:
             check_folder(folder)
     check_creatable(Path(args.out_dir))
-    check_device(args.device)
 
 
 def cmd_train_ulm(args: argparse.Namespace) -> int:
@@ -392,7 +391,6 @@ def check_resynthesize(args: argparse.Namespace) -> None:
     out_folder = Path(args.out_prefix).parent
     check_creatable(out_folder)
     check_file(args.input, "audio file")
-    check_device(args.device)
     args.wav, args.sr = check_input_audio(args.input)
     check_writable(out_folder)
 
@@ -419,7 +417,6 @@ def check_score(args: argparse.Namespace) -> None:
             problems.append(str(e))
     if problems:
         raise UsageError("; ".join(problems))
-    check_device(args.device)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -456,7 +453,6 @@ def check_say(args: argparse.Namespace) -> None:
         args.chunks = phones.text_to_phone_chunks(args.text, phones.MAX_PHONES_PER_CHUNK)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
-    check_device(args.device)
     check_creatable(Path(args.out_wav).parent)
 
 
@@ -492,7 +488,6 @@ def check_wer(args: argparse.Namespace) -> None:
     check_installed("jiwer", "dpslm wer")
     check_installed("whisper", "dpslm wer (its ASR, OpenAI Whisper)")
     read_transcripts(args.audio_dir, args.limit)
-    check_device(args.device)
     check_creatable(Path(args.out_dir))
 
 
@@ -528,7 +523,6 @@ def check_demo(args: argparse.Namespace) -> None:
     args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
     check_seed(args.seed)
     check_creatable(Path(args.out))
-    check_device(args.device)
     check_writable(Path(args.out))
 
 
@@ -930,6 +924,7 @@ def _main(argv: list[str]) -> int:
         all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
         args = build_parser(all_options).parse_args(argv)
         try:
+            check_device(getattr(args, "device", None))  # first, for every command that takes --device
             if hasattr(args, "check"):
                 args.check(args)  # every argument, input and output, before any model is loaded
         except (ValueError, TypeError, OSError, MissingDependency) as e:

@@ -13,9 +13,17 @@ OUT_DIR receives ``config.json`` (every setting and a data summary), ``metrics.j
 ``log_interval`` steps: train loss, learning rate, tokens/s; plus validation loss every
 ``eval_interval`` steps), ``best.pt`` (lowest validation loss) and ``last.pt`` in the official
 checkpoint layouts (``UnitLM.from_checkpoint`` / ``ELLAV.from_checkpoint`` and the originals load
-them) and ``train_state.pt`` (optimizer, step, random state) to resume. Running the same call again
-resumes from the last saved step; other settings into the same OUT_DIR are refused unless
-``overwrite=True``.
+them) and ``train_state.pt`` to resume. Running the same call again resumes from the last saved step;
+other settings into the same OUT_DIR are refused unless ``overwrite=True``.
+
+Saving has one commit point: ``train_state.pt`` (written to a temporary file, then renamed) holds
+everything a resume needs: the weights, the optimizer, the step, the best validation loss so far and
+its step, every rank's random state, the number of processes and a fingerprint of the data. Only
+then are ``best.pt`` and ``last.pt`` exported from it, and a resume exports them again, so a kill at
+any moment resumes from one step, never a mix. A resume on another number of processes or after the
+data changed is refused. ``OUT_DIR/train.lock`` is held while a run trains (a second run into the
+folder is refused; the operating system releases the lock when the process ends, however it ends).
+A training or validation loss that is not finite stops the run (:class:`TrainingDiverged`).
 
 Under ``torchrun --nproc-per-node N`` every rank computes ``grad_accum`` micro-batches per step and
 DDP averages the gradients: a step sees ``N x grad_accum x batch_size`` sequences, exactly the
@@ -27,24 +35,33 @@ resumed run sees the batches the uninterrupted one would have seen.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import random
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import datasets, ellav, ulm
-from .checkpoints import save_atomically, write_atomically
+from .checkpoints import CheckpointError, leftover_temporaries, load_checkpoint, save_atomically, write_atomically
+from .checks import MAX_SEED, check_device, check_int, check_real
 from .distributed import Distributed, barrier, setup, teardown
 from .ellav import unit_tokenizer
 from .transformer import ModelArgs, Transformer
+
+try:
+    import fcntl  # the folder lock (POSIX)
+except ImportError:  # Windows
+    fcntl = None
 
 # fmt: off
 _RELEASED_MODEL = dict(dim=1024, n_layers=12, head_dim=64, hidden_dim=4096, n_heads=16, n_kv_heads=16,
@@ -78,6 +95,29 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("max_steps", "eval_interval", "log_interval")
 """Settings that may change between a run and its resumption (train longer, log more often)."""
 
+# fmt: off
+SETTING_RANGES: dict[str, tuple[bool, str, Callable[[float], bool]]] = {
+    **{name: (True, ">= 1", lambda x: x >= 1) for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads",
+       "n_kv_heads", "batch_size", "grad_accum", "max_steps", "eval_interval", "log_interval")},
+    **{name: (True, ">= 0", lambda x: x >= 0) for name in ("warmup_steps", "decay_steps", "chunk_size")},
+    "seed": (True, f"from 0 to {MAX_SEED}", lambda x: 0 <= x <= MAX_SEED),
+    **{name: (False, ">= 0", lambda x: x >= 0) for name in ("lr", "lr_init", "lr_final", "weight_decay", "grad_clip")},
+    **{name: (False, "> 0", lambda x: x > 0) for name in ("eps", "norm_eps", "rope_theta")},
+    **{name: (False, "in [0, 1)", lambda x: 0 <= x < 1) for name in ("beta1", "beta2", "dropout")},
+    "val_fraction": (False, "in (0, 1)", lambda x: 0 < x < 1),
+}
+"""Every setting of :data:`PRESETS`: ``(integer?, the allowed range in words, its test)``; numbers are also finite."""
+# fmt: on
+
+STATE_KEYS = ("step", "tokens", "best_val_loss", "best_step", "world_size", "data_fingerprint", "rng", "model", "optimizer")
+"""What ``train_state.pt``, the commit point of every save, holds: tensors and plain values only."""
+STATE_NAME, LOCK_NAME = "train_state.pt", "train.lock"
+RUN_FILES = ("config.json", "metrics.jsonl", "best.pt", "last.pt", STATE_NAME)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training or validation loss is not finite: the run stopped (nothing of that step was saved)."""
+
 
 @dataclass
 class TrainingRun:
@@ -92,8 +132,7 @@ class TrainingRun:
     @property
     def metrics(self) -> list[dict]:
         """The lines of ``metrics.jsonl``: ``step``, ``tokens``, ``train_loss``, ``lr``, ``tokens_per_s`` (+ ``val_loss``)."""
-        path = self.out_dir / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        return [record for _, record in _metric_lines(self.out_dir / "metrics.jsonl")]
 
     @property
     def best_checkpoint(self) -> Path:
@@ -102,6 +141,11 @@ class TrainingRun:
     @property
     def last_checkpoint(self) -> Path:
         return self.out_dir / "last.pt"
+
+    @property
+    def state_file(self) -> Path:
+        """``train_state.pt``: the commit point of every save, what a resume reads."""
+        return self.out_dir / STATE_NAME
 
     def __repr__(self) -> str:
         metrics = [m for m in self.metrics if m.get("val_loss") is not None]
@@ -129,23 +173,21 @@ def resolve_config(task: str, preset: str, k: int, overrides: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(config)}")
     config.update({name: value for name, value in overrides.items() if value is not None})
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer (the codebook size), got {k!r}")
-    for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "batch_size", "grad_accum",
-                 "max_steps", "eval_interval", "log_interval"):  # fmt: skip
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    k = check_int("k (the codebook size)", k, 1, datasets.MAX_K)
+    config = {name: _checked_setting(name, value) for name, value in config.items()}
     if task == "ulm" and config["chunk_size"] < 2:
         raise ValueError(f"chunk_size must be at least 2 tokens, got {config['chunk_size']!r}")
-    if not 0 <= config["dropout"] < 1 or not 0 < config["val_fraction"] < 1:
-        raise ValueError("dropout must be in [0, 1) and val_fraction in (0, 1)")
     ModelArgs(**_model_sizes(config), vocab_size=1)  # checks heads and head_dim
-    return {"task": task, "preset": preset, "k": int(k), **{n: _plain(v) for n, v in config.items()}}
+    return {"task": task, "preset": preset, "k": k, **config}
 
 
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
+def _checked_setting(name: str, value):
+    """``value`` as a Python int or float if it is one of :data:`SETTING_RANGES`; TypeError or ValueError naming it."""
+    integer, allowed, test = SETTING_RANGES[name]
+    value = check_int(name, value) if integer else check_real(name, value)
+    if not test(value):
+        raise ValueError(f"{name} must be {'an integer ' if integer else ''}{allowed}, got {value!r}")
+    return value
 
 
 def _model_sizes(config: dict) -> dict:
@@ -166,12 +208,13 @@ class _UnitLMTask:
         self.vocab_size = config["k"] + datasets.UNIT_OFFSET
         self._plan: tuple[int, torch.Tensor] | None = None
         self.lengths = train.offsets.diff()
-        for corpus in (train, val):
-            if len(corpus.ids) and int(corpus.ids.max()) >= self.vocab_size:
-                raise ValueError(f"the data holds unit {int(corpus.ids.max()) - 1}, beyond k - 1 = {config['k'] - 1}: is k right?")
 
     def num_items(self) -> int:
         return len(self.train)
+
+    def fingerprint(self) -> str:
+        return _fingerprint(part for corpus in (self.train, self.val)
+                            for part in (corpus.ids, corpus.offsets, "\n".join(corpus.chapters)))  # fmt: skip
 
     def batch(self, epoch: int, items: torch.Tensor) -> datasets.PackedBatch:
         if self._plan is None or self._plan[0] != epoch:  # the epoch's random chunk starts
@@ -207,6 +250,9 @@ class _ELLAVTask:
     def num_items(self) -> int:
         return len(self.train)
 
+    def fingerprint(self) -> str:
+        return _fingerprint(tensor for pairs in (self.train, self.val) for pair in pairs for tensor in pair)
+
     def _pack(self, pairs: list) -> datasets.PackedBatch:
         examples = [datasets.ellav_example(units, codes, self.tokenizer) for units, codes in pairs]
         return datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
@@ -228,6 +274,16 @@ def _on_cpu(value):
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     return {key: _on_cpu(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+
+def _fingerprint(parts) -> str:
+    """SHA-256 of tensors and strings in order, each prefixed by its size: what a resume compares to the saved data."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = memoryview(part.encode() if isinstance(part, str) else part.contiguous().numpy()).cast("B")
+        digest.update(f"{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def _seed(seed: int, epoch: int, purpose: int) -> int:
@@ -291,10 +347,14 @@ def _unit_data(units_dir, val_dir, config: dict) -> tuple[_UnitLMTask, dict]:
         return files
 
     train_files, val_files = _split(find(units_dir), val_dir, config, find)
-    train = datasets.read_unit_corpus(list(train_files.values()), Path(units_dir))
-    val = datasets.read_unit_corpus(list(val_files.values()), Path(val_dir or units_dir))
+    train = datasets.read_unit_corpus(list(train_files.values()), Path(units_dir), config["k"])
+    val = datasets.read_unit_corpus(list(val_files.values()), Path(val_dir or units_dir), config["k"])
     if len(train) == 0 or len(val) == 0:
         raise ValueError("no training or no validation utterances (are the unit files empty?)")
+    if int((val.offsets.diff() - 2).clamp(min=0).sum()) == 0:  # BOS, then a first unit the loss skips
+        raise ValueError(f"no validation utterance has 2 or more units (the loss skips each one's first unit), so "
+                         f"there is nothing to validate on: give longer or more validation files "
+                         f"({'in ' + str(val_dir) if val_dir is not None else 'or val_dir'})")  # fmt: skip
     summary = {"train_files": len(train), "val_files": len(val), "train_tokens": len(train.ids),
                "val_tokens": len(val.ids), "train_hours": round(train.frames / 50 / 3600, 4),
                "units_per_second": round((len(train.ids) - len(train)) / max(train.frames / 50, 1e-9), 2)}  # fmt: skip
@@ -314,7 +374,7 @@ def _ellav_data(units_dir, codes_dir, val_dir, config: dict) -> tuple[_ELLAVTask
             log.warning("%d unit file(s) without codes are left out", len(units) - len(matched))
         result, mismatched = {}, []
         for key in matched:
-            frame_units, frame_codes = datasets.load_frame_units(units[key]), datasets.load_codes(codes[key])
+            frame_units, frame_codes = datasets.load_frame_units(units[key], config["k"]), datasets.load_codes(codes[key])
             if datasets.durations_match(len(frame_units), len(frame_codes), tokenizer) and len(frame_units):
                 result[key] = (frame_units.int(), frame_codes.int())
             else:
@@ -369,25 +429,66 @@ def _resolved(path) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
-def _prepare_out_dir(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
-    """Return the saved config to resume from; refuse other settings; with ``overwrite`` start over."""
+def _saved_config(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
+    """The settings of the run in ``out_dir`` (None if there is none); other settings are refused unless ``overwrite``."""
     config_path = out_dir / "config.json"
     if not config_path.exists():
         return None
-    saved = json.loads(config_path.read_text())
+    try:
+        saved = json.loads(config_path.read_text())
+    except ValueError as e:  # edited by hand, or not ours
+        if overwrite:
+            return {}
+        raise ValueError(f"{config_path} is unreadable ({e}): use another folder, or overwrite=True (--overwrite) "
+                         "to start over there") from e  # fmt: skip
     differences = [f"{name}: {saved.get(name)!r} there, {config.get(name)!r} now" for name in sorted(set(saved) | set(config))
                    if name not in (*RESUMABLE_CHANGES, "data", "steps_done") and saved.get(name) != config.get(name)]  # fmt: skip
-    if not differences and not overwrite:
-        return saved
     if differences and not overwrite:
         raise ValueError(f"{out_dir} holds a training run with other settings ({'; '.join(differences)}). "
                          "Use another folder, or overwrite=True (--overwrite) to start over there")  # fmt: skip
-    for name in ("config.json", "metrics.jsonl", "best.pt", "last.pt", "train_state.pt"):
+    return saved
+
+
+def _prepare_out_dir(out_dir: Path, config: dict, overwrite: bool) -> None:
+    """Under the folder lock: keep a run to resume (same settings and a saved state), else clear the way for a new one."""
+    saved = _saved_config(out_dir, config, overwrite)
+    for name in RUN_FILES:  # what a killed save left; no one else writes here while we hold the lock
+        for tmp in leftover_temporaries(out_dir / name):
+            tmp.unlink(missing_ok=True)
+    if saved is not None and not overwrite and (out_dir / STATE_NAME).exists():
+        return
+    for name in RUN_FILES if overwrite else ("metrics.jsonl", STATE_NAME):
         (out_dir / name).unlink(missing_ok=True)
-    return None
+
+
+@contextlib.contextmanager
+def _folder_lock(out_dir: Path):
+    """Hold ``OUT_DIR/train.lock`` (creating OUT_DIR) while a run writes there; ValueError if another run holds it.
+
+    The lock is the operating system's (``flock``): it ends with the process, however the process ends, so
+    a lock file that a killed run left holds nothing and the next run simply takes it.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_NAME, "a+") as lock:
+        try:
+            if fcntl is None:
+                raise OSError("no flock on this system")
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(f"another training run ({holder}) is writing to {out_dir}: wait for it to end, "
+                             "or use another folder") from None  # fmt: skip
+        except OSError as e:  # Windows, or a file system without locks
+            log.warning("could not lock %s (%s): do not start a second run into this folder", out_dir, e)
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def _run(config: dict, out_dir, read_data, device, overwrite: bool, progress: bool) -> TrainingRun:
+    check_device(device)
     dist = setup(device)
     try:
         return _train(config, Path(out_dir), read_data, dist, overwrite, progress)
@@ -396,17 +497,21 @@ def _run(config: dict, out_dir, read_data, device, overwrite: bool, progress: bo
 
 
 def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite: bool, progress: bool) -> TrainingRun:
-    if dist.is_main:
-        saved = _prepare_out_dir(out_dir, config, overwrite)
-    barrier(dist)
-    if not dist.is_main:
-        saved = _prepare_out_dir(out_dir, config, overwrite=False)
+    _saved_config(out_dir, config, overwrite)  # every rank, before any work: other settings are refused
     task, config["data"] = read_data()  # bad data is refused before OUT_DIR is made
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     run = TrainingRun(out_dir)
-    state_path = out_dir / "train_state.pt"
-    resuming = saved is not None and state_path.exists()
+    with _folder_lock(out_dir) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            _prepare_out_dir(out_dir, config, overwrite)
+        barrier(dist)
+        _fit(config, run, task, dist, progress)
+    return run
+
+
+def _fit(config: dict, run: TrainingRun, task, dist: Distributed, progress: bool) -> None:
+    """Train from the state in ``run`` (if there is one) to ``max_steps``, committing a state at every evaluation."""
+    fingerprint = task.fingerprint()
+    state = _read_state(run.state_file, dist, fingerprint) if run.state_file.exists() else None
 
     torch.manual_seed(_seed(config["seed"], 0, 2))  # PyTorch's default initialisation, as the originals
     args = ModelArgs(**_model_sizes(config), vocab_size=task.vocab_size)
@@ -416,20 +521,19 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
     if dist.enabled:
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dist.device] if dist.device.type == "cuda" else None)  # fmt: skip
     optimizer = _optimizer(model, config, dist.device)
-    step, best_val, tokens_seen = 0, float("inf"), 0
-    if resuming:
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(_load_model_state(run.last_checkpoint, task))
+    step, tokens_seen, best_val, best_step, saved_step = 0, 0, float("inf"), 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, best_val, tokens_seen = state["step"], state["best_val_loss"], state["tokens"]
-        _set_rng(state["rng"][dist.rank % len(state["rng"])])
+        step, tokens_seen, best_val, best_step = state["step"], state["tokens"], state["best_val_loss"], state["best_step"]
+        saved_step = step
+        _set_rng(state["rng"][dist.rank])
         if dist.is_main:
-            log.info("resuming %s from step %d (best validation loss so far %.4f)", out_dir, step, best_val)
-            _truncate_metrics(out_dir / "metrics.jsonl", step)
-    elif dist.is_main:
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            log.info("resuming %s from step %d (best validation loss so far %.4f)", run.out_dir, step, best_val)
+            _truncate_metrics(run.out_dir / "metrics.jsonl", step)
+            _export(task, model, run, best=best_step == step)  # a kill after the commit may have cut the export short
     if dist.is_main:
-        _write_config(out_dir, config, step)
+        _write_config(run.out_dir, config, step)
         params = sum(p.numel() for p in model.parameters())
         log.info("%s (%s): %.2fM parameters on %s%s; data %s", config["task"], config["preset"], params / 1e6, dist.device,
                  f" x {dist.world_size} processes" if dist.enabled else "", config["data"])  # fmt: skip
@@ -464,6 +568,7 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
         tokens_seen += int(summed[1])
         window_loss.append(float(summed[0]) / world)
         window_tokens += int(summed[1])
+        _stop_unless_finite("training loss", window_loss[-1], step, run, saved_step)  # every rank sees the same sum
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{window_loss[-1]:.3f}", tok_s=f"{window_tokens / (time.perf_counter() - window_start):.0f}")
@@ -474,27 +579,68 @@ def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite:
                       "lr": lr, "tokens_per_s": window_tokens / (time.perf_counter() - window_start)}  # fmt: skip
             if evaluate:
                 record["val_loss"] = validation_loss(model, task, dist)
+                _stop_unless_finite("validation loss", record["val_loss"], step, run, saved_step)
             if dist.is_main:
-                _append_metrics(out_dir / "metrics.jsonl", record)
-                if evaluate:
-                    if record["val_loss"] < best_val:
-                        best_val = record["val_loss"]
-                        save_atomically(_on_cpu(task.checkpoint(model)), run.best_checkpoint)
-                    save_atomically(_on_cpu(task.checkpoint(model)), run.last_checkpoint)
+                _append_metrics(run.out_dir / "metrics.jsonl", record)
             if evaluate:
-                best_val = min(best_val, record["val_loss"])
+                if record["val_loss"] < best_val:
+                    best_val, best_step = record["val_loss"], step
                 rng = _gather_rng(dist)
                 if dist.is_main:
-                    save_atomically({"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "rng": rng,
-                                     "optimizer": optimizer.state_dict()}, state_path)  # fmt: skip
-                    _write_config(out_dir, config, step)
+                    _commit(run, {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "best_step": best_step,
+                                  "world_size": dist.world_size, "data_fingerprint": fingerprint, "rng": rng,
+                                  "model": _on_cpu(model.state_dict()), "optimizer": optimizer.state_dict()})  # fmt: skip
+                    _export(task, model, run, best=best_step == step)
+                    _write_config(run.out_dir, config, step)
                     if bar is not None:
                         bar.write(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+                saved_step = step
             window_loss, window_tokens, window_start = [], 0, time.perf_counter()
     if bar is not None:
         bar.close()
     barrier(dist)
-    return run
+
+
+def _stop_unless_finite(what: str, value: float, step: int, run: TrainingRun, saved_step: int | None) -> None:
+    if math.isfinite(value):
+        return
+    kept = f"{run.state_file} still holds step {saved_step}" if saved_step is not None else "nothing was saved"
+    raise TrainingDiverged(f"the {what} is {value} at step {step}, so training stopped ({kept}). Lower lr (--lr) or "
+                           "lengthen warmup_steps (--warmup-steps), and start over (--overwrite) or in another folder")  # fmt: skip
+
+
+def _commit(run: TrainingRun, state: dict) -> None:
+    """Save ``state`` (:data:`STATE_KEYS`) to ``train_state.pt``: the rename that commits a save, the one file a resume reads."""
+    save_atomically(state, run.state_file)
+
+
+def _export(task, model: Transformer, run: TrainingRun, best: bool) -> None:
+    """Write the committed weights as ``last.pt`` (and ``best.pt`` if they are the best so far) in the official layout."""
+    checkpoint = _on_cpu(task.checkpoint(model))
+    for path in (run.best_checkpoint, run.last_checkpoint) if best else (run.last_checkpoint,):
+        save_atomically(checkpoint, path)
+
+
+def _read_state(path: Path, dist: Distributed, fingerprint: str) -> dict:
+    """The committed state to resume from; ValueError if it is unreadable, or was saved on another number of
+    processes or from other data than ``fingerprint``'s."""
+    try:
+        state = load_checkpoint(path)  # weights_only=True: nothing in it runs
+    except CheckpointError as e:
+        raise ValueError(f"{e}. It cannot be resumed from: start over with overwrite=True (--overwrite)") from e
+    missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: not a training state of this version of dpslm-utils. "
+                         "Start over with overwrite=True (--overwrite)")  # fmt: skip
+    if state["world_size"] != dist.world_size:
+        raise ValueError(f"{path} was saved by a run on {state['world_size']} process(es), this one has {dist.world_size}: "
+                         "the batches of a step depend on it. Resume with as many (torchrun --nproc-per-node "
+                         f"{state['world_size']}), or start over with overwrite=True (--overwrite)")  # fmt: skip
+    if state["data_fingerprint"] != fingerprint:
+        raise ValueError(f"the training data changed since {path} was saved (data fingerprint {state['data_fingerprint'][:12]} "
+                         f"then, {fingerprint[:12]} now): resuming would mix two data sets. Restore the data, or start "
+                         "over with overwrite=True (--overwrite) or in another folder")  # fmt: skip
+    return state
 
 
 def _optimizer(model: Transformer, config: dict, device: torch.device) -> torch.optim.AdamW:
@@ -517,7 +663,9 @@ def validation_loss(model: Transformer, task, dist: Distributed) -> float:
         totals += torch.stack([loss.double() * count, count.double()])
     totals = _all_reduce(dist, totals)
     model.train()
-    return float(totals[0] / totals[1].clamp(min=1))
+    if totals[1] == 0:  # the data readers refuse such a validation set; a mean of nothing is no loss
+        raise RuntimeError("the validation set has no target the loss counts")
+    return float(totals[0] / totals[1])
 
 
 def _all_reduce(dist: Distributed, tensor: torch.Tensor) -> torch.Tensor:
@@ -542,11 +690,6 @@ def _set_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _load_model_state(path: Path, task) -> dict:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return checkpoint["model_state_dict" if isinstance(task, _UnitLMTask) else "model_state"]
-
-
 def _write_config(out_dir: Path, config: dict, steps_done: int) -> None:
     text = json.dumps({**config, "steps_done": steps_done}, indent=2) + "\n"
     write_atomically(out_dir / "config.json", lambda tmp: tmp.write_text(text))
@@ -557,10 +700,33 @@ def _append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
 
 
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+    """``(line, record)`` of every line of ``metrics.jsonl``, leaving out a last line that a kill cut short.
+
+    Raises ValueError naming the file and line for any other line that is not a record with a ``step``.
+    """
+    if not path.exists():
+        return []
+    *lines, unfinished = path.read_text().split("\n")  # every complete line ends with "\n"
+    if unfinished:
+        log.warning("%s: left out its last line, which a killed run cut short: %r", path, unfinished[:80])
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line else None
+        except ValueError as e:
+            raise ValueError(f"{path}, line {number}: not a metrics record ({e})") from e
+        if line and (not isinstance(record, dict) or "step" not in record):
+            raise ValueError(f"{path}, line {number}: not a metrics record (it has no step)")
+        if line:
+            records.append((line, record))
+    return records
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the saved step (they will be logged again)."""
+    """Drop lines logged after the saved step (they will be logged again), and a last line a kill cut short."""
+    lines = [line for line, record in _metric_lines(path) if record["step"] <= step]
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
 
 

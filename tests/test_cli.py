@@ -16,7 +16,7 @@ import torch
 import dpslm_utils
 from dpslm_utils import checks, cli
 
-from conftest import free_port
+from conftest import RunsCode, free_port
 
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
@@ -145,6 +145,11 @@ def _refusals(corpus: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train-ulm", str(tmp / "missing"), out, "--k", "100"], "missing does not exist"),
         (["train-ellav", str(corpus), audio, out, "--k", "100"], "a.flac is not a folder"),
         (["train-ulm", str(corpus), out, "--k", "100", "--max-steps", "0"], "--max-steps must be an integer >= 1"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--warmup-steps", "-5"], "warmup_steps must be an integer >= 0, got -5"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--lr-final", "nan"], "lr_final must be finite, got nan"),
+        (["train-ellav", str(corpus), str(corpus), out, "--k", "100", "--beta2", "1"], r"beta2 must be in \[0, 1\), got 1.0"),
+        (["train-ellav", str(corpus), str(corpus), out, "--k", "100", "--lr", "inf"], "lr must be finite"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--device", "mps"], "--device mps: mps is not supported; use cpu or cuda"),
         (["resynthesize", audio, out + "/r", *model, "-n", "0"], "-n must be an integer >= 1, got 0"),
         (["resynthesize", audio, out + "/r", *model, "--temperature", "inf"], "temperature must be finite"),
         (["resynthesize", audio, out + "/r", *model, "--seed", str(2**70)], "seed must be an integer from 0 to"),
@@ -169,6 +174,47 @@ def test_every_refusal_is_one_line_with_status_2_before_any_model_or_output(corp
         assert re.search(message, lines[0]), (message, lines[0])
         assert "Traceback" not in captured.err and captured.out == ""
         assert not (tmp_path / "out").exists(), argv  # OUT is created only after every check passed
+
+
+def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsys, no_models, monkeypatch):
+    """The device is checked before any other argument, input or output, so these placeholders never matter."""
+    inp, out, model = str(tmp_path / "in"), str(tmp_path / "out"), ["--k", "100", "--lmbda", "600"]
+    commands = {
+        "demo": ["demo", "--out", out, *model], "encode": ["encode", inp, out, *model], "encode-codec": ["encode-codec", inp, out],
+        "train-ulm": ["train-ulm", inp, out, "--k", "100"], "train-ellav": ["train-ellav", inp, inp, out, "--k", "100"],
+        "resynthesize": ["resynthesize", inp, out + "/r", *model], "score": ["score", inp, *model],
+        "say": ["say", "SIL HH AH0 L OW1 SIL", out + "/x.wav", "--phones"], "wer": ["wer", inp, out],
+        "zerospeech": ["zerospeech", inp, out, *model], "abx": ["abx", inp, inp, out, *model],
+    }  # fmt: skip
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    with_device = {name for name, p in subcommands.items() if any("--device" in a.option_strings for a in p._actions)}
+    assert set(commands) == with_device  # a new command with --device must be added here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("mps", "mps is not supported; use cpu or cuda"), ("xpu:0", "xpu is not supported"),
+                            ("cuda", "CUDA is not available here"), ("cud", "not a device type torch knows")):  # fmt: skip
+        for name, argv in commands.items():
+            assert cli.main([*argv, "--device", device]) == 2, (name, device)
+            captured = capsys.readouterr()
+            assert re.fullmatch(f"dpslm: error: --device {device}: {message}.*\n", captured.err), (name, captured.err)
+            assert not (tmp_path / "out").exists(), name
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert cli.main([*commands["score"], "--device", "cuda:2"]) == 2
+    assert "--device cuda:2: there are only 2 CUDA device(s) here" in capsys.readouterr().err
+
+
+def test_train_ellav_refuses_a_codec_file_that_would_run_code(tmp_path, capsys):
+    from dpslm_utils import datasets
+
+    for name in ("a", "b"):
+        datasets.save_units(tmp_path / "units" / f"{name}.npy", [1, 2], [5, 5])
+        (tmp_path / "codes").mkdir(exist_ok=True)
+        torch.save(torch.arange(8) if name == "a" else {"codes": RunsCode(tmp_path / "ran")}, tmp_path / "codes" / f"{name}.pt")
+    argv = ["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "run"), "--k", "6"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"dpslm: error: .*b\.pt holds Python objects besides tensors .* refused, .*\n", err), err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_missing_input_is_refused_without_importing_torch(tmp_path):

@@ -16,7 +16,7 @@ from dpslm_utils import datasets, distributed, training
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
-from conftest import FIXTURES, free_port, load_fixture
+from conftest import FIXTURES, RunsCode, free_port, load_fixture
 
 TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_heads=2, dropout=0.0)
 """Smaller than the tiny preset, for the tests that check bookkeeping rather than learning."""
@@ -267,6 +267,8 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     single = _small_run(tmp_path / "units", tmp_path / "single", max_steps=4, grad_accum=2)
     torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
     _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
+    with pytest.raises(ValueError, match=r"saved by a run on 2 process\(es\), this one has 1: .*--nproc-per-node 2"):
+        _small_run(tmp_path / "units", tmp_path / "ddp", max_steps=6, grad_accum=1, device="cpu")  # the same run, alone
 
 
 def test_plot_training_draws_train_and_validation_curves(tmp_path):
@@ -310,3 +312,225 @@ def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
             "no unit file .* has a codec file")
     refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small],
             r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]")
+
+
+# -- safety: the state file, one commit point, the folder lock, numbers that lie -----------------
+
+
+def test_resume_never_runs_code_from_the_state_file(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)  # the state is tensors and plain values
+    torch.save({**state, "step": RunsCode(tmp_path / "ran")}, state_file)
+    torch.load(state_file, weights_only=False)  # the crafted file is potent when unpickled freely
+    assert (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    with pytest.raises(ValueError, match=r"train_state.pt holds Python objects besides tensors .* refused"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert not (tmp_path / "ran").exists()
+
+
+class _Killed(BaseException):
+    """A kill: nothing in the package catches it."""
+
+
+def _same_weights(a, b) -> bool:
+    state_a, state_b = (torch.load(p, weights_only=True)["model_state_dict"] for p in (a, b))
+    return state_a.keys() == state_b.keys() and all(torch.equal(state_a[n], state_b[n]) for n in state_a)
+
+
+def test_a_kill_at_any_save_resumes_from_one_step(tmp_path, monkeypatch):
+    """Killed during each save of an evaluation in turn, the run resumes to the uninterrupted one, bit for bit."""
+    import shutil
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    whole = _small_run(tmp_path / "units", tmp_path / "whole", max_steps=6, dropout=0.1)
+    _small_run(tmp_path / "units", tmp_path / "at3", max_steps=3, dropout=0.1)
+    real_save, killed_at = torch.save, []
+    for kill_at in range(1, 10):
+        out = tmp_path / f"kill{kill_at}"
+        shutil.copytree(tmp_path / "at3", out)
+        saves = []
+
+        def save(obj, f, *args, **kwargs):
+            saves.append(1)
+            if len(saves) == kill_at:
+                raise _Killed()
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+        try:
+            _small_run(tmp_path / "units", out, max_steps=6, dropout=0.1)
+        except _Killed:
+            killed_at.append(kill_at)
+        monkeypatch.setattr(torch, "save", real_save)
+        if killed_at[-1:] != [kill_at]:
+            break
+        resumed = _small_run(tmp_path / "units", out, max_steps=6, dropout=0.1)
+        assert [m["step"] for m in resumed.metrics] == list(range(1, 7)), kill_at
+        assert [m["train_loss"] for m in resumed.metrics] == [m["train_loss"] for m in whole.metrics], kill_at
+        assert _same_weights(resumed.last_checkpoint, whole.last_checkpoint), kill_at
+        assert _same_weights(resumed.best_checkpoint, whole.best_checkpoint), kill_at
+        assert not list(out.glob(".*.part")), kill_at  # a killed save's temporary file is cleared on resume
+    assert len(killed_at) >= 3  # the state, last.pt and best.pt (and the resume's own exports)
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    run = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    markov_units(tmp_path / "units", files=12, length=40, seed=1)  # the same files, other units
+    with pytest.raises(ValueError, match=r"the training data changed since .*train_state.pt was saved .*--overwrite"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in run.metrics] == [1, 2, 3] and run.config["steps_done"] == 3
+
+
+def test_a_second_run_into_the_folder_is_refused_while_the_first_trains(tmp_path, monkeypatch):
+    markov_units(tmp_path / "units", files=12, length=40)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.lock").write_text("process 999999 on a machine that crashed\n")  # a stale lock file holds nothing
+    validate, twins = training.validation_loss, []
+
+    def validate_and_start_a_twin(*args):
+        if not twins:
+            twins.append("started")
+            with pytest.raises(ValueError, match=r"another training run \(process \d+ on .+\) is writing to .*run"):
+                _small_run(tmp_path / "units", out, max_steps=6)
+        return validate(*args)
+
+    monkeypatch.setattr(training, "validation_loss", validate_and_start_a_twin)
+    run = _small_run(tmp_path / "units", out, max_steps=6)
+    assert twins and [m["step"] for m in run.metrics] == list(range(1, 7))  # the twin wrote nothing in between
+
+
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    run = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "tokens": 1')  # what a kill in the middle of a write leaves
+    assert [m["step"] for m in run.metrics] == [1, 2, 3]
+    resumed = _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in resumed.metrics] == list(range(1, 7))
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a metrics record"):
+        resumed.metrics
+
+
+def test_an_empty_or_truncated_state_or_config_file_is_named(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    whole = state_file.read_bytes()
+    for content, problem in ((b"", "is empty"), (whole[: len(whole) // 2], "is not a readable PyTorch checkpoint")):
+        state_file.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{re.escape(str(state_file))} {problem}.*--overwrite"):
+            _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    (tmp_path / "run" / "config.json").write_text('{"task": "ulm", ')
+    with pytest.raises(ValueError, match=r"config.json is unreadable \(.*\): .*--overwrite"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    restarted = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3, overwrite=True)
+    assert [m["step"] for m in restarted.metrics] == [1, 2, 3]
+
+
+def test_a_state_saved_on_another_number_of_processes_is_refused(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    assert state["world_size"] == 1 and len(state["rng"]) == 1
+    torch.save({**state, "world_size": 2, "rng": state["rng"] * 2}, state_file)  # as two processes save it
+    with pytest.raises(ValueError, match=r"train_state.pt was saved by a run on 2 process\(es\), this one has 1"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+
+
+def test_a_validation_set_without_targets_is_refused(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    for i in range(3):  # one unit each: BOS then a unit the loss skips, nothing to score
+        datasets.save_units(tmp_path / "val" / f"v{i}.npy", [i], [7])
+    with pytest.raises(ValueError, match="no validation utterance has 2 or more units"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=3, val_dir=tmp_path / "val")
+    assert not (tmp_path / "run").exists()
+
+
+def _nan_at_forward(monkeypatch, call: int) -> None:
+    """The loss of the ``call``-th forward pass (training or validation) becomes NaN."""
+    forward, calls = training._PackedLoss.forward, []
+
+    def poisoned(self, *args):
+        loss, count = forward(self, *args)
+        calls.append(1)
+        return (loss * math.nan if len(calls) == call else loss), count
+
+    monkeypatch.setattr(training._PackedLoss, "forward", poisoned)
+
+
+def test_a_loss_that_is_not_finite_stops_the_run(tmp_path, monkeypatch, capsys):
+    from dpslm_utils import cli
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    _nan_at_forward(monkeypatch, 5)  # steps 1-3, the validation at step 3 (one batch), then step 4
+    with pytest.raises(RuntimeError, match=r"training loss is nan at step 4, .*train_state.pt still holds step 3") as stop:
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert isinstance(stop.value, training.TrainingDiverged)
+    assert [m["step"] for m in training.TrainingRun(tmp_path / "run").metrics] == [1, 2, 3]
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 3
+
+    _nan_at_forward(monkeypatch, 1)
+    small = ["--dim", "32", "--n-layers", "1", "--head-dim", "16", "--n-heads", "2", "--n-kv-heads", "2",
+             "--hidden-dim", "64", "--batch-size", "2", "--quiet"]  # fmt: skip
+    assert cli.main(["train-ulm", str(tmp_path / "units"), str(tmp_path / "cli"), "--k", "16", *small]) == 1
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"dpslm: error: the training loss is nan at step 1, so training stopped \(nothing was saved\)\..*\n",
+                        captured.err), captured.err  # fmt: skip
+    assert "best.pt" not in captured.out + captured.err and not (tmp_path / "cli" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    [("warmup_steps", -5, ValueError, "warmup_steps must be an integer >= 0, got -5"),
+     ("lr_final", math.nan, ValueError, "lr_final must be finite, got nan"),
+     ("lr", math.inf, ValueError, "lr must be finite"), ("lr", -1e-3, ValueError, "lr must be >= 0, got -0.001"),
+     ("beta2", 1.0, ValueError, r"beta2 must be in \[0, 1\), got 1.0"), ("eps", 0.0, ValueError, "eps must be > 0"),
+     ("grad_clip", -1.0, ValueError, "grad_clip must be >= 0"), ("decay_steps", 2.5, TypeError, "decay_steps must be an integer"),
+     ("seed", -1, ValueError, "seed must be an integer from 0 to"), ("rope_theta", math.nan, ValueError, "rope_theta must be finite"),
+     ("lr", "1e-3", TypeError, "lr must be a number"), ("chunk_size", 1, ValueError, "chunk_size must be at least 2")],
+)  # fmt: skip
+def test_every_training_setting_is_checked(name, value, error, message):
+    with pytest.raises(error, match=message):
+        training.resolve_config("ulm", "tiny", 16, {name: value})
+
+
+def test_the_setting_checks_cover_every_preset_setting():
+    for task, presets in training.PRESETS.items():
+        for preset, settings in presets.items():
+            assert set(settings) == set(training.SETTING_RANGES), (task, preset)
+            config = training.resolve_config(task, preset, 500, {})
+            assert {n: config[n] for n in settings} == settings  # every preset passes its own checks unchanged
+    with pytest.raises(ValueError, match="k .* must be an integer from 1 to 1048576"):
+        training.resolve_config("ulm", "tiny", 2**32, {})
+
+
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_last_state(tmp_path, monkeypatch):
+    import errno
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    saved = state_file.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "optimizer" in obj:  # the training state: half of it reaches the disk, then the disk is full
+            if hasattr(f, "write"):
+                f.write(b"half a state")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=f"could not write {re.escape(str(state_file))}: No space left on device"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert state_file.read_bytes() == saved and not list((tmp_path / "run").glob(".*.part"))
+    resumed = _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in resumed.metrics] == list(range(1, 7))
