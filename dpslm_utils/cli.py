@@ -652,10 +652,9 @@ def check_abx(args: argparse.Namespace) -> None:
 
 
 def check_evaluation_output(args: argparse.Namespace, command: str, partial: bool = False) -> None:
-    """The search, device and OUT_DIR of ``zerospeech``/``abx``: writable (nothing is created yet), and its
+    """The search and OUT_DIR of ``zerospeech``/``abx``: writable (nothing is created yet), and its
     settings record (cached units/features fit only their settings)."""
     _resolve_search(args)
-    check_device(args.device)
     check_can_create(Path(args.out_dir))
     from .settings_record import check_settings
 
