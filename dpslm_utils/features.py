@@ -90,6 +90,8 @@ class FeatureEncoder:
     """Its name in :func:`feature_encoder`."""
     dim: int
     """Feature size D."""
+    random_weights = False
+    """True for WavLM in random-tiny mode; weight-free features never have weights."""
     frame_rate = FRAME_RATE
     sample_rate = SAMPLE_RATE
     """Audio is resampled to this rate before framing; :meth:`invert` returns audio at this rate."""
@@ -152,6 +154,7 @@ class WavLMFeatures(FeatureEncoder):
             encoder = shared_encoder(resolve_device(device), weights_mode(), fast)
         encoder._check_layer(layer)
         self.encoder, self.layer, self.dim = encoder, layer, encoder.dim
+        self.random_weights = encoder.random_weights
 
     def __call__(self, wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         return self.encoder(wav, sample_rate, layer=self.layer)
@@ -162,7 +165,7 @@ class WavLMFeatures(FeatureEncoder):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"features": self.name, "layer": self.layer, "random_weights": self.encoder.random_weights}
+        return {"features": self.name, "layer": self.layer, "random_weights": self.random_weights}
 
 
 # ---------------------------------------------------------------------------------------------
