@@ -55,10 +55,10 @@ _EXPORTS: dict[str, str] = {
     "deduplicate": "quantize",
     "bitrate": "quantize",
     "Bitrate": "quantize",
-    # rate_distortion.py: λ for a units/s target, rate against distortion
-    "lambda_for_rate": "rate_distortion",
-    "rate_distortion": "rate_distortion",
-    "RatePoint": "rate_distortion",
+    # rates.py (not rate_distortion.py, which would shadow the function): λ for a units/s target, rate against distortion
+    "lambda_for_rate": "rates",
+    "rate_distortion": "rates",
+    "RatePoint": "rates",
     # ulm.py, ellav.py (on the shared decoder in transformer.py)
     "UnitLM": "ulm",
     "ELLAV": "ellav",

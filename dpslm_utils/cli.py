@@ -394,7 +394,7 @@ def _lambda_for_files(args: argparse.Namespace, encoder, codebook) -> float:
     """The λ that gives ``--units-per-second`` over the features of every readable input file."""
     from tqdm.auto import tqdm
 
-    from .rate_distortion import lambda_for_rate
+    from .rates import lambda_for_rate
 
     features = []
     for path in tqdm(args.files, desc="features (to find λ)", disable=args.quiet):
@@ -738,9 +738,54 @@ def _demo(args: argparse.Namespace) -> int:
         plots.plot_spectrogram(s.wav, s.sample_rate, ax=ax, title=f"resynthesis {i} (ELLA-V + WavTokenizer)")
     plots.mark_random_weights(fig)
     fig.savefig(out / "demo.png", dpi=110)
+    plt.close(fig)
     print(f"\nwrote {out}/units.txt, original.wav, resynthesis_0.wav, resynthesis_1.wav and demo.png")
     _say_if_random()
+    if model.random_weights:
+        print("      units.txt, resynthesis_0.wav, resynthesis_1.wav, demo.png and the log-likelihoods come from these "
+              "random models: the resyntheses are noise.")
+        _weight_free_demo(out, wav, sr)
     return 0
+
+
+DEMO_UNITS_PER_SECOND = (20.0, 10.0, 5.0)
+"""Rates of the offline demo's weight-free resyntheses: λ found on the example by lambda_for_rate (within 10 %)."""
+DEMO_LAMBDAS = (0.0, 100.0, 1000.0, 3000.0, 10000.0)
+"""λ of the offline demo's rate-distortion figure (log-mel λ: squared log-mel distance)."""
+
+
+def _weight_free_demo(out: Path, wav, sr: int) -> None:
+    """Units you can hear without any weights: log-mel features, DPDP on the shipped log-mel codebook,
+    each frame's centroid back in place, Griffin-Lim. Writes ``weightfree_*.wav`` and ``rate_distortion.png``."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .codebooks import feature_codebook
+    from .features import feature_encoder, resynthesize_units
+    from .quantize import deduplicate, dpdp
+    from .rates import lambda_for_rate, rate_distortion
+
+    encoder, codebook = feature_encoder("fbank"), feature_codebook("fbank")
+    features = encoder(wav, sr)
+    lambdas = [lambda_for_rate(features, codebook, rate, rtol=0.1) for rate in DEMO_UNITS_PER_SECOND]
+    points = {p.lmbda: p for p in rate_distortion(features, codebook, sorted({*DEMO_LAMBDAS, *lambdas}))}
+    print("\nWEIGHT-FREE resynthesis: no model weights at all (80-band log-mel features, DPDP on the shipped "
+          "k=100 log-mel codebook, each frame's centroid put back, Griffin-Lim):")
+    save_wav(out / "weightfree_logmel.wav", encoder.invert(features), encoder.sample_rate)
+    print("  weightfree_logmel.wav: the log-mel spectrogram itself, inverted without units (Griffin-Lim alone)")
+    for lmbda in lambdas:
+        units, durations = deduplicate(dpdp(features, codebook, lmbda))
+        name = f"weightfree_lambda_{lmbda:.0f}.wav"
+        save_wav(out / name, resynthesize_units(units, durations, codebook, encoder), encoder.sample_rate)
+        point = points[lmbda]
+        print(f"  {name}: λ = {lmbda:.4g}, {point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s")
+    print("  It sounds robotic (no neural vocoder; Griffin-Lim guesses the phase), but it is real: the bigger λ, "
+          "the fewer and longer the units and the more the sounds smear.")
+    axes = plots.plot_rate_distortion(list(points.values()))
+    axes[0].figure.suptitle("weight-free units of the example: log-mel + DPDP, k = 100 (no model weights)")
+    axes[0].figure.savefig(out / "rate_distortion.png", dpi=110)
+    plt.close(axes[0].figure)
+    print(f"  rate_distortion.png: distortion against units/s and bits/s for these λ and {', '.join(f'{x:g}' for x in DEMO_LAMBDAS)}")
 
 
 # -- evaluate: zerospeech, abx, download -----------------------------------------------------------

@@ -284,7 +284,7 @@ def plot_rate_distortion(points, axes=None, label: str | None = None, marker: st
         x = [getattr(p, rate) for p in points]
         (line,) = ax.plot(x, y, marker=marker, label=label)
         for p, xi, yi in zip(points, x, y):
-            ax.annotate(f"λ={p.lmbda:.3g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+            ax.annotate(f"λ={p.lmbda:.0f}" if p.lmbda >= 1 else f"λ={p.lmbda:.2g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
                         color=line.get_color())
         ax.set(xlabel=xlabel, ylabel=distortion)
         ax.grid(alpha=0.3)
