@@ -273,18 +273,17 @@ def _check_codebook_file(args: argparse.Namespace) -> int:
     if isinstance(recorded, dict) and recorded.get("features") != args.features:
         raise UsageError(f"{args.codebook} is a codebook of {recorded.get('features')} features, not {args.features}: "
                          f"pass --features {recorded.get('features')}")
-    if args.features == "wavlm":
-        if isinstance(recorded, dict) and recorded.get("random_weights", using_random_weights()) != using_random_weights():
-            state = "random-tiny" if recorded["random_weights"] else "the released"
-            raise UsageError(f"{args.codebook} clusters the features of {state} WavLM, which this run does not use")
+    if args.features == "wavlm":  # what feature_encoder("wavlm").settings will be, without loading WavLM
+        expected = {"features": "wavlm", "layer": 11, "random_weights": using_random_weights()}
     else:
         encoder = feature_encoder(args.features)  # weight-free: nothing to load
         if codebook.shape[1] != encoder.dim:
             raise UsageError(f"{args.codebook} has entries of dimension {codebook.shape[1]}, but {args.features} "
                              f"features have {encoder.dim}")
-        if isinstance(recorded, dict) and recorded != encoder.settings:
-            raise UsageError(f"{args.codebook} clusters {args.features} features with other settings ({recorded}); "
-                             f"dpslm encode computes {encoder.settings}")
+        expected = encoder.settings
+    if isinstance(recorded, dict) and recorded != expected:
+        raise UsageError(f"{args.codebook} clusters {args.features} features with other settings ({recorded}); "
+                         f"dpslm encode computes {expected}")
     args.codebook_tensor, args.codebook_sha256 = codebook, f"sha256:{sha256_of(Path(args.codebook))}"
     return codebook.shape[0]
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import MAX_SEED, check_int
 from .codebooks import check_vectors
 from .wavlm import HOP_LENGTH, RECEPTIVE_FIELD, SAMPLE_RATE, WavLMEncoder, num_frames, padded_waveform
 
@@ -294,6 +295,7 @@ class LogMel(_WeightFree):
                 "cannot be inverted; use feature_encoder('fbank') (normalize=False) for audio"
             )
         features = check_vectors(features, "features")
+        iterations, seed = check_int("iterations", iterations, minimum=0), check_int("seed", seed, 0, MAX_SEED)
         if features.shape[1] != self.dim:
             raise ValueError(f"features must be log-mel frames [T, {self.dim}], got shape {list(features.shape)}")
         if features.shape[0] == 0:
