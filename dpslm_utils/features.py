@@ -304,8 +304,7 @@ class LogMel(_WeightFree):
         band_power = (features.exp() - LOG_FLOOR).clamp_min(0.0)  # [T, 80]
         magnitude = (band_power @ torch.linalg.pinv(self.mel_filters)).clamp_min(0.0).sqrt()  # [T, 257]
         magnitude = _to_inversion_grid(magnitude)  # [2T + 1, 257]
-        wav = griffin_lim(magnitude, self.window, N_FFT, INVERSION_HOP, iterations, seed=seed)
-        return wav[: features.shape[0] * HOP_LENGTH]
+        return griffin_lim(magnitude, self.window, N_FFT, INVERSION_HOP, iterations, seed=seed)  # [320 T]
 
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, min_hz: float, max_hz: float) -> Tensor:
