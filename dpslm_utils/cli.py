@@ -1,7 +1,7 @@
 """Command line: ``python -m dpslm_utils COMMAND ...`` (also the ``dpslm`` script).
 
-Commands: demo, encode, encode-codec, train-ulm, train-ellav, resynthesize, score, say, wer, zerospeech,
-abx, download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
+Commands: demo, encode, encode-codec, train-codebook, train-ulm, train-ellav, resynthesize, score, say, wer,
+zerospeech, abx, download. ``encode``, ``encode-codec``, ``train-ulm`` and ``train-ellav`` scale past
 one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
 encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
 
@@ -29,6 +29,8 @@ from .checks import (AUDIO_SUFFIXES, MissingDependency, audio_format, check_coun
                      check_real, check_sampling, check_seed)  # fmt: skip
 
 TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
+FEATURE_NAMES = ("wavlm", "mfcc", "fbank")
+"""The names of :func:`dpslm_utils.feature_encoder` (listed here so that parsing needs no torch import)."""
 SILENCE_PEAK = 1e-4
 """Input whose peak amplitude stays below this (-80 dBFS) is silent: there is nothing to resynthesize."""
 
@@ -152,10 +154,11 @@ def _read_mono(path: Path) -> tuple:
     return to_mono(wav), sr
 
 
-def _say_if_random() -> None:
+def _say_if_random(model=None) -> None:
+    """Print the random-weights note in random-tiny mode, unless ``model`` says it has no random weights."""
     from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
 
-    if using_random_weights():
+    if using_random_weights() and getattr(model, "random_weights", True):
         print(f"NOTE: {RANDOM_WEIGHTS_MESSAGE}")
 
 
@@ -207,7 +210,7 @@ def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats
 
     model = load(dist.device)
     check_settings(out_dir, command, settings, write=dist.is_main)  # recorded once the settings proved loadable
-    _say_if_random()
+    _say_if_random(model)
     failed = []
     for path in tqdm(todo, desc=f"{command} (rank {dist.rank})" if dist.enabled else command, disable=args.quiet):
         try:
@@ -250,18 +253,86 @@ def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
 
 
 def check_encode(args: argparse.Namespace) -> None:
-    if args.k not in registry.CODEBOOK_SIZES:
-        raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
-    args.lmbda = check_real("--lmbda", args.lmbda, minimum=0.0)
+    if args.features != "wavlm" and args.codebook is None:
+        raise UsageError(f"--features {args.features} needs --codebook, a codebook of {args.features} features "
+                         f"(make one with: dpslm train-codebook AUDIO_DIR OUT.pt --k K --features {args.features})")
+    if args.codebook is not None:
+        if args.k is not None:
+            raise UsageError("--k and --codebook: the codebook file sets k, give only --codebook")
+        args.k = _check_codebook_file(args)
+    else:
+        args.k = registry.DEFAULT_K if args.k is None else args.k
+        if args.k not in registry.CODEBOOK_SIZES:
+            raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
+    if args.units_per_second is None:
+        args.lmbda = check_real("--lmbda", registry.DEFAULT_LMBDA if args.lmbda is None else args.lmbda, minimum=0.0)
+    else:
+        args.units_per_second = check_real("--units-per-second", args.units_per_second, minimum=0.0)
+        if args.units_per_second == 0:
+            raise UsageError("--units-per-second must be > 0: every file has at least one unit")
+        args.lmbda = _recorded_lambda(Path(args.out_dir), args.units_per_second)
+        if args.lmbda is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--units-per-second finds λ in one process over all files: run it once without "
+                             "torchrun, then resume under torchrun (the folder keeps the λ it found)")
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
     check_encode_tree(args, "encode", lambda: _encode_settings(args))
 
 
+def _check_codebook_file(args: argparse.Namespace) -> int:
+    """Read ``--codebook`` and check it fits ``--features``; keep it (``args.codebook_tensor``) and its
+    hash (``args.codebook_sha256``). Returns its k."""
+    from .checkpoints import CheckpointError, sha256_of, using_random_weights
+    from .codebooks import read_codebook
+    from .features import feature_encoder
+
+    try:
+        codebook, details = read_codebook(check_file(args.codebook, "codebook file"))
+    except CheckpointError as e:
+        raise UsageError(str(e)) from e
+    recorded = details.get("features")
+    if isinstance(recorded, dict) and recorded.get("features") != args.features:
+        raise UsageError(f"{args.codebook} is a codebook of {recorded.get('features')} features, not {args.features}: "
+                         f"pass --features {recorded.get('features')}")
+    if args.features == "wavlm":  # what feature_encoder("wavlm").settings will be, without loading WavLM
+        expected = {"features": "wavlm", "layer": 11, "random_weights": using_random_weights()}
+    else:
+        encoder = feature_encoder(args.features)  # weight-free: nothing to load
+        if codebook.shape[1] != encoder.dim:
+            raise UsageError(f"{args.codebook} has entries of dimension {codebook.shape[1]}, but {args.features} "
+                             f"features have {encoder.dim}")
+        expected = encoder.settings
+    if isinstance(recorded, dict) and recorded != expected:
+        raise UsageError(f"{args.codebook} clusters {args.features} features with other settings ({recorded}); "
+                         f"dpslm encode computes {expected}")
+    args.codebook_tensor, args.codebook_sha256 = codebook, f"sha256:{sha256_of(Path(args.codebook))}"
+    return codebook.shape[0]
+
+
+def _recorded_lambda(out_dir: Path, units_per_second: float) -> float | None:
+    """The λ an earlier ``--units-per-second`` run into ``out_dir`` found for this rate (None if none did)."""
+    from .settings_record import RECORD_NAME
+
+    try:
+        record = json.loads((out_dir / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("units_per_second") == units_per_second:
+        return record.get("lmbda")
+    return None
+
+
 def _encode_settings(args: argparse.Namespace) -> dict:
     from .checkpoints import weights_mode
 
-    return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
+    settings = {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
+    if args.codebook is not None:  # today's record, plus what the new options change
+        settings |= {"features": args.features, "codebook": args.codebook_sha256}
+        if args.features != "wavlm":
+            del settings["weights"]
+    if args.units_per_second is not None:
+        settings["units_per_second"] = args.units_per_second
+    return settings
 
 
 def check_unique_stems(files: list[Path], in_dir: Path) -> None:
@@ -281,10 +352,13 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from .quantize import bitrate
 
     formats = ["txt", "npy"] if args.format == "both" else [args.format]
+    if args.codebook is None and args.units_per_second is None:  # WavLM + a released codebook, λ given
+        load = lambda device: UnitEncoder.from_pretrained(args.k, args.lmbda, device, args.num_neighbors)  # noqa: E731
+        encode = lambda encoder, wav, sr: encoder.encode(wav, sr)  # noqa: E731
+    else:
+        load, encode = _feature_units(args)
     files, failed, dist = _encode_tree(
-        args, "encode", _encode_settings(args), formats,
-        load=lambda device: UnitEncoder.from_pretrained(args.k, args.lmbda, device, args.num_neighbors),
-        encode=lambda encoder, wav, sr: encoder.encode(wav, sr),
+        args, "encode", _encode_settings(args), formats, load=load, encode=encode,
         write=lambda outputs, encoded: _write_units(outputs, encoded.units, encoded.durations),
     )  # fmt: skip
     if not dist.is_main:
@@ -295,10 +369,65 @@ def cmd_encode(args: argparse.Namespace) -> int:
     frame_units = [u for u in frame_units if u is not None and len(u)]
     if frame_units:
         rate = bitrate(frame_units)
-        print(f"encoded {len(frame_units)} files with k={args.k}, lmbda={args.lmbda:g}: "
+        features = "" if args.codebook is None else f"{args.features} features, "
+        print(f"encoded {len(frame_units)} files with {features}k={args.k}, lmbda={args.lmbda:g}: "
               f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, "
               f"{rate.bits_per_second:.1f} bits/s")
     return _report_failed(failed)
+
+
+def _feature_units(args: argparse.Namespace) -> tuple:
+    """``(load, encode)`` of :func:`_encode_tree` for ``--features``/``--codebook``/``--units-per-second``:
+    features of ``--features``, DPDP on ``--codebook`` (or the released one of ``--k``). Without a
+    recorded λ, ``--units-per-second`` first encodes every file to find λ (:func:`lambda_for_rate`)."""
+    from types import SimpleNamespace
+
+    from .pipeline import EncodedSpeech, resolve_device
+    from .quantize import deduplicate, dpdp
+
+    def load(device) -> SimpleNamespace:
+        from .codebooks import load_codebook
+        from .features import feature_encoder
+
+        encoder = feature_encoder(args.features, device=device)
+        codebook = args.codebook_tensor if args.codebook is not None else load_codebook(args.k, device=device)
+        if codebook.shape[1] != encoder.dim:
+            raise ValueError(f"the codebook has entries of dimension {codebook.shape[1]}, but these {args.features} "
+                             f"features have {encoder.dim}")
+        return SimpleNamespace(encoder=encoder, codebook=codebook.to(device), random_weights=encoder.random_weights)
+
+    def encode(model, wav, sr) -> EncodedSpeech:
+        features = model.encoder(wav, sr).to(model.codebook.device)
+        frame_units = dpdp(features, model.codebook, args.lmbda, args.num_neighbors).cpu()
+        return EncodedSpeech(*deduplicate(frame_units), frame_units, model.encoder.frame_rate)
+
+    if args.lmbda is None:  # --units-per-second, first run
+        model = load(resolve_device(args.device))
+        args.lmbda = _lambda_for_files(args, model.encoder, model.codebook)
+        return (lambda device: model), encode
+    if args.units_per_second is not None:
+        print(f"λ = {args.lmbda:.6g}, found for {args.units_per_second:g} units/s by the first run into {args.out_dir}")
+    return load, encode
+
+
+def _lambda_for_files(args: argparse.Namespace, encoder, codebook) -> float:
+    """The λ that gives ``--units-per-second`` over the features of every readable input file."""
+    from tqdm.auto import tqdm
+
+    from .rates import lambda_for_rate
+
+    features = []
+    for path in tqdm(args.files, desc="features (to find λ)", disable=args.quiet):
+        try:
+            wav, sr = _read_mono(path)
+            features.append(encoder(wav, sr).to(codebook.device))
+        except (ValueError, OSError, RuntimeError):  # reported by the encoding pass that follows
+            continue
+    if not features:
+        raise ValueError(f"no file under {args.in_dir} could be read, so there is no λ to find")
+    lmbda = lambda_for_rate(features, codebook, args.units_per_second, args.num_neighbors)
+    print(f"λ = {lmbda:.6g} gives {args.units_per_second:g} units/s (± 1 %) over {len(features)} files")
+    return lmbda
 
 
 def check_encode_codec(args: argparse.Namespace) -> None:
@@ -329,6 +458,55 @@ def cmd_encode_codec(args: argparse.Namespace) -> int:
     if dist.is_main:
         print(f"{len(files) - len(failed)} of {len(files)} files have {args.codec} codes under {args.out_dir}")
     return _report_failed(failed) if dist.is_main else (1 if failed else 0)
+
+
+# -- train-codebook -------------------------------------------------------------------------------
+
+
+def check_train_codebook(args: argparse.Namespace) -> None:
+    check_folder(args.audio_dir)
+    args.files = find_audio(Path(args.audio_dir))
+    if not args.files:
+        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.audio_dir}")
+    check_int("--k", args.k, minimum=1)
+    check_int("--iterations", args.iterations, minimum=0)
+    check_seed(args.seed)
+    out_file = Path(args.out_file)
+    if out_file.is_dir():
+        raise UsageError(f"{out_file} is a folder; give the path of the codebook file to write")
+    if out_file.exists() and not args.overwrite:
+        raise UsageError(f"{out_file} exists; pass --overwrite to replace it")
+    check_creatable(out_file.parent)
+    check_device(args.device)
+    check_writable(out_file.parent)
+
+
+def cmd_train_codebook(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .codebooks import save_codebook, train_codebook
+    from .features import feature_encoder
+
+    encoder = feature_encoder(args.features, device=args.device)
+    _say_if_random(encoder)
+    features, failed = [], []
+    for path in tqdm(args.files, desc=f"{args.features} features", disable=args.quiet):
+        try:
+            wav, sr = _read_mono(path)
+            features.append(encoder(wav, sr))
+        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too short or long: skip it
+            failed.append(path)
+            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+    if not features:
+        raise ValueError(f"none of the {len(args.files)} audio files under {args.audio_dir} could be read")
+    frames = torch.cat(features)
+    codebook = train_codebook(frames, args.k, iterations=args.iterations, seed=args.seed)  # ValueError: k > frames
+    save_codebook(args.out_file, codebook, encoder.settings, k=args.k, seed=args.seed, iterations=args.iterations,
+                  frames=frames.shape[0], files=len(features))  # fmt: skip
+    print(f"{len(features)} files, {frames.shape[0] / encoder.frame_rate:.1f} s ({frames.shape[0]} frames) -> "
+          f"{args.k} centres of {args.features} features (D = {encoder.dim}): {args.out_file}")
+    return _report_failed(failed)
 
 
 # -- train-ulm, train-ellav -----------------------------------------------------------------------
@@ -581,9 +759,54 @@ def _demo(args: argparse.Namespace) -> int:
         plots.plot_spectrogram(s.wav, s.sample_rate, ax=ax, title=f"resynthesis {i} (ELLA-V + WavTokenizer)")
     plots.mark_random_weights(fig)
     fig.savefig(out / "demo.png", dpi=110)
+    plt.close(fig)
     print(f"\nwrote {out}/units.txt, original.wav, resynthesis_0.wav, resynthesis_1.wav and demo.png")
     _say_if_random()
+    if model.random_weights:
+        print("      units.txt, resynthesis_0.wav, resynthesis_1.wav, demo.png and the log-likelihoods come from these "
+              "random models: the resyntheses are noise.")
+        _weight_free_demo(out, wav, sr)
     return 0
+
+
+DEMO_UNITS_PER_SECOND = (20.0, 10.0, 5.0)
+"""Rates of the offline demo's weight-free resyntheses: λ found on the example by lambda_for_rate (within 10 %)."""
+DEMO_LAMBDAS = (0.0, 100.0, 1000.0, 3000.0, 10000.0)
+"""λ of the offline demo's rate-distortion figure (log-mel λ: squared log-mel distance)."""
+
+
+def _weight_free_demo(out: Path, wav, sr: int) -> None:
+    """Units you can hear without any weights: log-mel features, DPDP on the shipped log-mel codebook,
+    each frame's centroid back in place, Griffin-Lim. Writes ``weightfree_*.wav`` and ``rate_distortion.png``."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+    from .codebooks import feature_codebook
+    from .features import feature_encoder, resynthesize_units
+    from .quantize import deduplicate, dpdp
+    from .rates import lambda_for_rate, rate_distortion
+
+    encoder, codebook = feature_encoder("fbank"), feature_codebook("fbank")
+    features = encoder(wav, sr)
+    lambdas = [lambda_for_rate(features, codebook, rate, rtol=0.1) for rate in DEMO_UNITS_PER_SECOND]
+    points = {p.lmbda: p for p in rate_distortion(features, codebook, sorted({*DEMO_LAMBDAS, *lambdas}))}
+    print("\nWEIGHT-FREE resynthesis: no model weights at all (80-band log-mel features, DPDP on the shipped "
+          "k=100 log-mel codebook, each frame's centroid put back, Griffin-Lim):")
+    save_wav(out / "weightfree_logmel.wav", encoder.invert(features), encoder.sample_rate)
+    print("  weightfree_logmel.wav: the log-mel spectrogram itself, inverted without units (Griffin-Lim alone)")
+    for lmbda in lambdas:
+        units, durations = deduplicate(dpdp(features, codebook, lmbda))
+        name = f"weightfree_lambda_{lmbda:.0f}.wav"
+        save_wav(out / name, resynthesize_units(units, durations, codebook, encoder), encoder.sample_rate)
+        point = points[lmbda]
+        print(f"  {name}: λ = {lmbda:.4g}, {point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s")
+    print("  It sounds robotic (no neural vocoder; Griffin-Lim guesses the phase), but it is real: the bigger λ, "
+          "the fewer and longer the units and the more the sounds smear.")
+    axes = plots.plot_rate_distortion(list(points.values()))
+    axes[0].figure.suptitle("weight-free units of the example: log-mel + DPDP, k = 100 (no model weights)")
+    axes[0].figure.savefig(out / "rate_distortion.png", dpi=110)
+    plt.close(axes[0].figure)
+    print(f"  rate_distortion.png: distortion against units/s and bits/s for these λ and {', '.join(f'{x:g}' for x in DEMO_LAMBDAS)}")
 
 
 # -- evaluate: zerospeech, abx, download -----------------------------------------------------------
@@ -777,7 +1000,15 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="every audio file under IN_DIR -> DPDP units under OUT_DIR (resumable)")
     p.add_argument("in_dir")
     p.add_argument("out_dir")
-    _add_model_args(p)
+    p.add_argument("--k", type=int, default=None, help="released codebook size (default 500; not with --codebook)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--lmbda", type=float, default=None, help="DPDP duration penalty λ (default 4500)")
+    rate.add_argument("--units-per-second", type=float, default=None,
+                      help="instead of --lmbda: the λ that gives this many units per second over all the files")
+    p.add_argument("--features", choices=FEATURE_NAMES, default="wavlm",
+                   help="wavlm (layer 11, default), or weight-free mfcc / fbank (these need --codebook)")
+    p.add_argument("--codebook", default=None, help="a codebook file of these features (dpslm train-codebook)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--num-neighbors", type=int, default=None, help="restrict each frame to its N nearest codes")
     p.add_argument("--format", choices=["txt", "npy", "both"], default="both",
                    help="txt: 'u12 u7 ...'; npy: int64 [N, 2] of (unit, duration in 50 Hz frames)")
@@ -792,6 +1023,18 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_encode_codec, check=check_encode_codec)
+
+    p = sub.add_parser("train-codebook", help="k-means codebook of the features of every audio file under AUDIO_DIR")
+    p.add_argument("audio_dir")
+    p.add_argument("out_file", help="the codebook file to write (.pt: {'codebook': [K, D], 'features': ...})")
+    p.add_argument("--k", type=int, required=True, help="number of centres")
+    p.add_argument("--features", choices=FEATURE_NAMES, default="wavlm", help="wavlm (layer 11, default), mfcc or fbank")
+    p.add_argument("--iterations", type=int, default=100, help="most Lloyd iterations after k-means++ (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="k-means++ seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_FILE if it exists")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available for wavlm, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train_codebook, check=check_train_codebook)
 
     p = sub.add_parser("train-ulm", help="train a unit LM on the units under UNITS_DIR (resumable)")
     p.add_argument("units_dir")

@@ -268,6 +268,33 @@ def plot_bitrates(lmbdas, bitrates, axes=None, label: str | None = None, marker:
     return np.asarray(axes)
 
 
+def plot_rate_distortion(points, axes=None, label: str | None = None, marker: str = "o",
+                         distortion: str = "mean squared log-mel error") -> np.ndarray:  # fmt: skip
+    """Distortion against units per second and against bits per second, side by side, each point labelled with λ.
+
+    ``points`` are :class:`dpslm_utils.RatePoint` results of :func:`dpslm_utils.rate_distortion` (one
+    per λ); pass ``axes`` to overlay several feature/codebook pairs (``label`` names each curve).
+    ``distortion`` is the y-axis label (for features other than log-mel: "mean squared feature error").
+    """
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")[1]
+    points = sorted(points, key=lambda p: p.units_per_second)
+    y = [p.distortion for p in points]
+    for ax, rate, xlabel in ((axes[0], "units_per_second", "units per second"), (axes[1], "bits_per_second", "bits per second")):
+        x = [getattr(p, rate) for p in points]
+        (line,) = ax.plot(x, y, marker=marker, label=label)
+        for p, xi, yi in zip(points, x, y):
+            ax.annotate(f"λ={p.lmbda:.0f}" if p.lmbda >= 1 else f"λ={p.lmbda:.2g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
+        ax.set(xlabel=xlabel, ylabel=distortion)
+        ax.grid(alpha=0.3)
+        if label is not None:
+            ax.legend(fontsize=8)
+    axes[0].set_title("coarser units (fewer per second) lose more")
+    axes[1].set_title("rate = units/s × entropy (bits/unit)")
+    return np.asarray(axes)
+
+
 # ---------------------------------------------------------------------------------------------
 # Notebooks 05 (vocoding), 06 (end to end) and 07 (the (k, λ) grid)
 # ---------------------------------------------------------------------------------------------

@@ -338,7 +338,28 @@ def test_demo_falls_back_to_random_weights_and_writes_outputs(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "RANDOM TINY WEIGHTS" in out and "could not download" in out
     written = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert written == ["demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"]
+    weight_free = [name for name in written if re.fullmatch(r"weightfree_lambda_\d+\.wav", name)]
+    assert written == sorted(["demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt",
+                              "rate_distortion.png", "weightfree_logmel.wav", *weight_free])  # fmt: skip
+    assert len(weight_free) == len(cli.DEMO_UNITS_PER_SECOND)
+    assert "WEIGHT-FREE resynthesis: no model weights at all" in out and "come from these random models" in out
     units = (tmp_path / "demo" / "units.txt").read_text().split()
     assert units and all(u.startswith("u") and 0 <= int(u[1:]) < 100 for u in units)
     assert os.environ.get("DPSLM_WEIGHTS") == "random-tiny"
+
+
+def test_the_offline_demos_weight_free_audio_is_speech_whose_coarseness_follows_lambda(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--k", "100", "--lmbda", "600", "--weights", "random-tiny"]) == 0
+    printed = capsys.readouterr().out
+    fbank = dpslm_utils.feature_encoder("fbank")
+    original = fbank(*dpslm_utils.example_audio("librispeech", official=False))
+    errors = []
+    for path in sorted(tmp_path.glob("weightfree_lambda_*.wav"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
+        wav, sr = soundfile.read(path, dtype="float32")
+        assert sr == 16000 and len(wav) == 320 * original.shape[0]
+        assert np.sqrt(np.mean(wav**2)) > 0.01, path.name  # not silence
+        assert f"{path.name}: λ = " in printed
+        errors.append((fbank(torch.from_numpy(wav), sr) - original).square().mean().item())
+    assert len(errors) == 3 and errors == sorted(errors)  # bigger λ, further from the original spectrum
+    copy, sr = soundfile.read(tmp_path / "weightfree_logmel.wav", dtype="float32")
+    assert (fbank(torch.from_numpy(copy), sr) - original).square().mean().item() < errors[0]

@@ -47,6 +47,7 @@ def test_the_wheel_ships_the_recordings_license_and_type_marker(wheel):
         assert f"dpslm_utils/examples/{recording}" in names
     assert "dpslm_utils/py.typed" in names and "dpslm_utils/random_tiny.py" in names
     assert "dpslm_utils/viterbi_numba.py" in names
+    assert "dpslm_utils/feature_codebooks/fbank_k100.pt" in names
     assert any(re.fullmatch(r"dpslm_utils-[^/]+\.dist-info/licenses/LICENSE", n) for n in names), names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert f"Version: {dpslm_utils.__version__}\n" in metadata
@@ -75,9 +76,12 @@ def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_d
     demo = _run([venv / "bin" / "dpslm", "demo", "--weights", "random-tiny", "--k", "100", "--lmbda", "600",
                  "--out", out], cwd=tmp_path, env=env)  # fmt: skip
     assert "bundled espeak-ng recording mister_quilter.flac" in demo.stderr  # a logged warning
-    assert sorted(p.name for p in out.iterdir()) == [
-        "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"
-    ]
+    written = sorted(p.name for p in out.iterdir())
+    weight_free = [name for name in written if re.fullmatch(r"weightfree_lambda_\d+\.wav", name)]
+    assert len(weight_free) == 3 and written == sorted([
+        "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt", "rate_distortion.png",
+        "weightfree_logmel.wav", *weight_free,
+    ])  # the shipped log-mel codebook came with the wheel
 
 
 def test_version_is_defined_once_and_agrees_everywhere():

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 
 from dpslm_utils import plots  # noqa: E402
 from dpslm_utils.quantize import Bitrate  # noqa: E402
+from dpslm_utils.rates import RatePoint  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +112,20 @@ def test_plot_bitrates_plots_both_quantities():
     np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), [400, 210, 50])
     axes = plots.plot_bitrates(lmbdas, rates[::-1], axes=axes, label="k=100")  # overlay
     assert len(axes[0].get_lines()) == 2
+
+
+def test_plot_rate_distortion_plots_distortion_against_both_rates_in_rate_order():
+    points = [RatePoint(1000.0, 10.0, 5.0, 50.0, 4.0), RatePoint(0.0, 30.0, 6.0, 180.0, 1.0),
+              RatePoint(100.0, 20.0, 6.0, 120.0, 2.0)]  # fmt: skip
+    axes = plots.plot_rate_distortion(points, label="fbank k=100")
+    for ax, rates in zip(axes, ([10, 20, 30], [50, 120, 180])):
+        (line,) = ax.get_lines()
+        np.testing.assert_allclose(line.get_xdata(), rates)
+        np.testing.assert_allclose(line.get_ydata(), [4.0, 2.0, 1.0])
+        assert [t.get_text() for t in ax.texts] == ["λ=1000", "λ=100", "λ=0"]
+    assert axes[0].get_xlabel() == "units per second" and axes[1].get_xlabel() == "bits per second"
+    plots.plot_rate_distortion(points[:2], axes=axes, label="mfcc")  # overlay
+    assert len(axes[1].get_lines()) == 2
 
 
 # -- notebooks 05-07: codes, timelines, continuations, the (k, λ) grid ------------------------
