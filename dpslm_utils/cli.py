@@ -792,12 +792,12 @@ def _weight_free_demo(out: Path, wav, sr: int) -> None:
     points = {p.lmbda: p for p in rate_distortion(features, codebook, sorted({*DEMO_LAMBDAS, *lambdas}))}
     print("\nWEIGHT-FREE resynthesis: no model weights at all (80-band log-mel features, DPDP on the shipped "
           "k=100 log-mel codebook, each frame's centroid put back, Griffin-Lim):")
-    save_wav(out / "weightfree_logmel.wav", encoder.invert(features), encoder.sample_rate)
+    save_audio(out / "weightfree_logmel.wav", encoder.invert(features), encoder.sample_rate)
     print("  weightfree_logmel.wav: the log-mel spectrogram itself, inverted without units (Griffin-Lim alone)")
     for lmbda in lambdas:
         units, durations = deduplicate(dpdp(features, codebook, lmbda))
         name = f"weightfree_lambda_{lmbda:.0f}.wav"
-        save_wav(out / name, resynthesize_units(units, durations, codebook, encoder), encoder.sample_rate)
+        save_audio(out / name, resynthesize_units(units, durations, codebook, encoder), encoder.sample_rate)
         point = points[lmbda]
         print(f"  {name}: λ = {lmbda:.4g}, {point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s")
     print("  It sounds robotic (no neural vocoder; Griffin-Lim guesses the phase), but it is real: the bigger λ, "

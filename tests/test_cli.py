@@ -185,6 +185,7 @@ def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsy
         "resynthesize": ["resynthesize", inp, out + "/r", *model], "score": ["score", inp, *model],
         "say": ["say", "SIL HH AH0 L OW1 SIL", out + "/x.wav", "--phones"], "wer": ["wer", inp, out],
         "zerospeech": ["zerospeech", inp, out, *model], "abx": ["abx", inp, inp, out, *model],
+        "train-codebook": ["train-codebook", inp, out + "/c.pt", "--k", "10", "--features", "mfcc"],
     }  # fmt: skip
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices
     with_device = {name for name, p in subcommands.items() if any("--device" in a.option_strings for a in p._actions)}
