@@ -7,9 +7,9 @@ with phoneme events switched on. Each event gives the phoneme's name (espeak-ng'
 ``espeak-ng -x`` prints it without stress marks, or its IPA with ``--ipa``) and the output sample at
 which espeak-ng's wave generator starts it. The last event, ``_``, is the end of the audio.
 
-One text per process: espeak-ng keeps state from one synthesis to the next inside a process (a second
-utterance of the same text comes out a few samples shorter), so only a fresh process speaks exactly
-the samples of the ``espeak-ng`` command. The output's ``sha256`` (of the 16-bit samples) lets the caller
+One text per process: espeak-ng keeps state from one synthesis to the next inside a process (the same
+text spoken twice came out 204 samples shorter the second time), so only a fresh process speaks
+exactly the samples of the ``espeak-ng`` command. The output's ``sha256`` (of the 16-bit samples) lets the caller
 check that. Standard library only, so that it starts fast (needs ``libespeak-ng.so.1``, which the
 Debian/Ubuntu ``espeak-ng`` package installs).
 

@@ -175,12 +175,17 @@ def espeak_events(recording: Recording, ipa: bool = False) -> dict:
     return json.loads(subprocess.run(command + (["--ipa"] if ipa else []), check=True, capture_output=True).stdout)
 
 
-def synthesize(recording: Recording) -> tuple[bytes, dict]:
-    """(16 kHz mono Ogg Opus file bytes, its phones.csv row) of one recording."""
+def espeak(recording: Recording) -> tuple[bytes, np.ndarray]:
+    """(the espeak-ng command's WAV output, its samples resampled to 16 kHz ``[N]``) of one recording."""
     wav = subprocess.run(["espeak-ng", "-v", recording.voice, "-s", str(recording.rate), "--stdout", recording.text],
                          check=True, capture_output=True).stdout
     samples, sample_rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-    samples = resample(torch.from_numpy(samples)[None], sample_rate, SAMPLE_RATE)[0].numpy()
+    return wav, resample(torch.from_numpy(samples)[None], sample_rate, SAMPLE_RATE)[0].numpy()
+
+
+def synthesize(recording: Recording) -> tuple[bytes, dict]:
+    """(16 kHz mono Ogg Opus file bytes, its phones.csv row) of one recording."""
+    wav, samples = espeak(recording)
     opus = io.BytesIO()
     soundfile.write(opus, samples, SAMPLE_RATE, format="OGG", subtype="OPUS", compression_level=OPUS_COMPRESSION)
     events = espeak_events(recording)
