@@ -12,6 +12,15 @@ three speaking rates, 16 kHz Ogg Opus) ship inside the package, in ``dpslm_utils
       train/*.ogg  validation/*.ogg
       lexical/dev/*.ogg   + gold.csv   word vs non-word (one sound changed), ZeroSpeech 2021 columns
       syntactic/dev/*.ogg + gold.csv   grammatical vs word order broken, ZeroSpeech 2021 columns
+
+The phones are espeak-ng's own (the synthesizer's segmentation, exact to 0.1 ms; see data/README.md),
+enough to train a phone LM from scratch and to label frames::
+
+    corpus = load_toy_language()
+    corpus.train[0].phones                      # ('s', 'a', 'n', 'i', 'n', 'e', 'l', 'o', ...)
+    ids = [corpus.phone_inventory.index(p) for p in corpus.train[0].phones]  # phone tokens, 0..21
+    corpus.train[0].alignment.frame_labels()    # the phone of each 20 ms frame ('_' = silence)
+    corpus.test_alignments("lexical")["lex_0000"].phones   # a test item's phones, by gold.csv filename
 """
 
 from __future__ import annotations

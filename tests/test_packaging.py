@@ -103,11 +103,12 @@ from jupyter_client import KernelManager
 from nbclient import NotebookClient
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager  # a kernel on this very python
 
-for path in map(Path, sys.argv[1:]):
-    notebook = nbformat.read(path, as_version=4)
-    kernel = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
-    NotebookClient(notebook, km=kernel, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
-    nbformat.write(notebook, path)
+path = Path(sys.argv[1])
+notebook = nbformat.read(path, as_version=4)
+kernel = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
+NotebookClient(notebook, km=kernel, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute(
+    cleanup_kc=True)  # shut the kernel down (the client does not own a kernel manager it was given)
+nbformat.write(notebook, path)
 """
 NOTEBOOKS_WITH_DATA = ("06_end_to_end", "08_evaluating_spoken_lms", "09_train_your_own")
 
@@ -116,8 +117,12 @@ def test_the_notebooks_that_need_the_repository_run_from_the_wheel_outside_the_c
     """What Colab does: notebooks 06 (torch.hub), 08 (sLM21 stand-in, toy language) and 09 (toy
     language) with the package from a pip install, under random-tiny weights. A cell error fails."""
     python, env = installed
-    paths = [shutil.copy(REPO / "notebooks" / f"{name}.ipynb", tmp_path) for name in NOTEBOOKS_WITH_DATA]
-    _run([python, "-c", EXECUTE, *paths], cwd=tmp_path, env=env | {"DPSLM_WEIGHTS": "random-tiny"})
+    runs = [subprocess.Popen([python, "-c", EXECUTE, shutil.copy(REPO / "notebooks" / f"{name}.ipynb", tmp_path)],
+                             cwd=tmp_path, env=env | {"DPSLM_WEIGHTS": "random-tiny"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for name in NOTEBOOKS_WITH_DATA]  # side by side
+    for name, run in zip(NOTEBOOKS_WITH_DATA, runs):
+        output = run.communicate()[0]
+        assert run.returncode == 0, f"notebook {name} failed outside the checkout:\n{output[-5000:]}"
 
     def printed(name: str, cell_id: str) -> str:
         (cell,) = [c for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] if c["id"] == cell_id]
