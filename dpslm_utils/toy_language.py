@@ -13,7 +13,7 @@ three speaking rates, 16 kHz Ogg Opus) ship inside the package, in ``dpslm_utils
       lexical/dev/*.ogg   + gold.csv   word vs non-word (one sound changed), ZeroSpeech 2021 columns
       syntactic/dev/*.ogg + gold.csv   grammatical vs word order broken, ZeroSpeech 2021 columns
 
-The phones are espeak-ng's own (the synthesizer's segmentation, exact to 0.1 ms; see data/README.md),
+The phones are espeak-ng's own (its segmentation, to the sample, stored to 0.1 ms; see data/README.md),
 enough to train a phone LM from scratch and to label frames::
 
     corpus = load_toy_language()
@@ -72,9 +72,9 @@ Spelling is not sound: ``b d g`` are stops only utterance-initially and become `
 (so a word has two forms, e.g. ``b a D o`` / ``B a D o``); ``g`` before ``i`` is ``x`` (the non-word
 ``kegi``); a word-initial ``r`` is trilled (``R2``), one between vowels tapped (``**``)."""
 SILENCE = "_"
+"""espeak-ng's pause phoneme: the label of frames outside every phone."""
 SAMPLE_RATE = 16000
 """Of every recording."""
-"""espeak-ng's pause phoneme: the label of frames outside every phone."""
 
 
 def word_class(word: str) -> str:
