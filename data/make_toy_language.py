@@ -210,15 +210,17 @@ def phones_row(recording: Recording, events: dict, ipa_events: dict, num_samples
     unknown = {name for name, _ in spoken} - set(PHONES)
     if unknown:
         problems.append(f"phonemes {sorted(unknown)} are not in toy_language.PHONES (a pause inside?)")
-    ipa = {(name, symbol) for (name, at), (symbol, ipa_at) in zip(spoken, ipa_events["phonemes"])
-           if PHONES.get(name) != symbol or at != ipa_at}
-    if ipa or len(ipa_events["phonemes"]) != len(events["phonemes"]):
-        problems.append(f"espeak-ng's IPA disagrees with toy_language.PHONES: {sorted(ipa)}")
-    if problems:
-        sys.exit(f"{recording}: " + "; ".join(problems))
+    disagreements = {(name, symbol) for (name, at), (symbol, ipa_at) in zip(spoken, ipa_events["phonemes"])
+                     if PHONES.get(name) != symbol or at != ipa_at}
+    if disagreements or len(ipa_events["phonemes"]) != len(events["phonemes"]):
+        problems.append(f"espeak-ng's IPA disagrees with toy_language.PHONES: {sorted(disagreements)}")
     phones_of_words = [[] for _ in words]
     for name, sample in spoken:
         phones_of_words[max(0, bisect.bisect_right(word_starts, sample) - 1)].append(name)
+    if not all(phones_of_words):
+        problems.append(f"a word without phones: {phones_of_words}")
+    if problems:
+        sys.exit(f"{recording}: " + "; ".join(problems))
     return {"file": recording.file, "phones": " | ".join(" ".join(phones) for phones in phones_of_words),
             "starts": " ".join(f"{sample / sample_rate:.4f}" for _, sample in spoken),
             "end": f"{pause_at / sample_rate:.4f}", "samples": num_samples}
