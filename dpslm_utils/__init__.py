@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "abx_representations": "evaluation",
     # corpora.py: the evaluation corpora
     "download_corpus": "corpora",
+    "slm21_stand_in_dir": "corpora",
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",
@@ -101,6 +102,7 @@ _EXPORTS: dict[str, str] = {
     # toy_language.py: the toy spoken language of notebook 09
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",
+    "PhoneAlignment": "toy_language",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -60,6 +60,14 @@ class DownloadError(RuntimeError):
     """A corpus could not be downloaded, verified or unpacked."""
 
 
+def slm21_stand_in_dir() -> Path:
+    """The project's tiny synthetic sLM21 set, shipped in the package: the official layout (``lexical/dev``
+    and ``syntactic/dev`` with ``gold.csv``, ``lexical/test``), 16 kHz FLAC made with espeak-ng, 5 + 1
+    word / non-word pairs and 4 sentence pairs. Enough to run the evaluation offline, far too few to
+    measure anything; the real set is ``download_corpus("zerospeech-slm21")``."""
+    return Path(__file__).resolve().parent / "data" / "slm21"
+
+
 def data_dir() -> Path:
     """``$DPSLM_DATA`` if set, else ``<cache_dir()>/data``."""
     return Path(os.environ[DATA_ENV]).expanduser() if os.environ.get(DATA_ENV) else cache_dir() / "data"

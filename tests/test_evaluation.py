@@ -6,13 +6,13 @@ import json
 import math
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dpslm_utils import UnitLM, cli, evaluation
+from dpslm_utils.corpora import slm21_stand_in_dir
 from dpslm_utils.evaluation import (
     bootstrap_interval,
     evaluate_zerospeech,
@@ -23,8 +23,9 @@ from dpslm_utils.evaluation import (
 )
 from dpslm_utils.pipeline import EncodedSpeech
 from dpslm_utils.settings_record import SettingsMismatch
+from dpslm_utils.toy_language import TOY_LANGUAGE_DIR
 
-SLM21 = Path(__file__).resolve().parent.parent / "data" / "slm21"
+SLM21 = slm21_stand_in_dir()
 
 
 def write_gold(path, rows):
@@ -348,7 +349,7 @@ def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_pat
 
 
 def test_find_split_reads_the_toy_language_ogg_files_named_in_gold():
-    toy = SLM21.parent / "toy_language"
+    toy = TOY_LANGUAGE_DIR
     for task in ("lexical", "syntactic"):
         files = evaluation.find_split(toy, task, "dev")
         gold = read_gold(toy / task / "dev" / "gold.csv")
