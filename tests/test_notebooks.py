@@ -1,6 +1,7 @@
 """The course conventions every notebook 00-09 keeps (the cells themselves run under nbval in CI)."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -32,3 +33,24 @@ def test_notebook_conventions(path):
     assert any("<details>" in text for text in markdown), "exercises with folded solutions"
     assert not any(re.search(r"^import dpslm_utils$", text, flags=re.M) for text in code), "alias: import dpslm_utils as dpslm"
     assert not any("plot_kl_grid" in text for _, text, _ in notebook)
+
+
+def test_notebook_09_removes_its_work_folder_when_the_kernel_shuts_down(tmp_path):
+    """Its setup cell (imports + the folder every file of the notebook goes to) in a real kernel; a
+    JupyterLab shutdown or restart is a shutdown request, after which nothing may stay in TMPDIR."""
+    jupyter_client = pytest.importorskip("jupyter_client")
+    path = next(path for path in NOTEBOOKS if path.name.startswith("09_"))
+    (setup,) = [text for kind, text, _ in cells(path) if kind == "code" and "\nwork = " in "\n" + text]
+    manager = jupyter_client.KernelManager(kernel_name="python3")
+    manager.start_kernel(env={**os.environ, "TMPDIR": str(tmp_path), "DPSLM_WEIGHTS": "random-tiny"})
+    client = manager.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        reply = client.execute_interactive(setup + "\n(work / 'units').mkdir()", timeout=120)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert len(list(tmp_path.glob("dpslm_09_*"))) == 1
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    assert not list(tmp_path.glob("dpslm_09_*"))
