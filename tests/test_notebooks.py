@@ -54,3 +54,22 @@ def test_notebook_09_removes_its_work_folder_when_the_kernel_shuts_down(tmp_path
         client.stop_channels()
         manager.shutdown_kernel(now=False)
     assert not list(tmp_path.glob("dpslm_09_*"))
+
+
+def _markdown_text(nodes):
+    """Every plain-text piece of a parsed Markdown tree (mistune's AST, as nbconvert parses cells)."""
+    for node in nodes:
+        if node.get("type") == "text":
+            yield node["raw"]
+        yield from _markdown_text(node.get("children", []))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_markdown_code_spans_render_whole(path):
+    """A backtick left in the rendered text is a broken code span, e.g. one wrapped onto a line that
+    starts with `+ 1`` and so renders as a bullet."""
+    mistune = pytest.importorskip("mistune")
+    parse = mistune.create_markdown(renderer=None)
+    broken = [(cell["id"], text) for kind, source, cell in cells(path) if kind == "markdown"
+              for text in _markdown_text(parse(source)) if "`" in text]
+    assert not broken, f"code spans that do not render (cell id, rendered text): {broken}"
