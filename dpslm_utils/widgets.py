@@ -31,7 +31,7 @@ from .ulm import UnitLM
 FIGURE_WIDTH = 8.0
 """Inches (800 px at the PNG's 100 dpi). JupyterLab shrinks a wider picture to its output area, about
 580 px in a 1024 px window with the file browser open: at this width tick labels stay about 10 px
-tall (a 14-inch figure shrank them to 4 px)."""
+tall (the 14-inch figure of notebook 02's explorer shrank them to 6 px)."""
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -62,7 +62,8 @@ def _row(*children) -> widgets.HBox:
 
 
 def _slider_layout() -> widgets.Layout:
-    """A slider that takes the room its row leaves, but keeps a usable track (at least ~170 px)."""
+    """A slider that takes the room its row leaves, but at least 320 px for label, track and readout
+    (squeezed into a row it had kept a 45 px track)."""
     return widgets.Layout(flex="1 1 320px", min_width="320px", max_width="560px")
 
 
@@ -122,10 +123,10 @@ class DPDPExplorer:
         self.lmbda_slider = widgets.IntSlider(value=int(lmbda), min=0, max=int(max_lmbda), step=int(step),
                                               description="λ", continuous_update=False, style=WHOLE_LABEL,
                                               layout=_slider_layout())
-        self.search_toggle = widgets.ToggleButtons(options=[("exact", False), ("paper: 5 % nearest", True)],
-                                                   value=bool(restricted), description="search",
-                                                   style={**WHOLE_LABEL, "button_width": "auto"},
-                                                   layout=widgets.Layout(display="flex", flex="0 0 auto", align_items="center"))
+        self.search_toggle = widgets.ToggleButtons(
+            options=[("exact", False), ("paper: 5 % nearest", True)], value=bool(restricted), description="search",
+            style={**WHOLE_LABEL, "button_width": "auto"},  # the label beside the buttons, side by side
+            layout=widgets.Layout(display="flex", flex="0 0 auto", align_items="center"))
         self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment", style=WHOLE_LABEL,
                                                 continuous_update=False, layout=_slider_layout())
         self.controls = widgets.VBox([_row(self.k_dropdown, self.lmbda_slider),
