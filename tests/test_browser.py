@@ -12,6 +12,7 @@ Chromium) it fails instead.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -40,6 +41,7 @@ try:
 except ImportError:
     sync_playwright = None
 _missing = ("the playwright package is not installed (the dev extra has it)" if sync_playwright is None else
+            "jupyterlab is not installed (the notebooks extra)" if not importlib.util.find_spec("jupyterlab") else
             f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)" if not Path(CHROMIUM).exists() else "")
 if _missing and not os.environ.get("CI"):
     pytestmark = pytest.mark.skip(reason=f"browser test skipped: {_missing}")
@@ -69,10 +71,10 @@ PLAYERS_FIT_JS = """cell => {
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 serving a scratch folder with copies of notebooks 02 and 07: (url, token, folder)."""
-    import jupyterlab
-
     if _missing:
         pytest.fail(f"the browser test must run in CI: {_missing}")
+    import jupyterlab
+
     scratch = tmp_path_factory.mktemp("jupyterlab")
     root = scratch / "notebooks"
     root.mkdir()
@@ -97,30 +99,32 @@ def lab(tmp_path_factory):
     if (shared / "lab" / "static").is_dir():
         env |= {"JUPYTERLAB_DIR": str(shared / "lab"), "JUPYTER_PATH": str(shared)}
     port, token = free_port(), secrets.token_hex(16)
-    log = open(scratch / "jupyterlab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+    with open(scratch / "jupyterlab.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+             "--LabApp.expose_app_in_browser=True"],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5).close()
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        tail = (scratch / "jupyterlab.log").read_text()[-3000:]
+                        pytest.fail(f"JupyterLab did not start; the end of its log:\n{tail}")
+                    time.sleep(0.5)
+            yield url, token, scratch
+        finally:
+            server.terminate()  # shuts its kernels down
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
                 server.kill()
-                pytest.fail(f"JupyterLab did not start; its log:\n{(scratch / 'jupyterlab.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url, token, scratch
-    server.terminate()  # shuts its kernels down
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")
