@@ -326,8 +326,20 @@ def pretrained_path(remote: RemoteFile, family: str, **arguments: Any) -> Iterat
     with tempfile.TemporaryDirectory(prefix="dpslm-random-tiny-") as tmp:
         path = Path(tmp) / remote.filename
         random_tiny.write(family, path, **arguments)
-        log.warning("%s: %s", remote.filename, RANDOM_WEIGHTS_MESSAGE)
+        _announce_random_weights()
         yield path
+
+
+_random_weights_announced = False
+
+
+def _announce_random_weights() -> None:
+    """Warn once per process, in one line, that the models are random (a notebook cell loading 24
+    models would otherwise show 24 warnings)."""
+    global _random_weights_announced
+    if not _random_weights_announced:
+        _random_weights_announced = True
+        log.warning("%s; every model this process loads is a small random stand-in (said once)", RANDOM_WEIGHTS_MESSAGE)
 
 
 def load_pretrained(load: Callable[[Path], Model], remote: RemoteFile, family: str, **arguments: Any) -> Model:

@@ -9,6 +9,7 @@ rendered to PNG here, without pyplot, so no backend ever shows them a second tim
 from __future__ import annotations
 
 import io
+import math
 from collections import OrderedDict
 
 import ipywidgets as widgets
@@ -27,11 +28,52 @@ from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
 from .ulm import UnitLM
 
 
+FIGURE_WIDTH = 8.0
+"""Inches (800 px at the PNG's 100 dpi). JupyterLab shrinks a wider picture to its output area, about
+580 px in a 1024 px window with the file browser open: at this width tick labels stay about 10 px
+tall (the 14-inch figure of notebook 02's explorer shrank them to 6 px)."""
+
+
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def audible(clip: torch.Tensor, sample_rate: int, seconds: float = 1.0, gap: float = 0.25) -> tuple[torch.Tensor, int]:
+    """``clip [n]`` repeated, ``gap`` seconds of silence apart, until it lasts at least ``seconds``;
+    returns the samples ``[m]`` and how many times the clip is in them.
+
+    A 40 ms unit played once is a click, and the browser's player shows a sub-second clip as
+    "0:00 / 0:00"; a few repetitions can be heard, and the player shows a length.
+    """
+    clip = clip.reshape(-1)
+    if clip.numel() >= seconds * sample_rate:
+        return clip, 1
+    silence = clip.new_zeros(round(gap * sample_rate))
+    repeats = math.ceil((seconds * sample_rate + silence.numel()) / (clip.numel() + silence.numel()))
+    return torch.cat([clip, silence] * (repeats - 1) + [clip]), repeats
+
+
+def _row(*children) -> widgets.HBox:
+    """Controls side by side; in a narrow window they wrap onto the next line instead of shrinking."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+
+def _slider_layout() -> widgets.Layout:
+    """A slider that takes the room its row leaves, but at least 320 px for label, track and readout
+    (squeezed into a row it had kept a 45 px track)."""
+    return widgets.Layout(flex="1 1 320px", min_width="320px", max_width="560px")
+
+
+def _button(description: str, tooltip: str, **options) -> widgets.Button:
+    """A button as wide as its text (the default width cuts "score word / non-word")."""
+    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width="auto"), **options)
+
+
+WHOLE_LABEL = {"description_width": "initial"}
+"""Widget style: the description gets the width it needs (the default cuts "temperature" to "temperat…")."""
 
 
 class _Codebooks:
@@ -76,16 +118,19 @@ class DPDPExplorer:
         self.codebooks = _Codebooks(layer, self.features.device)
         self.curve_lmbdas = np.linspace(0, max_lmbda, curve_points).round().astype(int)
         self._curves: dict[tuple[int, bool], np.ndarray] = {}  # (k, restricted) -> units/s at curve_lmbdas
-        self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k")
+        self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k", style=WHOLE_LABEL,
+                                           layout=widgets.Layout(width="130px"))
         self.lmbda_slider = widgets.IntSlider(value=int(lmbda), min=0, max=int(max_lmbda), step=int(step),
-                                              description="λ", continuous_update=False,
-                                              layout=widgets.Layout(width="50%"))
-        self.search_toggle = widgets.ToggleButtons(options=[("exact", False), ("paper: 5 % nearest", True)],
-                                                   value=bool(restricted), description="search")
-        self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment",
-                                                continuous_update=False, layout=widgets.Layout(width="50%"))
-        self.controls = widgets.VBox([widgets.HBox([self.k_dropdown, self.lmbda_slider]),
-                                      widgets.HBox([self.search_toggle, self.segment_slider])])
+                                              description="λ", continuous_update=False, style=WHOLE_LABEL,
+                                              layout=_slider_layout())
+        self.search_toggle = widgets.ToggleButtons(
+            options=[("exact", False), ("paper: 5 % nearest", True)], value=bool(restricted), description="search",
+            style={**WHOLE_LABEL, "button_width": "auto"},  # the label beside the buttons, side by side
+            layout=widgets.Layout(display="flex", flex="0 0 auto", align_items="center"))
+        self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment", style=WHOLE_LABEL,
+                                                continuous_update=False, layout=_slider_layout())
+        self.controls = widgets.VBox([_row(self.k_dropdown, self.lmbda_slider),
+                                      _row(self.search_toggle, self.segment_slider)])
         self.units: torch.Tensor | None = None
         self.summary = ""
         self.figure: Figure | None = None
@@ -164,16 +209,16 @@ class DPDPExplorer:
         """Draw the figure for the current units and segment, then update what is shown."""
         units, durations = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
-        fig = Figure(figsize=(14, 3.4))
-        grid = fig.add_gridspec(1, 3, width_ratios=(3.2, 1, 1.2), wspace=0.3, bottom=0.2)
-        ax = fig.add_subplot(grid[0])
-        plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=ax,
-                                title=f"k = {self.k}, λ = {self.lmbda}: {rate.units_per_second:.1f} units/s, "
-                                      f"{rate.bits_per_second:.0f} bits/s")
+        fig = Figure(figsize=(FIGURE_WIDTH, 5.6))
+        grid = fig.add_gridspec(2, 2, height_ratios=(1.2, 1), hspace=0.55, wspace=0.3)
+        ax = fig.add_subplot(grid[0, :])
+        plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=ax)
+        ax.set_title(f"k = {self.k}, λ = {self.lmbda}: {rate.units_per_second:.1f} units/s, "
+                     f"{rate.bits_per_second:.0f} bits/s", pad=12)  # room for the segment's triangle
         start, end = self._segment_frames()
-        ax.axvspan(start / self.frame_rate, end / self.frame_rate, color="cyan", alpha=0.25, lw=0)
-        plots.plot_durations(durations, self.frame_rate, ax=fig.add_subplot(grid[1]))
-        curve_ax = fig.add_subplot(grid[2])
+        plots.mark_span(ax, start / self.frame_rate, end / self.frame_rate)
+        plots.plot_durations(durations, self.frame_rate, ax=fig.add_subplot(grid[1, 0]))
+        curve_ax = fig.add_subplot(grid[1, 1])
         curve_ax.plot(self.curve_lmbdas, self.curve(), "o-", ms=3, color="C0")
         curve_ax.plot([self.lmbda], [rate.units_per_second], "*", ms=14, color="C3", mec="black")
         curve_ax.set(xlabel="λ", ylabel="units per second", title=f"k = {self.k}: units/s vs λ")
@@ -191,9 +236,11 @@ class DPDPExplorer:
         i = self.segment_slider.value
         self._update("figure", Image(figure_png(self.figure)))
         self._update("summary", Markdown(self.summary))
+        heard, repeats = audible(self.segment_audio()[0], self.sample_rate)
         self._update("segment", Markdown(f"hear segment {i} (unit u{int(units[i])}, "
-                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms):"))
-        self._update("audio", Audio(self.segment_audio()[0].numpy(), rate=self.sample_rate))
+                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms"
+                                         f"{f', played {repeats}×' if repeats > 1 else ''}):"))
+        self._update("audio", Audio(heard.numpy(), rate=self.sample_rate))
 
     def _changed(self, change) -> None:
         self.redraw()
@@ -287,23 +334,25 @@ class KLambdaExplorer:
         self.margins: dict[tuple[int, int], float] = {}
         self.a: tuple[tuple[int, int], object] | None = None  # (pair, synthesis) pinned for A/B
         self.codebooks = _Codebooks(11, features.device)
-        self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k")
-        self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ")
+        self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k", style=WHOLE_LABEL,
+                                           layout=widgets.Layout(width="130px"))
+        self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ",
+                                               style=WHOLE_LABEL, layout=widgets.Layout(width="130px"))
         self.temperature_slider = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05,
-                                                      description="temperature", continuous_update=False)
+                                                      description="temperature", continuous_update=False,
+                                                      style=WHOLE_LABEL, layout=_slider_layout())
         self.top_p_slider = widgets.FloatSlider(value=top_p, min=0.0, max=1.0, step=0.05, description="top-p",
-                                                continuous_update=False)
-        self.seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
-        self.button = widgets.Button(description="resynthesize", icon="volume-up",
-                                     tooltip="load this pair's ELLA-V (once) and speak the units")
-        self.pin_button = widgets.Button(description="keep as A", tooltip="pin this rendition for A/B")
-        self.score_button = widgets.Button(description="score word / non-word",
-                                           tooltip="load this pair's unit LM, score the pair, free it",
-                                           disabled=word_features is None or nonword_features is None)
+                                                continuous_update=False, style=WHOLE_LABEL, layout=_slider_layout())
+        self.seed_box = widgets.IntText(value=seed, description="seed", style=WHOLE_LABEL,
+                                        layout=widgets.Layout(width="130px"))
+        self.button = _button("resynthesize", "load this pair's ELLA-V (once) and speak the units", icon="volume-up")
+        self.pin_button = _button("keep as A", "pin this rendition for A/B")
+        self.score_button = _button("score word / non-word", "load this pair's unit LM, score the pair, free it",
+                                    disabled=word_features is None or nonword_features is None)
         self.controls = widgets.VBox([
-            widgets.HBox([self.k_dropdown, self.lmbda_dropdown]),
-            widgets.HBox([self.temperature_slider, self.top_p_slider, self.seed_box]),
-            widgets.HBox([self.button, self.pin_button, self.score_button]),
+            _row(self.k_dropdown, self.lmbda_dropdown, self.seed_box),
+            _row(self.temperature_slider, self.top_p_slider),
+            _row(self.button, self.pin_button, self.score_button),
         ])
         self.units: torch.Tensor | None = None
         self.summary = ""
@@ -347,7 +396,7 @@ class KLambdaExplorer:
                         f"{1000 * seconds / len(units):.0f} ms, {rate.entropy_bits:.2f} bits/unit "
                         f"→ **{rate.bits_per_second:.0f} bits/s** (one utterance: entropy underestimated)"
                         f"{scored}  \n`{shown}{more}`")
-        self.figure = Figure(figsize=(12, 3))
+        self.figure = Figure(figsize=(FIGURE_WIDTH, 2.8))
         plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=self.figure.add_subplot(),
                                 title=f"DPDP units, k = {k}, λ = {lmbda}")
         plots.mark_random_weights(self.figure)
@@ -402,9 +451,10 @@ class KLambdaExplorer:
             self.synthesis_figure = None
             self._set_status(f"*Press **resynthesize** to hear these units (loads the ELLA-V of k = {self.pair[0]}, "
                              f"λ = {self.pair[1]} the first time).*")
+            self._update("audio", Markdown(""))  # not the previous pair's rendition under this pair's hint
             self._update("synthesis", Markdown(""))
             return
-        fig = Figure(figsize=(12, 3))
+        fig = Figure(figsize=(FIGURE_WIDTH, 2.8))
         alignment = synthesis.alignment
         plots.plot_segmentation(synthesis.wav, synthesis.sample_rate, alignment.frame_units(), alignment.codec_rate,
                                 ax=fig.add_subplot(),

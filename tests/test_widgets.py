@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import ipywidgets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -39,7 +40,31 @@ def codebooks(monkeypatch):
 
 def boundary_lines(explorer):
     ax = explorer.figure.axes[0]
-    return [line for line in ax.get_lines() if np.ptp(line.get_xdata()) == 0]
+    return [line for line in ax.get_lines() if len(line.get_xdata()) > 1 and np.ptp(line.get_xdata()) == 0]
+
+
+class Shown:
+    """Stands in for a display handle: keeps what was last shown."""
+
+    def __init__(self):
+        self.content = None
+
+    def update(self, content):
+        self.content = content
+
+
+def shown(explorer):
+    """Replace the explorer's display handles with :class:`Shown` ones; returns them by name."""
+    explorer._handles = {name: Shown() for name in explorer._handles}
+    return explorer._handles
+
+
+def cut_descriptions(explorer):
+    """Controls whose description or button text would be cut off: a fixed label width, a fixed button width."""
+    controls = [w for box in explorer.controls.children for w in box.children]
+    return [w.description for w in controls
+            if (isinstance(w, ipywidgets.Button) and w.layout.width != "auto")
+            or (not isinstance(w, ipywidgets.Button) and w.style.description_width != "initial")]
 
 
 def test_default_view_is_drawn_without_callbacks(codebooks):
@@ -112,6 +137,49 @@ def test_segment_audio_is_the_chosen_segments_samples(codebooks):
     explorer.lmbda_slider.value = 10000  # one segment left: the slider's range shrinks, the choice is clamped
     assert explorer.segment_slider.max == deduplicate(explorer.units)[0].numel() - 1
     assert explorer.segment_slider.value <= explorer.segment_slider.max
+
+
+def test_audible_repeats_a_short_clip_with_gaps_to_one_second():
+    clip = torch.arange(1, 641, dtype=torch.float32)  # 40 ms at 16 kHz
+    heard, repeats = widgets.audible(clip, 16000)
+    assert repeats == 5 and heard.numel() == 5 * 640 + 4 * 4000 >= 16000  # 5 x 40 ms, 4 gaps of 250 ms
+    assert torch.equal(heard[:640], clip) and torch.equal(heard[-640:], clip)
+    assert torch.count_nonzero(heard) == 5 * 640
+    long = torch.ones(20000)
+    assert widgets.audible(long, 16000)[1] == 1 and torch.equal(widgets.audible(long, 16000)[0], long)
+
+
+def test_the_segment_player_lasts_at_least_a_second_and_says_how_often_it_repeats(codebooks):
+    explorer = widgets.dpdp_explorer(torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
+    handles = shown(explorer)
+    explorer.segment_slider.value = 1
+    _, durations = deduplicate(explorer.units)
+    clip_ms = 20 * int(durations[1])
+    assert clip_ms < 1000
+    player = handles["audio"].content
+    assert len(player.data) > 44 + 2 * 16000  # a WAV of at least 1 s of 16-bit samples
+    assert f"{clip_ms} ms, played " in handles["segment"].content.data
+
+
+def test_the_chosen_segment_is_marked_where_it_is(codebooks):
+    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=100, ks=(100,))
+    explorer.segment_slider.value = 1
+    _, durations = deduplicate(explorer.units)
+    start, end = int(durations[0]) / 50, int(durations[:2].sum()) / 50
+    ax = explorer.figure.axes[0]
+    (band,) = ax.patches
+    corners = band.get_path().transformed(band.get_patch_transform()).vertices
+    assert (corners[:, 0].min(), corners[:, 0].max()) == pytest.approx((start, end)) and band.get_alpha() >= 0.4
+    (marker,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert marker.get_xdata()[0] == pytest.approx((start + end) / 2)
+
+
+def test_no_control_cuts_its_description(codebooks, factory):
+    dpdp_explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=100, ks=(100,))
+    assert cut_descriptions(dpdp_explorer) == []
+    assert cut_descriptions(k_lambda_explorer(factory, word_features=torch.zeros(3, 4),
+                                              nonword_features=torch.zeros(3, 4))) == []
+    assert all(box.layout.flex_flow == "row wrap" for box in dpdp_explorer.controls.children)  # wrap, never squeeze
 
 
 def test_show_displays_controls_figure_and_summary(codebooks, capsys):
@@ -212,6 +280,22 @@ def test_resynthesize_speaks_the_deduplicated_units_with_the_chosen_sampling(cod
     assert explorer.synthesis_figure is None  # a pair not yet spoken shows the hint again
     explorer.lmbda_dropdown.value = 0
     assert explorer.synthesis_figure is not None  # back to a spoken pair: its rendition is shown again
+
+
+def test_a_pair_without_rendition_clears_the_previous_pairs_player(codebooks, factory):
+    explorer = widgets.k_lambda_explorer(torch.randn(1, 12800), 16000, FakeEncoder()(None, None), k=200, lmbda=0,
+                                         voice_factory=factory)
+    handles = shown(explorer)
+    explorer.resynthesize()
+    assert "B: resynthesis with k = 200, λ = 0" in handles["status"].content.data
+    assert handles["audio"].content.data.startswith(b"RIFF")  # the rendition's WAV
+    explorer.keep_as_a()
+    explorer.lmbda_dropdown.value = 700
+    assert "Press **resynthesize**" in handles["status"].content.data
+    assert handles["audio"].content.data == "" and handles["synthesis"].content.data == ""  # no stale B under the hint
+    assert handles["a_audio"].content.data.startswith(b"RIFF") and "A: k = 200, λ = 0" in handles["a_label"].content.data
+    explorer.lmbda_dropdown.value = 0  # back to the spoken pair: its player again
+    assert handles["audio"].content.data.startswith(b"RIFF")
 
 
 def test_at_most_max_loaded_voices_are_kept(codebooks, factory):
