@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import dpslm_utils
-from dpslm_utils import datasets, distributed, training
+from dpslm_utils import datasets, distributed, ellav, training, ulm
+from dpslm_utils.batches import PackedBatch
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
@@ -27,10 +28,10 @@ TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_head
 
 def test_tokens_and_chunks_match_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")
-    tokenized = [datasets.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
+    tokenized = [ulm.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
     for ours, theirs in zip(tokenized, fixture["tokenized"], strict=True):
         assert torch.equal(ours, theirs)
-    corpus = datasets.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
+    corpus = ulm.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
     for case in fixture["chunks"]:  # incl. chunks that stop at a chapter boundary and at the corpus end
         assert torch.equal(corpus.chunk(case["index"], case["start"], case["chunk_size"]), case["ids"])
 
@@ -38,7 +39,7 @@ def test_tokens_and_chunks_match_the_original():
 def test_packed_batch_loss_matches_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")["batch"]
     items = fixture["items"]
-    batch = datasets.PackedBatch.pack(items, [datasets.chunk_loss_mask(len(i)) for i in items])
+    batch = PackedBatch.pack(items, [ulm.chunk_loss_mask(len(i)) for i in items])
     assert torch.equal(batch.src_ids, fixture["src_ids"]) and torch.equal(batch.tgt_ids, fixture["tgt_ids"])
     assert torch.equal(batch.loss_mask, fixture["loss_mask"]) and batch.seqlens == fixture["seqlens"]
     model = dpslm_utils.UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt").transformer
@@ -64,9 +65,9 @@ def test_ellav_examples_match_the_original_encode_train():
     fixture = load_fixture("ellav_train_fixture.pt")
     tokenizer = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt").tokenizer
     for case in fixture["cases"]:  # case 2 holds a codec id >= 4096: UNK
-        example = datasets.ellav_example(case["frame_units"], case["codes"], tokenizer)
+        example = ellav.ellav_example(case["frame_units"], case["codes"], tokenizer)
         assert torch.equal(example.ids, case["ids"]) and torch.equal(example.loss_mask, case["loss_mask"])
-        numbers = datasets.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
+        numbers = ellav.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
         assert torch.equal(numbers.ids, case["ids"])  # framewise ints give the same example
     # The quirk: the lowest unit id (u0) is predicted by the loss, every other unit is user input.
     u0, u1 = tokenizer["token_to_id_dict"]["u0"], tokenizer["token_to_id_dict"]["u1"]
@@ -80,8 +81,8 @@ def test_ellav_batch_loss_matches_the_original():
     fixture = load_fixture("ellav_train_fixture.pt")
     model = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt")
     cases = [fixture["cases"][i] for i in fixture["batch"]["case_indices"]]
-    examples = [datasets.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
-    batch = datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+    examples = [ellav.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
+    batch = PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
     assert torch.equal(batch.src_ids, fixture["batch"]["src_ids"]) and batch.seqlens == fixture["batch"]["seqlens"]
     loss, _ = training._PackedLoss(model.transformer, model.tokenizer["UNK_id"])(
         batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens
