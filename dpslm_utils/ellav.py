@@ -21,7 +21,7 @@ per-unit cap has this one name everywhere in the package, :meth:`DPSLM.synthesiz
 Training (:class:`ELLAVTask`) reads the original ``encode_train`` sequence (:func:`ellav_example`): the
 deduplicated units, BOS, then units, codec tokens and EOPs interleaved in time, then EOS. The inference
 prompt (:func:`inference_prompt`) is its beginning, ``[p_1 .. p_n, BOS, p_1]``, and the forcing above
-replays the rest: teacher-forced with an utterance's codes, generation writes that utterance's example.
+follows the rest: a model that predicts an example's tokens generates that example up to its last EOP.
 
 Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"token_to_id_dict",
 "num_phone_types", "phone_token_rate", "num_codec_types", "codec_token_rate", ...}, "model_state":
