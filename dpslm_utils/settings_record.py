@@ -5,6 +5,7 @@ Two mechanisms, one idea (a result is reused only while everything that determin
 - :func:`check_settings`: ``encode`` with λ = 600 into a folder that holds λ = 3000 units would
   otherwise keep the old files (they already exist) and mix both. Every command that fills a folder
   resumably calls it first: the first run writes ``dpslm_settings.json``, later runs must match it.
+  A training run's ``config.json`` is checked the same way (:func:`recorded_settings`).
 - :class:`FileCache`: files made one per input file (units, ABX features) are keyed by the input's
   size and modification time and by the settings (the model's identity included, see
   :func:`model_identity`); a changed input or other settings make the file again.

@@ -27,9 +27,15 @@ A training or validation loss that is not finite stops the run (:class:`Training
 
 Under ``torchrun --nproc-per-node N`` every rank computes ``grad_accum`` micro-batches per step and
 DDP averages the gradients: a step sees ``N x grad_accum x batch_size`` sequences, exactly the
-micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file. The data
-order is a function of ``seed`` and the step (a seeded shuffle per epoch, seeded chunk starts), so a
-resumed run sees the batches the uninterrupted one would have seen.
+micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file, and every rank
+waits for each of its writes (:func:`~dpslm_utils.distributed.on_main`): if one fails, every rank
+raises rank 0's error. The data order is a function of ``seed`` and the step (a seeded shuffle per
+epoch, seeded chunk starts), so a resumed run sees the batches the uninterrupted one would have seen.
+
+The code: a model family gives the loop a :class:`Task` (data, loss, checkpoint layout:
+:class:`~dpslm_utils.ulm.UnitLMTask`, :class:`~dpslm_utils.ellav.ELLAVTask`); :class:`TrainingRun`
+owns OUT_DIR (settings, lock, state, metrics, saves); ``_train`` is the loop: restore, then
+``_train_step`` to ``max_steps``, logging, evaluating and saving on the way.
 """
 
 from __future__ import annotations
