@@ -446,15 +446,14 @@ def _train(config: dict, run: TrainingRun, task: Task, dist: Distributed, progre
 
         evaluate = at.step % config["eval_interval"] == 0 or at.step == config["max_steps"]
         if at.step % config["log_interval"] == 0 or evaluate:
-            record = window.record(at, lr)
-            state = None
+            record, snapshot = window.record(at, lr), None
             if evaluate:
                 record["val_loss"] = validation_loss(model, task, dist)
                 _stop_unless_finite("validation loss", record["val_loss"], at, run)
                 if record["val_loss"] < at.best_val_loss:
                     at.best_val_loss, at.best_step = record["val_loss"], at.step
-                state = _state(at, dist, fingerprint, model, optimizer)
-            on_main(dist, _log_and_save, run, record, state, task, model, config, bar)
+                snapshot = _state(at, dist, fingerprint, model, optimizer)  # what the save commits
+            on_main(dist, _log_and_save, run, record, snapshot, task, model, config, bar)
             at.saved_step = at.step if evaluate else at.saved_step
             window = _Window()
     if bar is not None:
