@@ -92,13 +92,13 @@ _EXPORTS: dict[str, str] = {
     "normalize_text": "wer",
     "whisper_asr": "wer",
     "read_transcripts": "wer",
-    # training.py, datasets.py: train your own unit LM / ELLA-V
+    # training.py, datasets.py: train your own unit LM / ELLA-V (ellav.py: its training example)
     "train_ulm": "training",
     "train_ellav": "training",
     "TrainingRun": "training",
     "save_units": "datasets",
     "load_frame_units": "datasets",
-    "ellav_example": "datasets",
+    "ellav_example": "ellav",
     # toy_language.py: the toy spoken language of notebook 09
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",

@@ -519,7 +519,7 @@ def _training_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None and name != "max_steps"}
 
 
-def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
+def _run_trainer(trainer, folders: list[str], args: argparse.Namespace) -> int:
     """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
 
     The trainers raise ValueError (settings, an OUT_DIR of other settings or in use, bad data, a state that
@@ -549,13 +549,13 @@ def check_training(args: argparse.Namespace) -> None:
 def cmd_train_ulm(args: argparse.Namespace) -> int:
     from .training import train_ulm
 
-    return _train(train_ulm, [args.units_dir, args.out_dir], args)
+    return _run_trainer(train_ulm, [args.units_dir, args.out_dir], args)
 
 
 def cmd_train_ellav(args: argparse.Namespace) -> int:
     from .training import train_ellav
 
-    return _train(train_ellav, [args.units_dir, args.codes_dir, args.out_dir], args)
+    return _run_trainer(train_ellav, [args.units_dir, args.codes_dir, args.out_dir], args)
 
 
 # -- resynthesize, score --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoints, ellav, ulm
+from . import checkpoints, ellav, phones, ulm
 from .audio import BUNDLED_EXAMPLES, bundled_example
 from .registry import US_ARPA_PHONES
 from .transformer import ModelArgs, Transformer
@@ -115,8 +115,7 @@ def write_phone_lm(path: Path) -> None:
 
 def write_phone_lm_tokenizer(path: Path) -> None:
     """The phone LM's tokenizer JSON (``us_arpa_tokenizer.json`` format): BOS 0, UNK 1, then the phones."""
-    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *US_ARPA_PHONES])}
-    text = json.dumps({"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": 0, "UNK_id": 1}, indent=4)
+    text = json.dumps(phones.official_tokenizer(US_ARPA_PHONES), indent=4)
     checkpoints.write_atomically(path, lambda tmp: tmp.write_text(text))
 
 

@@ -144,3 +144,24 @@ def test_docstrings_state_what_and_why_not_history_or_benchmark_notes():
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(node):
                 found += [f"{name}.{getattr(node, 'name', '')}: {m[0]!r}" for m in HISTORY_IN_DOCS.finditer(ast.get_docstring(node))]
     assert not found, found
+
+
+def test_datasets_reads_files_and_knows_no_model_family():
+    imported = _imported_modules(importlib.import_module("dpslm_utils.datasets"))
+    assert not {".ulm", ".ellav", ".phones", ".batches", ".transformer", ".training"} & imported, imported
+
+
+def test_each_model_family_gives_the_training_loop_every_member_of_its_task():
+    from dpslm_utils import ellav, training, ulm
+
+    config = training.resolve_config("ulm", "tiny", 8, {})
+    corpus = ulm.UnitCorpus.from_utterances([ulm.tokenize_units([1, 1, 2, 3])], ["."], 4)
+    pairs = [(torch.tensor([1, 1, 2, 3, 3]), torch.tensor([7, 8, 9, 10]))]
+    members = [name for name in vars(training.Task) if not name.startswith("_")] + list(training.Task.__annotations__)
+    for family, task in ((ulm, ulm.UnitLMTask(config, corpus, corpus)), (ellav, ellav.ELLAVTask(config, pairs, pairs))):
+        assert not [name for name in members if not hasattr(task, name)], family.__name__
+        batch = task.batch(0, torch.tensor([0]))
+        assert len(batch.src_ids) == sum(batch.seqlens) and batch.loss_mask.any() and int(batch.tgt_ids.max()) < task.vocab_size
+        args = training.ModelArgs(**training._model_sizes(config), vocab_size=task.vocab_size)
+        model = training.Transformer(args, output_bias=task.output_bias)
+        assert tuple(task.checkpoint(model)) == family.CHECKPOINT_KEYS  # the family's own checkpoint layout
