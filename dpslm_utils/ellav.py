@@ -335,9 +335,9 @@ class ELLAV(nn.Module):
         max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
-        progress: bool = False,
         seed: int | None = None,
         chunk_size: int | None = None,
+        progress: bool = False,
     ) -> Generation:
         """Codec tokens for a batch of unit prompts: a :class:`Generation` ``(codes, finished, alignments)``.
 
@@ -351,7 +351,8 @@ class ELLAV(nn.Module):
         """
         prompts = _prompt_list(prompts)
         tokens, finished = self.generate_tokens(
-            prompts, max_tokens, max_codec_tokens_per_phone, temperature, top_p, seed, chunk_size, progress
+            prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
+            temperature=temperature, top_p=top_p, seed=seed, chunk_size=chunk_size, progress=progress,
         )
         if not finished.all():
             warnings.warn(

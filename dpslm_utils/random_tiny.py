@@ -2,8 +2,10 @@
 
 Offline (CI, a first look, no network) every loader still runs its real loading code: instead of
 downloading a release, :func:`checkpoints.load_pretrained <dpslm_utils.checkpoints.load_pretrained>`
-asks :func:`write` for a checkpoint of the same *family* and reads that file with the family's own
-``from_checkpoint``. Each writer builds the released architecture at a tiny size from a fixed seed,
+asks the writer of the same *family* for a checkpoint and reads that file with the family's own
+``from_checkpoint``. Importing this module registers its :data:`WRITERS` with the loader
+(:func:`checkpoints.register_random_writers <dpslm_utils.checkpoints.register_random_writers>`); the
+loader imports it through its entry point (``pyproject.toml``), never by name. Each writer builds the released architecture at a tiny size from a fixed seed,
 so every run gives the same models and the same numbers.
 
 Random weights alone make a pipeline that runs but whose stages do not fit together (features in a
@@ -239,9 +241,9 @@ WRITERS: dict[str, Callable[..., None]] = {
 }
 """Checkpoint family -> ``writer(path, **arguments)``."""
 
+checkpoints.register_random_writers(WRITERS)
+
 
 def write(family: str, path: Path, **arguments: Any) -> None:
     """Write the random-tiny checkpoint of ``family`` (a key of :data:`WRITERS`) to ``path``."""
-    if family not in WRITERS:
-        raise ValueError(f"no random-tiny writer for checkpoint family {family!r}; known: {sorted(WRITERS)}")
-    WRITERS[family](path, **arguments)
+    checkpoints.random_writer(family)(path, **arguments)
