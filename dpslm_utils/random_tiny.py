@@ -5,8 +5,9 @@ downloading a release, :func:`checkpoints.load_pretrained <dpslm_utils.checkpoin
 asks the writer of the same *family* for a checkpoint and reads that file with the family's own
 ``from_checkpoint``. Importing this module registers its :data:`WRITERS` with the loader
 (:func:`checkpoints.register_random_writers <dpslm_utils.checkpoints.register_random_writers>`); the
-loader imports it through its entry point (``pyproject.toml``), never by name. Each writer builds the released architecture at a tiny size from a fixed seed,
-so every run gives the same models and the same numbers.
+loader imports it through its entry point (``pyproject.toml``), never by name. Each writer builds the
+released architecture at a tiny size from a fixed seed, so every run gives the same models and the same
+numbers.
 
 Random weights alone make a pipeline that runs but whose stages do not fit together (features in a
 narrow cone, one unit per utterance, codec tokens that never end a unit). So each writer also shapes

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import soundfile
@@ -315,7 +316,7 @@ def test_the_loader_finds_the_random_tiny_writers_through_their_entry_point(tmp_
     assert declared[checkpoints.RANDOM_WRITERS_GROUP] == {"random_tiny": "dpslm_utils.random_tiny"}
 
 
-def test_load_pretrained_uses_the_writer_registered_for_a_family(random_tiny, monkeypatch, tmp_path):
+def test_load_pretrained_uses_the_writer_registered_for_a_family(random_tiny, monkeypatch):
     assert all(checkpoints.RANDOM_WRITERS[family] is writer for family, writer in dpslm_utils.random_tiny.WRITERS.items())
     written = []
 
@@ -325,7 +326,7 @@ def test_load_pretrained_uses_the_writer_registered_for_a_family(random_tiny, mo
 
     monkeypatch.setitem(checkpoints.RANDOM_WRITERS, "toy", write_toy)
     remote = registry.RemoteFile("https://unreachable.invalid/toy-abcdef12.txt", "abcdef12")
-    model = checkpoints.load_pretrained(lambda path: type("Toy", (), {"text": path.read_text()})(), remote, "toy", size=7)
+    model = checkpoints.load_pretrained(lambda path: SimpleNamespace(text=path.read_text()), remote, "toy", size=7)
     assert (model.text, written, model.random_weights) == ("7", [7], True)
 
 
@@ -375,11 +376,13 @@ def test_ellav_generate_and_generate_tokens_take_the_same_parameters_in_the_same
         return [(name, p.default) for name, p in inspect.signature(function).parameters.items()]
 
     assert parameters(dpslm_utils.ELLAV.generate) == parameters(dpslm_utils.ELLAV.generate_tokens)
+    from dpslm_utils.ellav import MAX_CODEC_TOKENS_PER_PHONE as CAP
+
     ellav = dpslm_utils.ELLAV.from_pretrained(100, 600)
     prompt = list(range(1, 40, 3))
-    positional = ellav.generate(prompt, 300, 30, 1.0, 0.8, 5)  # README's order: ..., temperature, top_p, seed
+    positional = ellav.generate(prompt, 300, CAP, 1.0, 0.8, 5)  # README's order: ..., temperature, top_p, seed
     keywords = ellav.generate(prompt, max_tokens=300, seed=5)
-    tokens, _ = ellav.generate_tokens(prompt, 300, 30, 1.0, 0.8, 5)
+    tokens, _ = ellav.generate_tokens(prompt, 300, CAP, 1.0, 0.8, 5)
     codec = ellav.codec_of_token.cpu()[tokens[0]]  # -1 for EOP and unit tokens
     assert positional.codes[0].tolist() == keywords.codes[0].tolist() == codec[codec >= 0].tolist()
     assert len(keywords.codes[0]) > 10
