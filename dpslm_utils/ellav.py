@@ -39,7 +39,7 @@ from torch import nn
 
 from . import checkpoints, registry
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
-from .fast import make_fast
+from .fast import kv_cache_dtype, make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -228,7 +228,7 @@ class ELLAV(nn.Module):
         encoded = [self.encode(units) for units in _prompt_list(prompts)]
 
         generator = new_generator(seed, self.transformer.device)
-        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size)
+        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size, kv_cache_dtype(self.fast))
         phone_tokens, num_phones = pad_right([prompt[:-2] for prompt in encoded], self.transformer.device)
         since_eop = torch.zeros_like(num_phones)
         phone_index = torch.zeros_like(num_phones)
