@@ -139,9 +139,9 @@ class Int8Linear(nn.Module):
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
         self.register_buffer("scale", None)
-        self.quantize(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+        self._quantize(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
 
-    def quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> None:
+    def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> None:
         """Hold ``weight [out, in]`` in int8, one scale per row (``max|w_row| / 127`` unless given), and pack it."""
         weight = weight.detach().float().cpu()
         if scale is None:
@@ -175,7 +175,7 @@ class Int8Linear(nn.Module):
         problems = len(missing_keys) + len(errors)
         linear._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
         if len(missing_keys) + len(errors) == problems:
-            self.quantize(linear.weight, linear.bias)
+            self._quantize(linear.weight, linear.bias)
 
     def __getstate__(self) -> dict:
         packed = ("packed", "packed_for_many_rows", "kernel")  # packed again by __setstate__
@@ -183,7 +183,7 @@ class Int8Linear(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.quantize(self.weight.float() * self.scale[:, None], self.bias, self.scale)  # the same int8 values
+        self._quantize(self.weight.float() * self.scale[:, None], self.bias, self.scale)  # the same int8 values
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
