@@ -24,9 +24,9 @@ the CPU has native bfloat16 (``"int8"`` otherwise). On a GPU it means ``"bfloat1
 
 A converted model stays an ordinary module. Its ``state_dict`` has the official keys and float weights
 (int8 ones dequantized to float32, bfloat16 ones as they are), so ``ulm.official_checkpoint`` and
-``ellav.official_checkpoint`` write files that ``from_checkpoint`` loads back (rounded as the fast model's
-weights were). It pickles whole (``torch.save(model)``, ``copy.deepcopy``); the int8 layers pack their
-weights again when unpickled.
+``ellav.official_checkpoint`` write files that ``from_checkpoint`` loads back; ``fast="int8"`` on such a
+file gives the same int8 model again. It pickles whole (``torch.save(model)``, ``copy.deepcopy``); the
+int8 layers pack their weights again when unpickled.
 """
 
 from __future__ import annotations
