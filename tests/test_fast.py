@@ -168,8 +168,8 @@ FAMILIES = {  # loader, official fixture, official_checkpoint of a loaded model,
 @pytest.mark.parametrize("fast", FORMATS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_fast_model_saves_an_official_checkpoint_that_loads_back(family, fast, tmp_path):
-    """int8 weights are written dequantized (float32), bfloat16 ones as they are; converting the file
-    again gives back the same fast model, number for number."""
+    """int8 weights are written dequantized (float32), bfloat16 ones as they are; loading the file (int8:
+    with fast="int8") gives back the same fast model, number for number."""
     load, fixture, official_checkpoint, weights = FAMILIES[family]
     model = load.from_checkpoint(FIXTURES / fixture, fast=fast)
     torch.save(official_checkpoint(model), tmp_path / "saved.pt")
