@@ -162,6 +162,8 @@ class StackedLinear(nn.Linear):
     """
 
     def __init__(self, **layers: nn.Linear):
+        if any(layer.bias is not None for layer in layers.values()):
+            raise ValueError(f"StackedLinear stacks bias-free layers; {list(layers)} include one with a bias")
         parts = {name: layer.out_features for name, layer in layers.items()}
         with torch.device("meta"):  # no initialisation: the layers' weights are taken next
             super().__init__(next(iter(layers.values())).in_features, sum(parts.values()), bias=False)

@@ -111,6 +111,8 @@ def test_stacked_layers_compute_exactly_as_the_separate_layers(dtype):
     assert stacked.parts == {"wq": 64, "wk": 32, "wv": 32} and stacked.weight.shape == (128, 64)
     x = torch.randn(3, 7, 64, dtype=dtype)
     assert torch.equal(stacked(x), torch.cat([layer(x) for layer in layers.values()], dim=-1))
+    with pytest.raises(ValueError, match="bias-free"):
+        StackedLinear(w1=nn.Linear(4, 4), w3=nn.Linear(4, 4, bias=False))
 
 
 def test_a_fresh_decoder_draws_its_weights_as_the_originals_layer_by_layer():
