@@ -62,18 +62,18 @@ def random_transformer(args: ModelArgs, output_bias: bool, seed: int) -> Transfo
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         model = Transformer(args, output_bias)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif name == "output.bias":
-                param.copy_(0.02 * noise)
-            elif name == "tok_embeddings.weight":
-                param.copy_(noise)
-            else:
-                param.copy_(noise / math.sqrt(param.shape[1]))
+    state = {}
+    for name, param in model.state_dict().items():  # the checkpoints' tensors, in their order
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith("norm.weight"):
+            state[name] = 1 + 0.1 * noise
+        elif name == "output.bias":
+            state[name] = 0.02 * noise
+        elif name == "tok_embeddings.weight":
+            state[name] = noise
+        else:
+            state[name] = noise / math.sqrt(param.shape[1])
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
