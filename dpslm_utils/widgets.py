@@ -78,9 +78,15 @@ WHOLE_LABEL = {"description_width": "initial"}
 """Widget style: the description gets the width it needs (the default cuts "temperature" to "temperat…")."""
 
 
+PLAYER_WIDTH_PX = 260
+"""Width of a :func:`player`: two side by side fit the output area of a 1024 px JupyterLab window (about
+580 px with the file browser open); at the browser's default 300 px every player took a row of its own."""
+
+
 def player(wav: torch.Tensor, sample_rate: int, label: str) -> str:
     """HTML: an audio player for ``wav [samples]`` with ``label`` (HTML) above it, for :func:`players`."""
     audio = Audio(torch.as_tensor(wav).reshape(-1).numpy(), rate=sample_rate)._repr_html_()
+    audio = audio.replace("<audio ", f"<audio style='width:{PLAYER_WIDTH_PX}px' ", 1)
     return f"<div style='text-align:center'>{label}<br>{audio}</div>"
 
 

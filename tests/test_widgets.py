@@ -264,6 +264,7 @@ def test_players_put_labelled_players_side_by_side():
     cells = [widgets.player(torch.randn(1, 800), 16000, f"clip {i}<br>x") for i in range(3)]
     row = widgets.players(cells)
     assert row.count("<audio") == 3 and row.count("data:audio/wav;base64,") == 3 and "flex-wrap:wrap" in row
+    assert row.count(f"<audio style='width:{widgets.PLAYER_WIDTH_PX}px'") == 3  # two a row at 1024 px (test_browser)
     assert all(f"clip {i}<br>x" in row for i in range(3))
 
 
