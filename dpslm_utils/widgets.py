@@ -103,9 +103,6 @@ WEIGHT_FREE_LAMBDAS = (0.0, *np.geomspace(1.0, 1e5, 61).tolist())
 """Log-mel λ at which :class:`WeightFreeVoice` measures rate and distortion: 0 (k-means units), then 1 to
 100 000 in steps of about 21 %, from every frame its nearest centroid to one unit per utterance."""
 
-ROBOTIC = "robotic: no neural vocoder, Griffin-Lim guesses the phase"
-"""Why weight-free resynthesis sounds as it does, in the words every label uses."""
-
 
 class WeightFreeVoice:
     """DPDP units of one utterance that can be heard without any model weights.
@@ -124,7 +121,8 @@ class WeightFreeVoice:
         self.encoder, self.codebook = feature_encoder("fbank"), feature_codebook("fbank")
         self.sample_rate = self.encoder.sample_rate
         self.features = self.encoder(wav, sample_rate)
-        self.points: list[RatePoint] = rate_distortion(self.features, self.codebook, sorted({0.0, *map(float, lambdas)}))
+        lambdas = sorted({0.0, *map(float, lambdas)})  # λ = 0 first: the k-means rate every share refers to
+        self.points: list[RatePoint] = rate_distortion(self.features, self.codebook, lambdas)
         self._audio: dict[float, torch.Tensor] = {}
 
     def at_share(self, share: float, rate: str = "units_per_second") -> RatePoint:
@@ -301,9 +299,10 @@ class DPDPExplorer:
         self.weight_free_label = (
             f"**weight-free resynthesis**, {why}: the whole utterance as log-mel units (k = 100) that keep "
             f"{share:.0%} of their k-means rate, as the units of k = {self.k}, λ = {self.lmbda} keep of theirs: "
-            f"{point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s (log-mel λ = {point.lmbda:.0f}), "
+            f"{point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s "
+            f"(log-mel λ = {point.lmbda:.0f}), "
             f"mean squared log-mel error {point.distortion:.2f}. Each frame is its unit's centroid spectrum; "
-            f"it sounds {ROBOTIC}.")
+            "it sounds robotic: no neural vocoder, Griffin-Lim guesses the phase.")
 
     def _draw_and_play(self) -> None:
         """Draw the figure for the current units and segment, then update what is shown."""
@@ -360,7 +359,9 @@ class DPDPExplorer:
         """Display the controls, the figure, the summary, the segment audio and the weight-free
         resynthesis (drawn right away)."""
         display(self.controls)
-        names = ("figure", "summary", "segment", "audio") + (("weight_free", "weight_free_audio") if self.voice is not None else ())
+        names = ["figure", "summary", "segment", "audio"]
+        if self.voice is not None:
+            names += ["weight_free", "weight_free_audio"]
         for name in names:
             self._handles[name] = DisplayHandle()
             self._handles[name].display(Markdown(""))

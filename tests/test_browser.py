@@ -4,11 +4,11 @@ JupyterLab runs on 127.0.0.1 (a free port, a token, ``DPSLM_WEIGHTS=random-tiny`
 scratch Jupyter folders) on copies of the two notebooks; Debian's Chromium, driven by Playwright for
 Python through ``executable_path`` (Playwright's own browser download cannot work here), runs them
 in a 1024 x 768 window with the file browser open, moves the controls and checks what appears: the
-figure and the text change, every player has a source and a duration (02's weight-free resynthesis too), nothing says "Error displaying
-widget" or shows a traceback, and nothing is cut off at that width. On a failure a screenshot is
-saved (the message says where). ``DPSLM_CHROMIUM`` names another Chromium. Without Chromium or
-Playwright the module is skipped, saying so; under CI (``CI=true``, where ``.ci/run`` installs
-Chromium) it fails instead.
+figure and the text change, every player has a source and a duration (02's weight-free resynthesis
+too), nothing says "Error displaying widget" or shows a traceback, and nothing is cut off at that width.
+On a failure a screenshot is saved (the message says where). ``DPSLM_CHROMIUM`` names another
+Chromium. Without Chromium or Playwright the module is skipped, saying so; under CI (``CI=true``, where
+``.ci/run`` installs Chromium) it fails instead.
 """
 
 import contextlib
