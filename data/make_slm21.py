@@ -1,4 +1,5 @@
-"""Make data/slm21: a tiny synthetic stand-in for the ZeroSpeech 2021 sLM21 set, in its official layout.
+"""Make dpslm_utils/data/slm21 (package data): a tiny synthetic stand-in for the ZeroSpeech 2021 sLM21
+set, in its official layout.
 
     sudo apt-get install espeak-ng && python data/make_slm21.py
 
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dpslm_utils.audio import resample  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "slm21"
+OUT = Path(__file__).resolve().parent.parent / "dpslm_utils" / "data" / "slm21"
 VOICES = {"us": "en-us", "gb": "en-gb"}
 
 # (id, word, non-word, frequency in the invented "training corpus")

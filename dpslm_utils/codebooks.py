@@ -6,11 +6,18 @@ K in {100, 200, 500, 1000, 2000} centres; each file holds ``{"codebook": FloatTe
 
 With ``DPSLM_WEIGHTS=random-tiny``, :func:`load_codebook` instead builds a seeded ``[K, 64]``
 codebook matched to the random-tiny WavLM's features (see :func:`dpslm_utils.random_tiny.write_codebook`).
+
+Codebooks of weight-free features (:mod:`dpslm_utils.features`) ship with the package
+(:func:`feature_codebook`, made by ``data/make_fbank_codebook.py``). Codebooks you train are saved by
+:func:`save_codebook` in the release layout plus a record of the features they cluster.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,6 +85,15 @@ def nearest(features: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
 
 def codebook_from_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None) -> Tensor:
     """Read a codebook file in the release layout ``{"codebook": FloatTensor[K, D]}`` -> ``[K, D]``."""
+    return read_codebook(path, device)[0]
+
+
+def read_codebook(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """A codebook file in the release layout -> ``(codebook [K, D], its other entries)``.
+
+    The other entries are empty for a released codebook; a file of :func:`save_codebook` has
+    ``"features"`` (the settings of the features it clusters) and what it was trained on.
+    """
     ckpt = checkpoints.load_checkpoint(path)
     family = "WavLM-codebooks k-means codebook"
     checkpoints.require_keys(ckpt, ("codebook",), path, family)
@@ -87,7 +103,43 @@ def codebook_from_checkpoint(path: str | os.PathLike, device: torch.device | str
         raise checkpoints.CheckpointError(
             f"{path} is not a {family} checkpoint: 'codebook' must be a float tensor [K, D], found {found}"
         )
-    return codebook.to(device)
+    return codebook.to(device), {key: value for key, value in ckpt.items() if key != "codebook"}
+
+
+def save_codebook(path: str | os.PathLike, codebook: Tensor, features: dict[str, Any], **details: Any) -> None:
+    """Write ``{"codebook": [K, D] float32, "features": features, **details}`` atomically.
+
+    ``features`` is the encoder's ``settings`` (e.g. ``feature_encoder("mfcc").settings``), so that a
+    reader can refuse other features; ``details`` are JSON-like values (seed, frames, ...). The file
+    loads with :func:`codebook_from_checkpoint` like a released one.
+    """
+    codebook = check_codebook(codebook).detach().to("cpu", torch.float32).contiguous()
+    checkpoints.save_atomically({"codebook": codebook, "features": dict(features), **details}, Path(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped codebooks of weight-free features
+# ---------------------------------------------------------------------------------------------
+
+SHIPPED_CODEBOOKS: dict[tuple[str, int], str] = {("fbank", 100): "fbank_k100.pt"}
+"""(features, k) -> file in ``dpslm_utils/feature_codebooks/``: k-means codebooks of weight-free features
+trained on the project's own audio (bundled examples + the toy language's training split) by
+``data/make_fbank_codebook.py``."""
+
+
+def feature_codebook(features: str = "fbank", k: int = 100, device: torch.device | str | None = None) -> Tensor:
+    """A codebook of weight-free features shipped with the package: ``[k, D]``, no download, no training.
+
+    ``feature_codebook("fbank")``: 100 centres of ``feature_encoder("fbank")`` log-mel frames ``[100, 80]``,
+    the codebook for hearing units offline (:func:`dpslm_utils.resynthesize_units`).
+    """
+    if (features, k) not in SHIPPED_CODEBOOKS:
+        shipped = ", ".join(f"({name!r}, k={size})" for name, size in SHIPPED_CODEBOOKS)
+        raise ValueError(f"no shipped codebook for {features!r} features with k={k!r}; shipped: {shipped}. "
+                         "Train one with dpslm.train_codebook or `dpslm train-codebook`")
+    resource = importlib.resources.files(__package__) / "feature_codebooks" / SHIPPED_CODEBOOKS[features, k]
+    with importlib.resources.as_file(resource) as path:
+        return codebook_from_checkpoint(path, device)
 
 
 def load_codebook(k: int = 500, layer: int = 11, device: torch.device | str | None = None) -> Tensor:

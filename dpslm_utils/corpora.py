@@ -2,12 +2,19 @@
 
 ``download_corpus(name)`` fetches an archive into :func:`data_dir` (``$DPSLM_DATA``), resuming an
 interrupted download from its ``.part`` file, checks its MD5 where the publisher gives one, and
-unpacks it. The archive appears under its final name only once it is complete and verified; the
-unpacked tree appears only once extraction has finished.
+unpacks it. The archive appears under its final name only once it is complete and verified.
+
+Unpacking merges into the folder and never deletes or replaces what is there: the archive is unpacked
+into a hidden folder beside it, then each entry missing from the folder is moved in with one rename
+(so a subset such as ``LibriSpeech/dev-clean`` appears whole or not at all), folders present on both
+sides are merged, and files present on both sides are kept if identical. A file that exists with other
+content refuses the whole extraction before anything moves. Two LibriSpeech subsets unpacked into one
+folder thus share ``LibriSpeech/`` and keep every other subset that was already there.
 """
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import os
 import shutil
@@ -51,6 +58,14 @@ CORPORA: dict[str, Corpus] = {
 
 class DownloadError(RuntimeError):
     """A corpus could not be downloaded, verified or unpacked."""
+
+
+def slm21_stand_in_dir() -> Path:
+    """The project's tiny synthetic sLM21 set, shipped in the package: the official layout (``lexical/dev``
+    and ``syntactic/dev`` with ``gold.csv``, ``lexical/test``), 16 kHz FLAC made with espeak-ng, 5 + 1
+    word / non-word pairs and 4 sentence pairs. Enough to run the evaluation offline, far too few to
+    measure anything; the real set is ``download_corpus("zerospeech-slm21")``."""
+    return Path(__file__).resolve().parent / "data" / "slm21"
 
 
 def data_dir() -> Path:
@@ -111,12 +126,12 @@ def _fetch(corpus: Corpus, archive: Path, progress: bool, urlopen: Callable | No
 
 
 def _extract(archive: Path, folder: Path) -> None:
-    """Unpack into a hidden folder beside the archive, then move the top-level entries into place."""
+    """Unpack into a hidden folder beside the archive, then merge it into ``folder`` (see :func:`_merge_tree`)."""
     marker = folder / f".{archive.name}.unpacked"
     if marker.is_file():
         return
     staging = folder / f".{archive.name}.unpacking"
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # our own, left by an interrupted run
     staging.mkdir()
     try:
         if zipfile.is_zipfile(archive):
@@ -130,13 +145,46 @@ def _extract(archive: Path, folder: Path) -> None:
                 t.extractall(staging, filter="data")  # refuses absolute paths, "..", device files
         else:
             raise DownloadError(f"{archive} is neither a zip nor a tar archive")
-        for entry in staging.iterdir():
-            destination = folder / entry.name
-            if destination.exists():
-                shutil.rmtree(destination) if destination.is_dir() else destination.unlink()
-            os.replace(entry, destination)
+        conflicts = _merge_conflicts(staging, folder)
+        if conflicts:
+            shown = "; ".join(conflicts[:5]) + (f"; ... ({len(conflicts)} in all)" if len(conflicts) > 5 else "")
+            raise DownloadError(f"not unpacking {archive.name}: {shown}. Nothing in {folder} was changed: move those "
+                                f"entries away, or unpack into another folder (--dir)")
+        _merge_tree(staging, folder)
         marker.write_text("")
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
         raise DownloadError(f"could not unpack {archive}: {e}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merge_conflicts(source: Path, destination: Path) -> list[str]:
+    """What :func:`_merge_tree` would have to replace: each entry of ``source`` whose path exists in
+    ``destination`` with other content (a file whose bytes differ, or a file where a folder is)."""
+    conflicts = []
+    for entry in sorted(source.iterdir()):
+        there = destination / entry.name
+        if not there.exists() and not there.is_symlink():
+            continue
+        if entry.is_dir() and there.is_dir():
+            conflicts += _merge_conflicts(entry, there)
+        elif entry.is_dir() or there.is_dir():
+            conflicts.append(f"{there} exists and is {'a folder' if there.is_dir() else 'not a folder'}")
+        elif not filecmp.cmp(entry, there, shallow=False):
+            conflicts.append(f"{there} exists with other content")
+    return conflicts
+
+
+def _merge_tree(source: Path, destination: Path) -> None:
+    """Move every entry of ``source`` into ``destination``; delete and replace nothing.
+
+    An entry missing there moves with one rename (a whole subset folder at once); a folder present on
+    both sides is merged entry by entry; a file present on both sides stays as it is (call
+    :func:`_merge_conflicts` first: it must be identical). Entries only in ``destination`` stay.
+    """
+    for entry in sorted(source.iterdir()):
+        there = destination / entry.name
+        if not there.exists() and not there.is_symlink():
+            os.replace(entry, there)
+        elif entry.is_dir() and there.is_dir():
+            _merge_tree(entry, there)

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import load_audio, to_mono
-from .checks import AUDIO_SUFFIXES
+from .audio import load_mono
+from .checks import AUDIO_SUFFIXES, import_optional
 from .checkpoints import using_random_weights, write_atomically
 from .datasets import save_array
 from .pipeline import FEATURE_LAYER
+from .settings_record import FileCache, check_settings, model_identity
 
 REDUCTIONS = ("sum", "mean")
 TASKS = ("lexical", "syntactic")
@@ -62,18 +63,31 @@ _INTEGER_COLUMNS = ("correct", "frequency", "length")
 # -- gold files and the official metrics -------------------------------------------------------------
 
 
-def read_gold(path: str | os.PathLike) -> list[dict]:
-    """The rows of a ZeroSpeech ``gold.csv`` as dicts (``correct``, ``frequency``, ``length`` as ints)."""
+def read_gold(path: str | os.PathLike, task: str | None = None) -> list[dict]:
+    """The rows of a ZeroSpeech ``gold.csv`` as dicts (``correct``, ``frequency``, ``length`` as ints).
+
+    Refuses a file that names one audio file on several lines (a repeated row would count its pair
+    twice), naming the lines. With ``task`` (``"lexical"`` or ``"syntactic"``) it also checks that
+    task's columns. A UTF-8 byte-order mark is accepted.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"gold file {path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = reader.fieldnames or []
-    if not {"filename", "correct", "id", "voice"} <= set(columns):
-        raise ValueError(f"{path} is not a ZeroSpeech gold file: it needs the columns filename, correct, id, voice; "
-                         f"found {columns}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} is not a ZeroSpeech gold file (a UTF-8 CSV table): {e}") from None
+    needed = _REQUIRED_COLUMNS[task] if task is not None else ("filename", "correct", "id", "voice")
+    if not set(needed) <= set(columns):
+        raise ValueError(f"{path} is not a ZeroSpeech {task + ' ' if task else ''}gold file: it needs the columns "
+                         f"{', '.join(needed)}; found {columns}")
+    repeated = [f"{name} on lines {', '.join(str(i + 2) for i in rows_of)}" for name, rows_of in _repeated(rows).items()]
+    if repeated:
+        raise ValueError(f"{path} names {len(repeated)} file(s) more than once: {'; '.join(repeated[:3])}. "
+                         "Each file must appear on one line")
     for line, row in enumerate(rows, start=2):
         for column in _INTEGER_COLUMNS:
             if column in row:
@@ -87,12 +101,23 @@ def read_gold(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _repeated(rows: Sequence[dict]) -> dict[str, list[int]]:
+    """File names that appear in more than one row -> the indices of those rows."""
+    where: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        where[row["filename"]].append(i)
+    return {name: indices for name, indices in where.items() if len(indices) > 1}
+
+
 def _check_inputs(gold: Sequence[dict], scores: dict[str, float], task: str) -> None:
     if not gold:
         raise ValueError("the gold list is empty")
     missing_columns = [c for c in _REQUIRED_COLUMNS[task] if c not in gold[0]]
     if missing_columns:
         raise ValueError(f"{task} gold rows need the columns {list(_REQUIRED_COLUMNS[task])}; missing {missing_columns}")
+    repeated = _repeated(gold)
+    if repeated:
+        raise ValueError(f"{len(repeated)} files appear in more than one gold row, e.g. {sorted(repeated)[:3]}")
     missing = [row["filename"] for row in gold if row["filename"] not in scores]
     if missing:
         raise ValueError(f"{len(missing)} gold files have no score, e.g. {missing[:3]}")
@@ -278,9 +303,33 @@ def pair_accuracy(ulm, pairs: Sequence[tuple], reduction: str = "sum", batch_siz
     return PairAccuracy(sum(per_pair) / len(per_pair), per_pair, [g - b for g, b in zip(good, bad)])
 
 
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
-    wav, sample_rate = load_audio(path)
-    return to_mono(wav), sample_rate
+def encoder_identity(encoder) -> dict:
+    """What determines an encoder's units, as JSON values: the key of every unit and feature cache.
+
+    For a :class:`~dpslm_utils.UnitEncoder`: ``k``, ``lmbda``, ``num_neighbors``, ``random_weights``
+    and ``model`` (:func:`~dpslm_utils.settings_record.model_identity` of WavLM and the codebook).
+    Any other encoder must say it with a ``cache_identity`` attribute (a dict).
+    """
+    identity = getattr(encoder, "cache_identity", None)
+    if identity is not None:
+        return dict(identity)
+    quantizer, features = getattr(encoder, "quantizer", None), getattr(encoder, "encoder", None)
+    if quantizer is None or features is None:
+        raise TypeError(f"cannot tell what determines the units of a {type(encoder).__name__}: use a UnitEncoder, "
+                        "or give it a cache_identity dict (the settings and weights its units depend on)")
+    return {"k": quantizer.k, "lmbda": float(quantizer.lmbda), "num_neighbors": quantizer.num_neighbors,
+            "random_weights": bool(encoder.random_weights), "model": model_identity(features, quantizer.codebook)}
+
+
+def check_distinct_stems(paths: Sequence[Path]) -> None:
+    """Refuse (ValueError) audio files that share a stem (``x.wav`` and ``x.flac``): results are keyed by it."""
+    by_stem: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_stem[path.stem].append(str(path))
+    clashes = [" and ".join(group) for group in by_stem.values() if len(group) > 1]
+    if clashes:
+        raise ValueError(f"audio files must have distinct names (stems), results are keyed by them: "
+                         f"{'; '.join(clashes[:3])}" + (f"; ... ({len(clashes)} in all)" if len(clashes) > 3 else ""))
 
 
 def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int = 8,
@@ -289,26 +338,31 @@ def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int
 
     ``encoder`` is a :class:`~dpslm_utils.UnitEncoder`; files are encoded ``batch_size`` at a time.
     With ``cache_dir``, each file's units are kept as ``<stem>.npy`` (int64 ``[N]``) and read back on
-    the next call, so an interrupted run resumes where it stopped.
+    the next call, so an interrupted run resumes where it stopped. A cached file is reused only while
+    its audio file has the same size and modification time and the encoder the same
+    :func:`encoder_identity`; otherwise it is encoded again.
     """
     paths = [Path(p) for p in paths]
+    check_distinct_stems(paths)
     stems = [p.stem for p in paths]
-    if len(set(stems)) != len(stems):
-        raise ValueError("audio files must have distinct names (stems): results are keyed by them")
-    cache = Path(cache_dir) if cache_dir is not None else None
+    cache = FileCache(cache_dir, encoder_identity(encoder)) if cache_dir is not None else None
     units: dict[str, torch.Tensor] = {}
+    keys: dict[Path, str] = {}
     todo = []
     for path in paths:
-        cached = cache / f"{path.stem}.npy" if cache else None
-        if cached is not None and cached.is_file():
-            units[path.stem] = torch.from_numpy(np.load(cached))
-        else:
-            todo.append(path)
+        if cache is not None:
+            keys[path] = cache.key(path)
+            cached = cache.folder / f"{path.stem}.npy"
+            if cache.holds(path.stem, keys[path], [cached]):
+                with contextlib.suppress(ValueError, OSError):  # unreadable: encoded again
+                    units[path.stem] = torch.from_numpy(np.load(cached))
+                    continue
+        todo.append(path)
     todo.sort(key=lambda p: p.stat().st_size)  # similar lengths share a padded WavLM batch
     with tqdm(total=len(todo), desc="encode", unit="file", disable=not progress or not todo) as bar:
         for begin in range(0, len(todo), batch_size):
             chunk = todo[begin : begin + batch_size]
-            audio = [_read_mono(p) for p in chunk]
+            audio = [load_mono(p) for p in chunk]
             rates = {sr for _, sr in audio}
             groups = [[i for i, (_, sr) in enumerate(audio) if sr == rate] for rate in rates]
             for group in groups:
@@ -317,9 +371,12 @@ def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int
                 except (ValueError, RuntimeError) as e:
                     raise ValueError(f"cannot encode {', '.join(str(chunk[i]) for i in group)}: {e}") from e
                 for i, result in zip(group, encoded):
-                    units[chunk[i].stem] = result.units
+                    path = chunk[i]
+                    units[path.stem] = result.units
                     if cache is not None:
-                        save_array(cache / f"{chunk[i].stem}.npy", result.units.numpy().astype(np.int64))
+                        cache.forget(path.stem)
+                        save_array(cache.folder / f"{path.stem}.npy", result.units.numpy().astype(np.int64))
+                        cache.record(path.stem, keys[path])
             bar.update(len(chunk))
     return {stem: units[stem] for stem in stems}
 
@@ -348,6 +405,45 @@ def write_submission(path: str | os.PathLike, scores: dict[str, float]) -> None:
     write_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
 
+_ACCURACY = {"lexical": lexical_accuracy, "syntactic": syntactic_accuracy}
+
+
+def check_zerospeech_dataset(dataset_dir: str | os.PathLike, splits: Iterable[str] = ("dev",)
+                             ) -> dict[tuple[str, str], tuple[list[Path], list[dict] | None]]:
+    """``{(task, split): (audio files, gold rows or None)}`` of an sLM21-layout dataset, checked before any encoding.
+
+    Refuses (ValueError, FileNotFoundError; the message names the file) a dataset with no audio for
+    ``splits``, a split with two audio files of one stem (``x.wav`` and ``x.flac``), and a
+    ``gold.csv`` with missing columns, repeated files, unpaired rows or files that have no audio.
+    """
+    splits = list(splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits must come from {list(SPLITS)}, got {split!r}")
+    found = {}
+    for task in TASKS:
+        for split in splits:
+            files, gold_path = find_split(dataset_dir, task, split), Path(dataset_dir) / task / split / "gold.csv"
+            check_distinct_stems(files)
+            gold = read_gold(gold_path, task) if gold_path.is_file() else None
+            if gold is not None:
+                stems = {p.stem for p in files}
+                missing = sorted({row["filename"] for row in gold} - stems)
+                if missing:
+                    raise FileNotFoundError(f"{gold_path} names {len(missing)} file(s) with no audio file in "
+                                            f"{gold_path.parent}, e.g. {missing[:3]}")
+                try:
+                    _ACCURACY[task](gold, dict.fromkeys(stems, 0.0))  # the pairing, checked before hours of encoding
+                except ValueError as e:
+                    raise ValueError(f"{gold_path}: {e}") from None
+            if files:
+                found[(task, split)] = (files, gold)
+    if not found:
+        raise FileNotFoundError(f"no audio under {dataset_dir}/{{lexical,syntactic}}/{{{','.join(splits)}}}: "
+                                f"expected the sLM21 layout (e.g. lexical/dev/*.wav and lexical/dev/gold.csv)")
+    return found
+
+
 def evaluate_zerospeech(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *, encoder, ulm,
                         splits: Iterable[str] = ("dev",), reduction: str = "sum", batch_size: int = 8,
                         progress: bool = True) -> dict:
@@ -357,30 +453,25 @@ def evaluate_zerospeech(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     (the submission file), caches units under ``out_dir/units/<task>/<split>/`` and, where the split
     has a ``gold.csv``, adds the metrics. Everything also goes to ``out_dir/results.json``.
     Returns ``{task: {split: {"files", "submission", ...metrics}}}`` plus ``"settings"``.
+
+    The dataset is checked first (:func:`check_zerospeech_dataset`). ``out_dir`` records the
+    :func:`encoder_identity` in ``dpslm_settings.json``; a folder filled by another encoder (other k,
+    λ, search or weights) is refused, and a cached file is encoded again when its audio changed.
+    The unit LM and ``reduction`` may differ from run to run: scores are always recomputed.
     """
     _check_reduction(reduction)
-    splits = list(splits)
-    for split in splits:
-        if split not in SPLITS:
-            raise ValueError(f"splits must come from {list(SPLITS)}, got {split!r}")
+    found = check_zerospeech_dataset(dataset_dir, splits)
     out_dir = Path(out_dir)
-    found = {(t, s): find_split(dataset_dir, t, s) for t in TASKS for s in splits}
-    if not any(found.values()):
-        raise FileNotFoundError(f"no audio under {dataset_dir}/{{lexical,syntactic}}/{{{','.join(splits)}}}: "
-                                f"expected the sLM21 layout (e.g. lexical/dev/*.wav and lexical/dev/gold.csv)")
+    check_settings(out_dir, "zerospeech", encoder_identity(encoder))
     results: dict = {"settings": {"reduction": reduction, "random_weights": using_random_weights()}}
-    accuracy = {"lexical": lexical_accuracy, "syntactic": syntactic_accuracy}
-    for (task, split), files in found.items():
-        if not files:
-            continue
+    for (task, split), (files, gold) in found.items():
         scores = score_files(files, encoder, ulm, reduction=reduction, batch_size=batch_size,
                              cache_dir=out_dir / "units" / task / split, progress=progress)
         submission = out_dir / task / f"{split}.txt"
         write_submission(submission, scores)
         entry = {"files": len(files), "submission": str(submission)}
-        gold = Path(dataset_dir) / task / split / "gold.csv"
-        if gold.is_file():
-            entry.update(accuracy[task](read_gold(gold), scores))
+        if gold is not None:
+            entry.update(_ACCURACY[task](gold, scores))
         results.setdefault(task, {})[split] = entry
     write_atomically(out_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=1) + "\n"))
     return results
@@ -404,15 +495,9 @@ def results_table(results: dict) -> str:
 
 # -- phone ABX ------------------------------------------------------------------------------------------
 
-ABX_INSTALL_HINT = 'ABX needs the optional package zerospeech-libriabx2: pip install -e ".[eval]"'
-
-
 def _libriabx():
-    try:
-        from zrc_abx2.eval_ABX import EvalABX, EvalArgs
-    except ImportError as e:
-        raise ImportError(ABX_INSTALL_HINT) from e
-    return EvalABX, EvalArgs
+    eval_abx = import_optional("zrc_abx2.eval_ABX", "ABX")
+    return eval_abx.EvalABX, eval_abx.EvalArgs
 
 
 def one_hot_units(units, num_units: int) -> np.ndarray:
@@ -425,21 +510,145 @@ def one_hot_units(units, num_units: int) -> np.ndarray:
     return np.eye(num_units, dtype=np.float32)[units]
 
 
-def _as_arrays(name: str, representation: dict | str | os.PathLike) -> dict[str, np.ndarray] | Path:
-    """A folder of 2-D ``.npy`` features as it is; anything else as a dict stem -> array."""
+ITEM_COLUMNS = ("#file", "onset", "offset", "#phone", "prev-phone", "next-phone", "speaker")
+
+
+@dataclass(frozen=True)
+class ItemToken:
+    """One line of an ABX ``.item`` file: a phone (or word) token, where it is, its context and speaker."""
+
+    line: int
+    file: str
+    onset: float
+    offset: float
+    phone: str
+    previous: str
+    next: str
+    speaker: str
+
+    @property
+    def context(self) -> tuple[str, str]:
+        return self.previous, self.next
+
+
+def read_item_file(path: str | os.PathLike) -> list[ItemToken]:
+    """The tokens of an ABX ``.item`` file: a header line, then one line per token with the
+    :data:`ITEM_COLUMNS` (times in seconds). Blank lines are skipped.
+
+    Refuses (ValueError naming the file and line) a file that is not UTF-8 text, a line without 7
+    columns, a time that is not a finite number, a negative onset, an offset not after its onset,
+    and a file without tokens.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"item file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not an ABX item file: byte {e.start} is not UTF-8 text") from None
+    if "\0" in text:
+        raise ValueError(f"{path} is not an ABX item file: it holds binary data")
+    tokens = []
+    for number, line in enumerate(text.splitlines()[1:], start=2):
+        columns = line.split()
+        if not columns:
+            continue
+        where = f"{path} line {number}"
+        if len(columns) != len(ITEM_COLUMNS):
+            raise ValueError(f"{where}: expected {len(ITEM_COLUMNS)} columns ({' '.join(ITEM_COLUMNS)}), "
+                             f"got {len(columns)}: {line.strip()[:80]!r}")
+        try:
+            onset, offset = float(columns[1]), float(columns[2])
+        except ValueError:
+            raise ValueError(f"{where}: onset and offset must be numbers (seconds), "
+                             f"got {columns[1]!r} {columns[2]!r}") from None
+        if not (math.isfinite(onset) and math.isfinite(offset) and 0 <= onset < offset):
+            raise ValueError(f"{where}: expected 0 <= onset < offset (seconds), got {onset} and {offset}")
+        tokens.append(ItemToken(number, columns[0], onset, offset, *columns[3:]))
+    if not tokens:
+        raise ValueError(f"{path} holds no ABX tokens (a header line, then lines of {' '.join(ITEM_COLUMNS)})")
+    return tokens
+
+
+def check_abx_triplets(item_file: str | os.PathLike, tokens: Sequence[ItemToken], speaker_modes: Sequence[str],
+                       context_mode: str = "within") -> None:
+    """Refuse (ValueError) a speaker mode for which ``tokens`` form no ABX triplet.
+
+    A and X are tokens of one phone, B of another, A and B said by one speaker (in one context with
+    ``context_mode="within"``). Within speakers X is another token of A's speaker, so some phone
+    needs two tokens from one speaker; across speakers X comes from another speaker.
+    """
+    group = (lambda t: (t.context, t.speaker)) if context_mode == "within" else (lambda t: ((), t.speaker))
+    counts: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # (context, speaker) -> phone -> tokens
+    speakers: dict[tuple, set] = defaultdict(set)  # (context, phone) -> speakers
+    for token in tokens:
+        context, speaker = group(token)
+        counts[(context, speaker)][token.phone] += 1
+        speakers[(context, token.phone)].add(speaker)
+    possible = {
+        "within": any(len(phones) > 1 and max(phones.values()) > 1 for phones in counts.values()),
+        "across": any(len(phones) > 1 and any(len(speakers[(context, p)]) > 1 for p in phones)
+                      for (context, _), phones in counts.items()),
+    }
+    why = {"within": "no speaker says one phone twice (in one context) beside another phone",
+           "across": "no phone is said by two speakers (in one context) beside another phone"}
+    for mode in speaker_modes:
+        if not possible[mode]:
+            others = [m for m in ("within", "across") if m != mode and possible[m]]
+            raise ValueError(f"{item_file} gives no {mode}-speaker ABX triplets: {why[mode]}"
+                             + (f". Ask for the {others[0]}-speaker mode only" if others else ""))
+
+
+def _check_token_frames(item_file: Path, name: str, tokens: Sequence[ItemToken], frames: dict[str, int],
+                        frame_rate: float) -> list[ItemToken]:
+    """The tokens that cover at least one frame (as zrc_abx2 slices them); refuse missing files and onsets past the end."""
+    missing = sorted({t.file for t in tokens} - set(frames))
+    if missing:
+        raise ValueError(f"representation {name!r} has no features for {len(missing)} file(s) that {item_file} "
+                         f"names, e.g. {missing[:3]}")
+    kept = []
+    for token in tokens:
+        total = frames[token.file]
+        start = max(0, math.ceil(frame_rate * token.onset - 0.5))
+        if start >= total:
+            raise ValueError(f"{item_file} line {token.line}: the token starts at {token.onset:g} s, but {token.file} "
+                             f"ends at {total / frame_rate:g} s ({total} frames at {frame_rate:g} Hz): "
+                             "is this the item file of this audio?")
+        if min(total, math.floor(frame_rate * token.offset - 0.5)) > start:
+            kept.append(token)  # shorter than a frame: skipped, as the official code does
+    return kept
+
+
+def _representation(name: str, representation: dict | str | os.PathLike
+                    ) -> tuple[dict[str, np.ndarray] | Path, dict[str, int]]:
+    """A folder of 2-D ``.npy`` features as it is, anything else as a dict stem -> array; and each file's frames."""
     if isinstance(representation, dict):
         arrays = {stem: np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v) for stem, v in representation.items()}
-    else:
-        folder = Path(representation)
-        files = sorted(folder.glob("*.npy")) if folder.is_dir() else []
-        if not files:
-            raise FileNotFoundError(f"representation {name!r}: {folder} is not a folder of <stem>.npy files")
-        if np.load(files[0], mmap_mode="r").ndim == 2:
-            return folder
-        arrays = {p.stem: np.load(p) for p in files}
-    if not arrays:
-        raise ValueError(f"representation {name!r} is empty")
-    return arrays
+        if not arrays:
+            raise ValueError(f"representation {name!r} is empty")
+        return arrays, {stem: len(a) for stem, a in arrays.items()}
+    folder = Path(representation)
+    files = sorted(folder.glob("*.npy")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"representation {name!r}: {folder} is not a folder of <stem>.npy files")
+    shapes = {}
+    for path in files:
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"representation {name!r}: {path} is not a readable .npy array ({e})") from None
+        if array.ndim not in (1, 2) or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"representation {name!r}: {path} holds {array.dtype} of shape {list(array.shape)}; "
+                             "expected features [T, D] or units [T]")
+        first = shapes.setdefault(files[0].stem, array.shape)
+        if array.shape[1:] != first[1:]:
+            raise ValueError(f"representation {name!r}: {path} has shape {list(array.shape)}, but {files[0].name} "
+                             f"has {list(first)}: every file must be features [T, D] with one D, or units [T]")
+        shapes[path.stem] = array.shape
+    frames = {stem: shape[0] for stem, shape in shapes.items()}
+    if len(first) == 1:  # units [T]: written as one-hot features
+        return {path.stem: np.load(path) for path in files}, frames
+    return folder, frames
 
 
 def _write_features(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -470,25 +679,38 @@ def abx_error_rates(item_file: str | os.PathLike, representations: dict[str, dic
     (``cosine``, the ZeroSpeech default, or ``euclidean``, ``kl``, ``kl_symmetric``).
     ``context_mode="within"`` is the classic triphone ABX; ``"any"`` ignores the phone context.
 
+    Checked before any distance is computed (ValueError naming the file, and the line where there is
+    one): the item file (:func:`read_item_file`); that each requested speaker mode has triplets
+    (:func:`check_abx_triplets`: an item file with one token per phone and speaker, such as
+    ``toy_language.write_word_abx_items`` writes, has none within speakers); that every file it names
+    has features, in readable ``.npy`` files of one shape; and that no token starts past the end of
+    its file. Tokens shorter than a frame are skipped, as the official code does.
+
     Returns ``{name: {"within": error %, "across": error %}}`` (the requested ``speaker_modes``).
     """
     EvalABX, EvalArgs = _libriabx()
     item_file = Path(item_file)
-    if not item_file.is_file():
-        raise FileNotFoundError(f"item file {item_file} does not exist")
     if context_mode not in ("within", "any"):
         raise ValueError(f"context_mode must be 'within' or 'any', got {context_mode!r}")
     modes = list(speaker_modes)
     if not modes or any(m not in ("within", "across") for m in modes):
         raise ValueError(f"speaker_modes must be a non-empty subset of ('within', 'across'), got {modes}")
+    tokens = read_item_file(item_file)
+    check_abx_triplets(item_file, tokens, modes, context_mode)
+    sources = {name: _representation(name, representation) for name, representation in representations.items()}
+    for name, (_, frames) in sources.items():
+        check_abx_triplets(item_file, _check_token_frames(item_file, name, tokens, frames, frame_rate), modes, context_mode)
     results = {}
-    for name, representation in representations.items():
-        arrays = _as_arrays(name, representation)
-        with tempfile.TemporaryDirectory(prefix="dpslm-abx-") as tmp:
-            folder = arrays if isinstance(arrays, Path) else Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="dpslm-abx-") as tmp:
+        items = Path(tmp) / item_file.name  # the checked tokens, one per line (no blank lines for zrc_abx2 to trip on)
+        items.write_text(" ".join(ITEM_COLUMNS) + "\n" + "".join(
+            f"{t.file} {t.onset!r} {t.offset!r} {t.phone} {t.previous} {t.next} {t.speaker}\n" for t in tokens))
+        for i, (name, (arrays, _)) in enumerate(sources.items()):
+            folder = arrays if isinstance(arrays, Path) else Path(tmp) / f"features-{i}"
             if not isinstance(arrays, Path):
+                folder.mkdir()
                 _write_features(folder, name, arrays)
-            args = EvalArgs(path_data=str(folder), path_item_file=str(item_file), file_extension=".npy",
+            args = EvalArgs(path_data=str(folder), path_item_file=str(items), file_extension=".npy",
                             feature_size=1 / frame_rate, cuda=cuda,
                             speaker_mode=modes[0] if len(modes) == 1 else "all", context_mode=context_mode,
                             distance_mode=distance, max_size_group=max_size_group, max_x_across=max_x_across,
@@ -496,8 +718,8 @@ def abx_error_rates(item_file: str | os.PathLike, representations: dict[str, dic
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # it prints and warns a lot
                 warnings.simplefilter("ignore")
                 scores = EvalABX().eval_abx(args)
-        results[name] = {s["abx-s-condition"]: 100 * s["score"] for s in scores
-                         if s["abx-c-condition"] == context_mode and s["abx-s-condition"] in modes}
+            results[name] = {s["abx-s-condition"]: 100 * s["score"] for s in scores
+                             if s["abx-c-condition"] == context_mode and s["abx-s-condition"] in modes}
     return results
 
 
@@ -508,21 +730,32 @@ def abx_representations(paths: Sequence[str | os.PathLike], encoder, out_dir: st
     ``"wavlm"``: WavLM layer-11 features ``[T, 1024]``; ``"dpdp"``: the codebook vector of each
     frame's DPDP unit ``[T, 1024]``; ``"units"``: the frame units ``[T]`` (one-hot for ABX).
     In memory (``{name: {stem: tensor}}``) by default; with ``out_dir`` each goes to
-    ``out_dir/<name>/<stem>.npy`` (files already there are kept: resumable) and the folders are returned.
+    ``out_dir/<name>/<stem>.npy`` and the folders are returned. Files already there are kept
+    (resumable) while their audio file has the same size and modification time and the encoder the
+    same :func:`encoder_identity`; otherwise they are computed again.
     """
     names = ("wavlm", "dpdp", "units")
+    paths = [Path(p) for p in paths]
+    check_distinct_stems(paths)
     folders = {n: Path(out_dir) / n for n in names} if out_dir is not None else None
+    cache = FileCache(out_dir, encoder_identity(encoder)) if out_dir is not None else None
     out: dict = {n: {} for n in names}
-    for path in tqdm([Path(p) for p in paths], desc="ABX features", unit="file", disable=not progress):
-        if folders and all((folders[n] / f"{path.stem}.npy").is_file() for n in names):
-            continue
-        wav, sample_rate = _read_mono(path)
+    for path in tqdm(paths, desc="ABX features", unit="file", disable=not progress):
+        if cache is not None:
+            key = cache.key(path)
+            if cache.holds(path.stem, key, [folders[n] / f"{path.stem}.npy" for n in names]):
+                continue
+        wav, sample_rate = load_mono(path)
         features = encoder.encoder(wav, sample_rate, layer=FEATURE_LAYER).float()
         _, units = encoder.quantizer(features)
         values = {"wavlm": features.cpu(), "dpdp": encoder.quantizer.codebook[units].float().cpu(), "units": units.cpu()}
+        if cache is not None:
+            cache.forget(path.stem)
         for n in names:
             if folders:
                 save_array(folders[n] / f"{path.stem}.npy", values[n].numpy())
             else:
                 out[n][path.stem] = values[n]
+        if cache is not None:
+            cache.record(path.stem, key)
     return folders if folders else out

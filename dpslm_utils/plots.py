@@ -13,6 +13,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
 
@@ -107,6 +108,15 @@ def plot_segmentation(wav: torch.Tensor, sample_rate: int, units: torch.Tensor, 
     return ax
 
 
+def mark_span(ax: plt.Axes, start: float, end: float, color: str = "cyan") -> plt.Axes:
+    """Highlight the time span ``start``..``end`` (s) of ``ax``: a shaded band with solid edges and a
+    triangle on the top edge, so that even a 20 ms span of a spectrogram can be found."""
+    ax.axvspan(start, end, facecolor=color, alpha=0.4, edgecolor=color, lw=1.5)
+    ax.plot([(start + end) / 2], [1.0], marker="v", ms=11, color=color, mec="black", clip_on=False,
+            transform=ax.get_xaxis_transform())
+    return ax
+
+
 def plot_durations(durations: torch.Tensor, frame_rate: float = 50.0, ax: plt.Axes | None = None,
                    label: str | None = None) -> plt.Axes:
     """Histogram of segment durations in milliseconds (one frame = 1000 / frame_rate ms)."""
@@ -115,6 +125,7 @@ def plot_durations(durations: torch.Tensor, frame_rate: float = 50.0, ax: plt.Ax
     bins = np.arange(0, max(ms.max(), 100) + 40, 20) - 10
     ax.hist(ms, bins=bins, alpha=0.6, label=label)
     ax.set(xlabel="segment duration (ms)", ylabel="segments")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 segments
     return ax
 
 
@@ -291,6 +302,35 @@ def plot_bitrates(lmbdas, bitrates, axes=None, label: str | None = None, marker:
         ax.grid(alpha=0.3)
         if label is not None:
             ax.legend(fontsize=8)
+    return np.asarray(axes)
+
+
+def plot_rate_distortion(points, axes=None, label: str | None = None, marker: str = "o",
+                         distortion: str = "mean squared log-mel error") -> np.ndarray:  # fmt: skip
+    """Distortion against units per second and against bits per second, side by side, each point labelled with λ.
+
+    ``points`` are :class:`dpslm_utils.RatePoint` results of :func:`dpslm_utils.rate_distortion` (one
+    per λ); pass ``axes`` to overlay several feature/codebook pairs (``label`` names each curve).
+    ``distortion`` is the y-axis label (for features other than log-mel: "mean squared feature error").
+    Its own figure is unstamped (weight-free log-mel units need no model); for units of a model's features
+    pass ``axes`` from :func:`marked_subplots`.
+    """
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")[1]
+    points = sorted(points, key=lambda p: p.units_per_second)
+    y = [p.distortion for p in points]
+    for ax, rate, xlabel in ((axes[0], "units_per_second", "units per second"), (axes[1], "bits_per_second", "bits per second")):
+        x = [getattr(p, rate) for p in points]
+        (line,) = ax.plot(x, y, marker=marker, label=label)
+        for p, xi, yi in zip(points, x, y):
+            ax.annotate(f"λ={p.lmbda:.0f}" if p.lmbda >= 1 else f"λ={p.lmbda:.2g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line.get_color())
+        ax.set(xlabel=xlabel, ylabel=distortion)
+        ax.grid(alpha=0.3)
+        if label is not None:
+            ax.legend(fontsize=8)
+    axes[0].set_title("coarser units (fewer per second) lose more")
+    axes[1].set_title("rate = units/s × entropy (bits/unit)")
     return np.asarray(axes)
 
 

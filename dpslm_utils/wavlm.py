@@ -104,6 +104,28 @@ def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
     return max(0, (resampled + 2 * EDGE_PADDING - RECEPTIVE_FIELD) // HOP_LENGTH + 1)
 
 
+def padded_waveform(wav: Tensor | np.ndarray, sample_rate: int, device: torch.device | str | None = None,
+                    reader: str = "WavLM") -> Tensor:
+    """The waveform that 50 Hz frames are read from ``[samples + 80]``: mono float32 resampled to 16 kHz,
+    with 40 zeros padded on both sides (no normalisation). Frame t then covers the 400 samples
+    ``[320 t − 40, 320 t + 360)`` of the 16 kHz audio: :func:`num_frames` frames in all. Too short for
+    one frame (under 320 samples at 16 kHz) or not mono: a ValueError that names ``reader``."""
+    wav, sample_rate = as_waveform(wav), check_sample_rate(sample_rate)
+    if wav.shape[0] != 1:
+        raise ValueError(
+            f"expected mono audio, got {wav.shape[0]} channels (shape {list(wav.shape)}); "
+            "mix it down first with dpslm_utils.to_mono(wav)"
+        )
+    wav = resample(wav.to(device), sample_rate, SAMPLE_RATE)[0]
+    if num_frames(wav.shape[-1]) == 0:
+        min_samples = RECEPTIVE_FIELD - 2 * EDGE_PADDING
+        raise ValueError(
+            f"the audio is too short: {wav.shape[-1]} samples at 16 kHz; {reader} needs at least "
+            f"{min_samples} samples ({1000 * min_samples // SAMPLE_RATE} ms) for one frame"
+        )
+    return nn.functional.pad(wav, (EDGE_PADDING, EDGE_PADDING))
+
+
 class WavLMEncoder(nn.Module):
     """WavLM feature extractor: ``encoder(wav, sample_rate, layer=11) -> FloatTensor[frames, dim]``.
 
@@ -201,15 +223,9 @@ class WavLMEncoder(nn.Module):
         return features
 
     def preprocess(self, wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
-        """The waveform the conv stack receives ``[samples]``: mono float32 resampled to 16 kHz, with
-        40 zeros padded on both sides, on the encoder's device. No normalisation. Audio longer than
-        ``max_seconds`` (default :data:`MAX_SECONDS`) is refused with a ValueError."""
+        """The waveform the conv stack receives ``[samples]``: :func:`padded_waveform` on the encoder's
+        device. Audio longer than ``max_seconds`` (default :data:`MAX_SECONDS`) is refused with a ValueError."""
         wav, sample_rate = as_waveform(wav), check_sample_rate(sample_rate)
-        if wav.shape[0] != 1:
-            raise ValueError(
-                f"expected mono audio, got {wav.shape[0]} channels (shape {list(wav.shape)}); "
-                "mix it down first with dpslm_utils.to_mono(wav)"
-            )
         seconds = wav.shape[-1] / sample_rate
         if seconds > self.max_seconds:
             raise ValueError(
@@ -217,14 +233,7 @@ class WavLMEncoder(nn.Module):
                 f"(attention memory grows with the square of the length). Split it, or raise "
                 f"encoder.max_seconds if you have the memory"
             )
-        wav = resample(wav.to(self.device), sample_rate, SAMPLE_RATE)[0]
-        if num_frames(wav.shape[-1]) == 0:
-            min_samples = RECEPTIVE_FIELD - 2 * EDGE_PADDING
-            raise ValueError(
-                f"the audio is too short: {wav.shape[-1]} samples at 16 kHz; WavLM needs at least "
-                f"{min_samples} samples ({1000 * min_samples // SAMPLE_RATE} ms) for one frame"
-            )
-        return nn.functional.pad(wav, (EDGE_PADDING, EDGE_PADDING))
+        return padded_waveform(wav, sample_rate, self.device)
 
     def _hidden_states(self, wav: Tensor, lengths: Tensor, layer: int | None) -> tuple[Tensor, Tensor]:
         """``wav [B, samples]`` with valid ``lengths [B]`` -> ``(features [B, frames, dim], frames [B])``."""

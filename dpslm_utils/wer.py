@@ -4,15 +4,18 @@ For a folder of speech with transcripts (the LibriSpeech layout: ``<speaker>/<ch
 with lines ``<utterance id> <TEXT>`` beside ``<utterance id>.flac``), each (k, λ) is measured as the
 paper does: speech -> DPDP units (the paper's restricted search, ``PAPER_NUM_NEIGHBORS[k]``) ->
 ELLA-V (temperature 1, top_p 0) -> WavTokenizer -> speech -> ASR -> word error rate against the
-transcript, next to the bitrate of the units. Two reference rows come with it: the original audio
-(the ASR's own error) and the codec's copy-synthesis (WavTokenizer encode -> decode: the best any
-resynthesis through these 40 Hz codes can do).
+transcript (pooled over the utterances, ``wer``, and the median of the per-utterance WERs, ``median_wer``,
+which the paper's Figure 4 plots), next to the bitrate of the units. Two reference rows come with it:
+the original audio (the ASR's own error) and the codec's copy-synthesis (WavTokenizer encode -> decode:
+the best any resynthesis through these 40 Hz codes can do).
 
     rows = resynthesis_wer("LibriSpeech/test-clean", [(500, 4500), (500, 0)], asr=my_asr, limit=200)
     plots.plot_k_lambda_curves([r for r in rows if r["system"] == "units"], x="bits_per_second", y="wer")
 
 The ASR is any callable ``asr(wav [samples], sample_rate) -> text``; :func:`whisper_asr` is the
 default (``pip install -e ".[asr]"``). Both texts are compared after :func:`normalize_text`.
+An ASR may carry an ``identity`` string (:func:`asr_identity`): rows kept for a resumable sweep are
+reused only for the same ASR.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import math
 import os
 import re
+import statistics
+import types
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,18 +38,25 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, registry
-from .audio import load_audio, resample, save_wav, to_mono
-from .checks import check_count
+from .audio import load_mono, resample, save_wav, to_mono
+from .checks import MissingDependency, check_count, import_optional
 from .ellav import ELLAV
 from .pipeline import UnitEncoder, shared_vocoder, resolve_device, synthesize_batch
 from .quantize import bitrate
+from .settings_record import digest, file_state
 
 ASR = Callable[[torch.Tensor, int], str]
 """A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
 
-AUDIO_SUFFIXES = (".flac", ".wav")
+LIBRISPEECH_AUDIO_SUFFIXES = (".flac", ".wav")
+"""An utterance's audio beside its transcript, in order of preference: ``ID.flac`` (LibriSpeech's), else ``ID.wav``."""
+
 RESULT_COLUMNS = ("system", "k", "lmbda", "num_neighbors", "units_per_second", "entropy_bits", "bits_per_second",
-                  "wer", "substitutions", "deletions", "insertions", "reference_words", "utterances")  # fmt: skip
+                  "wer", "median_wer", "substitutions", "deletions", "insertions", "reference_words",
+                  "utterances")  # fmt: skip
+"""The columns of a row: ``wer`` is pooled over the utterances, ``median_wer`` the median of their own WERs."""
+
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,29 +74,37 @@ class Utterance:
 def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[Utterance]:
     """Every utterance of a LibriSpeech-layout folder (``*.trans.txt`` lines ``ID TEXT``), sorted by id.
 
-    ``limit`` keeps the first ``limit`` of them. Raises ValueError when there is no transcript, a line
-    has no text, or an utterance's audio (``ID.flac`` or ``ID.wav`` beside its transcript) is missing.
+    ``limit`` keeps the first ``limit`` of them. An utterance whose text has no words (``"?!"``: nothing
+    left after :func:`normalize_text`, so no WER) is left out, with a warning that names its line. Raises
+    ValueError when there is no transcript, a line has no text, or an utterance's audio (``ID.flac`` or
+    ``ID.wav`` beside its transcript) is missing.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a directory")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be None or an integer >= 1, got {limit!r}")
-    utterances = []
-    for transcript in sorted(root.rglob("*.trans.txt")):
+    utterances, transcripts = [], sorted(root.rglob("*.trans.txt"))
+    for transcript in transcripts:
         for number, line in enumerate(transcript.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
             if not text.strip():
                 raise ValueError(f"{transcript}:{number}: expected '<utterance id> <text>', got {line!r}")
-            paths = [transcript.parent / f"{uid}{suffix}" for suffix in AUDIO_SUFFIXES]
+            paths = [transcript.parent / f"{uid}{suffix}" for suffix in LIBRISPEECH_AUDIO_SUFFIXES]
             audio = next((p for p in paths if p.is_file()), None)
             if audio is None:
                 raise ValueError(f"{transcript}:{number}: no audio for {uid} (looked for {', '.join(map(str, paths))})")
+            if not normalize_text(text):
+                log.warning("%s:%d: left out %s: its text %r has no words, so no WER", transcript, number, uid,
+                            text.strip())
+                continue
             utterances.append(Utterance(uid, audio, text.strip()))
-    if not utterances:
+    if not transcripts:
         raise ValueError(f"no transcripts (*.trans.txt in the LibriSpeech layout) under {root}")
+    if not utterances:
+        raise ValueError(f"no utterance under {root} has words in its transcript")
     return sorted(utterances, key=lambda u: u.id)[:limit]
 
 
@@ -92,6 +113,15 @@ _ONES = ("zero one two three four five six seven eight nine ten eleven twelve th
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
 _ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
+_ORDINALS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth", "nine": "ninth",
+             "twelve": "twelfth"}  # fmt: skip
+_CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "£": ("pound", "pounds", "penny", "pence"),
+               "€": ("euro", "euros", "cent", "cents")}  # fmt: skip
+_NUMBER = re.compile(
+    r"(?P<currency>[$£€])?\s?(?P<integer>\d{1,3}(?:,\d{3})+(?!\d)|\d{1,12})(?:\.(?P<fraction>\d+))?"
+    r"(?:(?P<ordinal>st|nd|rd|th)\b|'?(?P<plural>s)\b|\s?(?P<percent>%))?"
+)
+"""A number as Whisper writes one: ``$5.50``, ``1,905``, ``3.14``, ``21st``, ``1990s``, ``50 %``."""
 
 
 def _number_words(n: int) -> str:
@@ -107,34 +137,92 @@ def _number_words(n: int) -> str:
     raise AssertionError(n)
 
 
+def _year_words(n: int) -> str:
+    """A year read in two halves: 1905 -> "nineteen oh five", 1850 -> "eighteen fifty", 1900 -> "nineteen hundred"."""
+    century, rest = divmod(n, 100)
+    second = "hundred" if rest == 0 else f"oh {_ONES[rest]}" if rest < 10 else _number_words(rest)
+    return f"{_number_words(century)} {second}"
+
+
+def _last_word(words: str, change: Callable[[str], str]) -> str:
+    head, _, last = words.rpartition(" ")
+    return f"{head} {change(last)}".strip()
+
+
+def _spoken_number(match: re.Match) -> str:
+    """One :data:`_NUMBER` in words: "21st" -> "twenty first", "1990s" -> "nineteen nineties", "$1.05" -> "one
+    dollar five cents"."""
+    digits, fraction, currency = match["integer"].replace(",", ""), match["fraction"], match["currency"]
+    n = int(digits)
+    is_year = digits == match["integer"] and len(digits) == 4 and 1100 <= n <= 1999 and fraction is None
+    words = _year_words(n) if is_year else _number_words(n)
+    if match["ordinal"]:
+        words = _last_word(words, lambda w: _ORDINALS.get(w) or (w[:-1] + "ieth" if w.endswith("y") else w + "th"))
+    elif match["plural"]:
+        words = _last_word(words, lambda w: w[:-1] + "ies" if w.endswith("y") else w + ("es" if w.endswith("x") else "s"))
+    if currency and fraction is not None and len(fraction) == 2:  # $5.50: dollars and cents
+        unit, units, cent, cents = _CURRENCIES[currency]
+        small = int(fraction)
+        parts = [f"{words} {unit if n == 1 else units}"] * (n > 0 or small == 0)
+        parts += [f"{_number_words(small)} {cent if small == 1 else cents}"] * (small > 0)
+        return f" {' '.join(parts)} "
+    if fraction is not None:
+        words += " point " + " ".join(_ONES[int(d)] for d in fraction)
+    if currency:
+        unit, units = _CURRENCIES[currency][:2]
+        words += f" {unit if n == 1 and fraction is None else units}"
+    return f" {words}{' percent' if match['percent'] else ''} "
+
+
+def _drop_number_and(words: list[str]) -> list[str]:
+    """Remove the "and" of "one hundred and five", so that it equals "one hundred five" (from "105")."""
+    numbers = {*_ONES, *_TENS[2:]}
+    return [w for i, w in enumerate(words) if not (
+        w == "and" and 0 < i < len(words) - 1 and words[i - 1] in ("hundred", "thousand", "million", "billion")
+        and words[i + 1] in numbers)]  # fmt: skip
+
+
 def normalize_text(text: str) -> str:
-    """Lower case, accents and punctuation removed, integers and a few abbreviations spelled out.
+    """Lower case, accents and punctuation removed, numbers and a few abbreviations spelled out.
 
     ``"Mr. Quilter's 2 CATS, café!"`` -> ``"mister quilter's two cats cafe"``. Apostrophes inside words
-    stay (LibriSpeech keeps them); numbers up to 10¹² become words (years are read as plain numbers).
+    stay (LibriSpeech keeps them). Numbers are read as a reader says them: integers in words (``1,905``
+    -> "one thousand nine hundred five", and "one hundred and five" loses its "and"); a four-digit whole
+    number from 1100 to 1999 as a year (``1905`` -> "nineteen oh five", ``1990s`` -> "nineteen nineties");
+    ordinals (``21st`` -> "twenty first"); decimals digit by digit (``3.14`` -> "three point one four");
+    ``50%`` and "per cent" -> "fifty percent"; ``$5.50`` -> "five dollars fifty cents" (also £, €).
     """
     text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
     text = text.replace("\u2019", "'").replace("&", " and ")
-    text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # 1,000 -> 1000
-    text = re.sub(r"\d{1,12}", lambda m: f" {_number_words(int(m.group()))} ", text)
+    text = _NUMBER.sub(_spoken_number, text)
     words = re.sub(r"[^a-z0-9']+", " ", text).split()
     words = [_ABBREVIATIONS.get(w, w) for w in (w.strip("'") for w in words)]
-    return " ".join(w for w in words if w)
+    text = " ".join(_drop_number_and([w for w in words if w]))
+    return re.sub(r"\bper cent\b", "percent", text)
 
 
 @dataclass(frozen=True)
 class WordErrors:
-    """Word errors of hypotheses against references (counts over all utterances)."""
+    """Word errors of hypotheses against references: counts over all utterances, and each utterance's WER."""
 
     substitutions: int
     deletions: int
     insertions: int
     reference_words: int
+    utterance_wers: tuple[float, ...] = ()
+    """Each utterance's own WER (its errors / its reference words), in the order of the references."""
 
     @property
     def wer(self) -> float:
-        """(substitutions + deletions + insertions) / reference words."""
+        """The pooled (corpus) WER: (substitutions + deletions + insertions) / reference words."""
         return (self.substitutions + self.deletions + self.insertions) / self.reference_words
+
+    @property
+    def median_wer(self) -> float:
+        """The median of :attr:`utterance_wers`, the statistic the paper's Figure 4 plots."""
+        if not self.utterance_wers:
+            raise ValueError("no per-utterance WERs: build WordErrors with word_error_rate")
+        return statistics.median(self.utterance_wers)
 
     def __float__(self) -> float:
         return self.wer
@@ -142,26 +230,28 @@ class WordErrors:
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str],
                     normalize: Callable[[str], str] | None = normalize_text) -> WordErrors:
-    """Corpus word error rate (via ``jiwer``) of ``hypotheses`` against ``references`` after ``normalize``.
+    """Word errors (via ``jiwer``) of ``hypotheses`` against ``references`` after ``normalize``, pooled and per utterance.
 
-    ``float(word_error_rate(refs, hyps))`` is the WER as a fraction; ``normalize=None`` compares the
-    texts as given (split on white space).
+    ``float(word_error_rate(refs, hyps))`` is the pooled WER as a fraction, ``.median_wer`` the median of
+    the per-utterance WERs; ``normalize=None`` compares the texts as given (split on white space). A
+    reference without words (``"?!"``) has no WER: it raises ValueError naming it (leave it out).
     """
-    try:
-        import jiwer
-    except ImportError as e:
-        raise ImportError("word_error_rate needs jiwer: pip install jiwer (or pip install -e '.[eval]')") from e
+    jiwer = import_optional("jiwer", "word_error_rate")
     if isinstance(references, str) or isinstance(hypotheses, str):
         raise TypeError("references and hypotheses must be lists of texts, not single strings")
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     normalize = normalize or (lambda text: " ".join(text.split()))
-    references, hypotheses = [normalize(t) for t in references], [normalize(t) for t in hypotheses]
-    reference_words = sum(len(t.split()) for t in references)
-    if reference_words == 0:
-        raise ValueError("the references hold no words: the WER is undefined")
-    out = jiwer.process_words(references, hypotheses)
-    return WordErrors(out.substitutions, out.deletions, out.insertions, reference_words)
+    normalized = [normalize(t) for t in references]
+    if not normalized:
+        raise ValueError("no references: the WER is undefined")
+    empty = [f"{i} ({text!r})" for i, (text, words) in enumerate(zip(references, normalized)) if not words.split()]
+    if empty:
+        raise ValueError(f"references with no words have no WER: {', '.join(empty[:5])}"
+                         f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''}; leave them out")
+    each = [jiwer.process_words(r, normalize(h)) for r, h in zip(normalized, hypotheses)]
+    counts = [(out.substitutions, out.deletions, out.insertions, len(r.split())) for out, r in zip(each, normalized)]
+    return WordErrors(*(sum(column) for column in zip(*counts)), tuple((s + d + i) / n for s, d, i, n in counts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,12 +270,9 @@ def whisper_asr(model_name: str = "base.en", device: str | torch.device | None =
     a CPU; ``large-v3`` (GPU) is closer to the strong recognisers papers use.
     """
     try:
-        import whisper
-    except ImportError as e:
-        raise ASRUnavailable(
-            "the default ASR is OpenAI Whisper, which is not installed: pip install openai-whisper "
-            "(or pip install -e '.[asr]'), or pass your own asr callable (wav, sample_rate) -> text"
-        ) from e
+        whisper = import_optional("whisper", "the default ASR (OpenAI Whisper)")
+    except MissingDependency as e:
+        raise ASRUnavailable(f"{e}, or pass your own asr callable (wav, sample_rate) -> text") from e
     root = checkpoints.cache_dir() / "whisper"
     device = resolve_device(device)
     try:
@@ -203,7 +290,27 @@ def whisper_asr(model_name: str = "base.en", device: str | torch.device | None =
         return result["text"]
 
     transcribe.__name__ = f"whisper_{model_name}"
+    transcribe.identity = (f"openai-whisper {getattr(whisper, '__version__', '?')} {model_name} "
+                           f"{'fp16' if device.startswith('cuda') else 'fp32'}")
     return transcribe
+
+
+def asr_identity(asr: ASR) -> str:
+    """Which recogniser ``asr`` is: its ``identity`` attribute where it has one (:func:`whisper_asr`:
+    package version, model, precision), else its module, qualified name and a digest of its code,
+    constants and simple closure values (so two different lambdas differ)."""
+    identity = getattr(asr, "identity", None)
+    if identity is not None:
+        return str(identity)
+    function = asr if hasattr(asr, "__code__") else getattr(type(asr), "__call__", None)
+    name = f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', type(asr).__qualname__)}"
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return name
+    constants = [c for c in code.co_consts if not isinstance(c, types.CodeType)]
+    cells = [c.cell_contents for c in getattr(function, "__closure__", None) or ()]
+    simple = [v for v in cells if isinstance(v, (str, int, float, bool, type(None)))]
+    return f"{name} {digest([code.co_code.hex(), repr(constants), simple])}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +346,9 @@ def resynthesis_wer(
     ``<save_audio>/<name>/<utterance id>.wav`` (name: ``original``, ``codec``, ``k500_lmbda4500``, with
     ``_exact`` for the exact search). With ``results_dir``, every finished row is kept
     there (``<name>.json``) and reused by a later call with the same utterances and settings, so an
-    interrupted sweep resumes where it stopped.
+    interrupted sweep resumes where it stopped. A kept row is keyed by the transcripts, the audio
+    folder, each audio file's size and modification time, :func:`asr_identity` and the settings: a
+    corrected transcript, changed audio or another ASR measure the row again.
     """
     pairs = [registry.check_combination(k, lmbda) for k, lmbda in pairs]
     if not pairs and not references:
@@ -248,9 +357,12 @@ def resynthesis_wer(
     utterances = read_transcripts(audio_dir, limit)
     device = resolve_device(device)
     asr = asr if asr is not None else whisper_asr(device=device)
-    settings = {"utterances": [u.id for u in utterances], "asr": getattr(asr, "__name__", type(asr).__name__),
+    settings = {"utterances": [u.id for u in utterances], "audio_dir": str(Path(audio_dir).resolve()),
+                "transcripts": digest([(u.id, u.text) for u in utterances]),
+                "audio": digest([(str(u.path), file_state(u.path)) for u in utterances]), "asr": asr_identity(asr),
                 "weights": checkpoints.weights_mode(), "exact_search": exact_search, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "batch_size": batch_size}  # fmt: skip
+    settings["columns"] = list(RESULT_COLUMNS)  # rows kept by a version with other columns are measured again
     vocoder = shared_vocoder(device, checkpoints.weights_mode())
 
     def measure(name: str, speak: Callable[[list[Utterance]], list[tuple[torch.Tensor, int]]], **row) -> dict:
@@ -266,11 +378,12 @@ def resynthesis_wer(
                 bar.update(len(batch))
         errors = word_error_rate([u.text for u in utterances], list(hypotheses.values()))
         return {"system": name, **dict.fromkeys(RESULT_COLUMNS[1:7]), **row, "wer": errors.wer,
-                "substitutions": errors.substitutions, "deletions": errors.deletions, "insertions": errors.insertions,
-                "reference_words": errors.reference_words, "utterances": len(utterances), "hypotheses": hypotheses}
+                "median_wer": errors.median_wer, "substitutions": errors.substitutions, "deletions": errors.deletions,
+                "insertions": errors.insertions, "reference_words": errors.reference_words,
+                "utterances": len(utterances), "hypotheses": hypotheses}  # fmt: skip
 
     def original(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
-        return [_read_mono(u.path) for u in batch]
+        return [(wav[0], sr) for wav, sr in (load_mono(u.path) for u in batch)]
 
     def copy_synthesis(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
         return [(vocoder.decode(vocoder.encode(wav, sr)[None])[0].cpu(), vocoder.sample_rate) for wav, sr in original(batch)]
@@ -318,11 +431,6 @@ def _kept(folder: str | os.PathLike | None, name: str, settings: dict, compute: 
     row = compute()
     checkpoints.write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"settings": settings, "row": row})))
     return row
-
-
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
-    wav, sr = load_audio(path)
-    return to_mono(wav)[0], sr
 
 
 def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -21,6 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RunsCode:
+    """Unpickling this runs code (it creates ``marker``): what a crafted file does to ``torch.load(weights_only=False)``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The test models are tiny: one thread is as fast, and on a busy CPU spinning threads cost 3-10x."""

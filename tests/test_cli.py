@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,9 @@ import soundfile
 import torch
 
 import dpslm_utils
-from dpslm_utils import cli
+from dpslm_utils import checks, cli
 
-from conftest import free_port
+from conftest import RunsCode, free_port
 
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
@@ -144,6 +145,11 @@ def _refusals(corpus: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train-ulm", str(tmp / "missing"), out, "--k", "100"], "missing does not exist"),
         (["train-ellav", str(corpus), audio, out, "--k", "100"], "a.flac is not a folder"),
         (["train-ulm", str(corpus), out, "--k", "100", "--max-steps", "0"], "--max-steps must be an integer >= 1"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--warmup-steps", "-5"], "warmup_steps must be an integer >= 0, got -5"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--lr-final", "nan"], "lr_final must be finite, got nan"),
+        (["train-ellav", str(corpus), str(corpus), out, "--k", "100", "--beta2", "1"], r"beta2 must be in \[0, 1\), got 1.0"),
+        (["train-ellav", str(corpus), str(corpus), out, "--k", "100", "--lr", "inf"], "lr must be finite"),
+        (["train-ulm", str(corpus), out, "--k", "100", "--device", "mps"], "--device mps: mps is not supported; use cpu or cuda"),
         (["resynthesize", audio, out + "/r", *model, "-n", "0"], "-n must be an integer >= 1, got 0"),
         (["resynthesize", audio, out + "/r", *model, "--temperature", "inf"], "temperature must be finite"),
         (["resynthesize", audio, out + "/r", *model, "--seed", str(2**70)], "seed must be an integer from 0 to"),
@@ -168,6 +174,48 @@ def test_every_refusal_is_one_line_with_status_2_before_any_model_or_output(corp
         assert re.search(message, lines[0]), (message, lines[0])
         assert "Traceback" not in captured.err and captured.out == ""
         assert not (tmp_path / "out").exists(), argv  # OUT is created only after every check passed
+
+
+def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsys, no_models, monkeypatch):
+    """The device is checked before any other argument, input or output, so these placeholders never matter."""
+    inp, out, model = str(tmp_path / "in"), str(tmp_path / "out"), ["--k", "100", "--lmbda", "600"]
+    commands = {
+        "demo": ["demo", "--out", out, *model], "encode": ["encode", inp, out, *model], "encode-codec": ["encode-codec", inp, out],
+        "train-ulm": ["train-ulm", inp, out, "--k", "100"], "train-ellav": ["train-ellav", inp, inp, out, "--k", "100"],
+        "resynthesize": ["resynthesize", inp, out + "/r", *model], "score": ["score", inp, *model],
+        "say": ["say", "SIL HH AH0 L OW1 SIL", out + "/x.wav", "--phones"], "wer": ["wer", inp, out],
+        "zerospeech": ["zerospeech", inp, out, *model], "abx": ["abx", inp, inp, out, *model],
+        "train-codebook": ["train-codebook", inp, out + "/c.pt", "--k", "10", "--features", "mfcc"],
+    }  # fmt: skip
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    with_device = {name for name, p in subcommands.items() if any("--device" in a.option_strings for a in p._actions)}
+    assert set(commands) == with_device  # a new command with --device must be added here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("mps", "mps is not supported; use cpu or cuda"), ("xpu:0", "xpu is not supported"),
+                            ("cuda", "CUDA is not available here"), ("cud", "not a device type torch knows")):  # fmt: skip
+        for name, argv in commands.items():
+            assert cli.main([*argv, "--device", device]) == 2, (name, device)
+            captured = capsys.readouterr()
+            assert re.fullmatch(f"dpslm: error: --device {device}: {message}.*\n", captured.err), (name, captured.err)
+            assert not (tmp_path / "out").exists(), name
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert cli.main([*commands["score"], "--device", "cuda:2"]) == 2
+    assert "--device cuda:2: there are only 2 CUDA device(s) here" in capsys.readouterr().err
+
+
+def test_train_ellav_refuses_a_codec_file_that_would_run_code(tmp_path, capsys):
+    from dpslm_utils import datasets
+
+    for name in ("a", "b"):
+        datasets.save_units(tmp_path / "units" / f"{name}.npy", [1, 2], [5, 5])
+        (tmp_path / "codes").mkdir(exist_ok=True)
+        torch.save(torch.arange(8) if name == "a" else {"codes": RunsCode(tmp_path / "ran")}, tmp_path / "codes" / f"{name}.pt")
+    argv = ["train-ellav", str(tmp_path / "units"), str(tmp_path / "codes"), str(tmp_path / "run"), "--k", "6"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"dpslm: error: .*b\.pt holds Python objects besides tensors .* refused, .*\n", err), err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_missing_input_is_refused_without_importing_torch(tmp_path):
@@ -224,6 +272,30 @@ def test_resynthesize_never_writes_an_empty_wav(corpus, tmp_path, capsys, monkey
     assert sorted(p.name for p in prefix.parent.iterdir()) == ["x_1.wav"]
 
 
+@pytest.mark.parametrize("module", sorted(checks.OPTIONAL_DEPENDENCIES))
+def test_every_optional_import_fails_in_one_line_naming_its_extra(module, monkeypatch):
+    package, extra = checks.OPTIONAL_DEPENDENCIES[module]
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.match(rf"{re.escape(package)}\b", requirement) for requirement in extras[extra])
+    monkeypatch.setitem(sys.modules, module, None)  # the import fails, as when the package is not installed
+    expected = f'X needs the optional package {package}: pip install "dpslm-utils[{extra}]" (in a clone: pip install -e ".[{extra}]")'
+    for call in (checks.import_optional, checks.check_installed):
+        with pytest.raises(checks.MissingDependency) as error:
+            call(module, "X")
+        assert str(error.value) == expected and isinstance(error.value, ImportError)
+
+
+def test_abx_without_its_package_is_refused_in_one_line(tmp_path, capsys, monkeypatch, no_models):
+    item_file, audio = tmp_path / "x.item", tmp_path / "audio"
+    audio.mkdir()
+    soundfile.write(audio / "a.wav", 0.1 * np.ones(8000, dtype=np.float32), 16000)
+    item_file.write_text("#file onset offset #phone prev-phone next-phone speaker\na 0.1 0.2 a b c s1\n")
+    monkeypatch.setitem(sys.modules, "zrc_abx2", None)
+    assert cli.main(["abx", str(item_file), str(audio), str(tmp_path / "out"), "--k", "100", "--lmbda", "600"]) == 2
+    assert capsys.readouterr().err == ('dpslm: error: dpslm abx needs the optional package zerospeech-libriabx2: '
+                                       'pip install "dpslm-utils[eval]" (in a clone: pip install -e ".[eval]")\n')
+
+
 def test_torchrun_shards_files_across_two_ranks(corpus, tmp_path):
     (corpus / "broken.wav").unlink()
     out = tmp_path / "dist"
@@ -267,7 +339,28 @@ def test_demo_falls_back_to_random_weights_and_writes_outputs(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "RANDOM TINY WEIGHTS" in out and "could not download" in out
     written = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert written == ["demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"]
+    weight_free = [name for name in written if re.fullmatch(r"weightfree_lambda_\d+\.wav", name)]
+    assert written == sorted(["demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt",
+                              "rate_distortion.png", "weightfree_logmel.wav", *weight_free])  # fmt: skip
+    assert len(weight_free) == len(cli.DEMO_UNITS_PER_SECOND)
+    assert "WEIGHT-FREE resynthesis: no model weights at all" in out and "come from these random models" in out
     units = (tmp_path / "demo" / "units.txt").read_text().split()
     assert units and all(u.startswith("u") and 0 <= int(u[1:]) < 100 for u in units)
     assert os.environ.get("DPSLM_WEIGHTS") == "random-tiny"
+
+
+def test_the_offline_demos_weight_free_audio_is_speech_whose_coarseness_follows_lambda(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--k", "100", "--lmbda", "600", "--weights", "random-tiny"]) == 0
+    printed = capsys.readouterr().out
+    fbank = dpslm_utils.feature_encoder("fbank")
+    original = fbank(*dpslm_utils.example_audio("librispeech", official=False))
+    errors = []
+    for path in sorted(tmp_path.glob("weightfree_lambda_*.wav"), key=lambda p: int(p.stem.rsplit("_", 1)[1])):
+        wav, sr = soundfile.read(path, dtype="float32")
+        assert sr == 16000 and len(wav) == 320 * original.shape[0]
+        assert np.sqrt(np.mean(wav**2)) > 0.01, path.name  # not silence
+        assert f"{path.name}: λ = " in printed
+        errors.append((fbank(torch.from_numpy(wav), sr) - original).square().mean().item())
+    assert len(errors) == 3 and errors == sorted(errors)  # bigger λ, further from the original spectrum
+    copy, sr = soundfile.read(tmp_path / "weightfree_logmel.wav", dtype="float32")
+    assert (fbank(torch.from_numpy(copy), sr) - original).square().mean().item() < errors[0]

@@ -109,3 +109,39 @@ def test_download_command(archive, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(corpora.CORPORA, "abx-items", Corpus((tmp_path / "no.tgz").as_uri(), None, "x"))
     assert cli.main(["download", "abx-items", "--dir", str(tmp_path / "d"), "--quiet"]) == 1
     assert "place it at" in capsys.readouterr().err
+
+
+def test_two_subsets_unpack_into_one_folder_and_keep_what_was_there(tmp_path):
+    """dev-clean then test-clean (both unpack to LibriSpeech/) into a folder that already holds another subset."""
+    folder = tmp_path / "data"
+    (folder / "LibriSpeech" / "train-clean-100" / "1").mkdir(parents=True)
+    (folder / "LibriSpeech" / "train-clean-100" / "1" / "1-1-0000.flac").write_bytes(b"mine")
+    (folder / "LibriSpeech" / "notes.txt").write_text("the user's own file")
+    shared = {"LibriSpeech/README.TXT": b"the same in every subset"}
+    for subset in ("dev-clean", "test-clean"):
+        archive = make_tar(tmp_path / f"{subset}.tar.gz", {**shared, f"LibriSpeech/{subset}/2/2/2-2-0000.flac": subset.encode()})
+        download_corpus(Corpus(archive.as_uri(), None, subset), folder, progress=False)
+    root = folder / "LibriSpeech"
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "README.TXT", "dev-clean/2/2/2-2-0000.flac", "notes.txt", "test-clean/2/2/2-2-0000.flac",
+        "train-clean-100/1/1-1-0000.flac"]
+    assert (root / "dev-clean/2/2/2-2-0000.flac").read_bytes() == b"dev-clean"
+    assert (root / "train-clean-100/1/1-1-0000.flac").read_bytes() == b"mine"
+    assert not [p for p in folder.iterdir() if p.name.endswith(".unpacking")]
+
+
+def test_a_file_with_other_content_refuses_the_whole_extraction(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "LibriSpeech").mkdir(parents=True)
+    (folder / "LibriSpeech" / "README.TXT").write_text("edited by the user")
+    archive = make_tar(tmp_path / "dev-clean.tar.gz", {"LibriSpeech/README.TXT": b"original",
+                                                       "LibriSpeech/dev-clean/1.flac": b"audio"})
+    with pytest.raises(DownloadError, match=r"README.TXT exists with other content.*Nothing in .*data was changed"):
+        download_corpus(Corpus(archive.as_uri(), None, "x"), folder, progress=False)
+    assert (folder / "LibriSpeech" / "README.TXT").read_text() == "edited by the user"
+    assert sorted(p.name for p in folder.iterdir()) == ["LibriSpeech", "dev-clean.tar.gz"]  # no subset, no marker
+    assert sorted(p.name for p in (folder / "LibriSpeech").iterdir()) == ["README.TXT"]
+    (folder / "LibriSpeech" / "README.TXT").unlink()
+    (folder / "LibriSpeech" / "dev-clean").write_text("a file where the archive has a folder")
+    with pytest.raises(DownloadError, match="dev-clean exists and is not a folder"):
+        download_corpus(Corpus(archive.as_uri(), None, "x"), folder, progress=False)

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from dpslm_utils import UnitLM, cli, evaluation
+from dpslm_utils.audio import load_mono
+from dpslm_utils.corpora import slm21_stand_in_dir
 from dpslm_utils.evaluation import (
     bootstrap_interval,
     evaluate_zerospeech,
@@ -22,8 +24,10 @@ from dpslm_utils.evaluation import (
     syntactic_accuracy,
 )
 from dpslm_utils.pipeline import EncodedSpeech
+from dpslm_utils.settings_record import SettingsMismatch
+from dpslm_utils.toy_language import TOY_LANGUAGE_DIR
 
-SLM21 = Path(__file__).resolve().parent.parent / "data" / "slm21"
+SLM21 = slm21_stand_in_dir()
 
 
 def write_gold(path, rows):
@@ -157,8 +161,9 @@ def test_pair_accuracy_margins_are_loglikelihood_differences(ulm):
 class FakeEncoder:
     """Units from the audio itself (its loudest samples' positions mod k): deterministic, no model."""
 
-    def __init__(self, k):
+    def __init__(self, k, version=0):
         self.k, self.calls = k, 0
+        self.cache_identity = {"fake": k, "version": version}
 
     def encode_batch(self, wavs, sample_rate):
         self.calls += len(wavs)
@@ -229,7 +234,8 @@ def test_zerospeech_command_scores_with_a_unit_lm_of_your_own(tmp_path, monkeypa
     random_tiny.write("unit_lm", tmp_path / "mine.pt", k=200)
     dataset = tmp_path / "slm21"
     shutil.copytree(SLM21 / "lexical" / "test", dataset / "lexical" / "test")
-    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--ulm", str(tmp_path / "mine.pt")]) == 2
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "a"), "--k", "100", "--splits", "test",
+                     "--ulm", str(tmp_path / "mine.pt")]) == 2
     assert re.fullmatch("dpslm: error: .*mine.pt is a unit LM for k=200, but --k is 100\n", capsys.readouterr().err)
     assert not (tmp_path / "a").exists()
     out = tmp_path / "b"
@@ -333,6 +339,8 @@ def test_scores_keep_their_order_when_batches_are_sorted_by_length(ulm):
 
 def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_path):
     class Failing:
+        cache_identity = {"failing": True}
+
         def encode_batch(self, wavs, sample_rate):
             raise RuntimeError("input too short")
 
@@ -343,9 +351,287 @@ def test_an_encoding_failure_names_the_files_and_caches_nothing_for_them(tmp_pat
 
 
 def test_find_split_reads_the_toy_language_ogg_files_named_in_gold():
-    toy = SLM21.parent / "toy_language"
+    toy = TOY_LANGUAGE_DIR
     for task in ("lexical", "syntactic"):
         files = evaluation.find_split(toy, task, "dev")
         gold = read_gold(toy / task / "dev" / "gold.csv")
         assert files and {p.suffix for p in files} == {".ogg"}
         assert {p.stem for p in files} == {row["filename"] for row in gold}
+
+
+# -- caches keyed by what determines them, checks before any work (issue 17) ------------------------------
+
+
+def copy_slm21(tmp_path, *parts):
+    dataset = tmp_path / "slm21"
+    for part in parts:
+        shutil.copytree(SLM21 / part, dataset / part)
+    return dataset
+
+
+def test_changed_audio_is_encoded_again_and_another_encoder_is_refused(tmp_path, ulm):
+    dataset = copy_slm21(tmp_path, "lexical")
+    out = tmp_path / "out"
+    encoder = FakeEncoder(ulm.k)
+    evaluate_zerospeech(dataset, out, encoder=encoder, ulm=ulm, progress=False)
+    assert encoder.calls == 20
+    changed = dataset / "lexical" / "dev" / "lexdev01usw.flac"
+    shutil.copy(dataset / "lexical" / "dev" / "lexdev03gbn.flac", changed)  # other audio, same name
+    again = evaluate_zerospeech(dataset, out, encoder=encoder, ulm=ulm, progress=False)
+    assert encoder.calls == 21  # only the changed file
+    submitted = dict(line.split() for line in (out / "lexical" / "dev.txt").read_text().splitlines())
+    assert submitted["lexdev01usw"] == submitted["lexdev03gbn"]  # its new audio's score, not the old one
+    assert again["lexical"]["dev"]["pairs"][0]["word"] == "lexdev01usw"
+
+    with pytest.raises(SettingsMismatch, match=r"version: 0 there, 1 now"):
+        evaluate_zerospeech(dataset, out, encoder=FakeEncoder(ulm.k, version=1), ulm=ulm, progress=False)
+    cache = out / "units" / "lexical" / "dev"
+    other = FakeEncoder(ulm.k, version=1)
+    evaluation.encode_files(sorted((dataset / "lexical" / "dev").glob("*.flac")), other, cache_dir=cache, progress=False)
+    assert other.calls == 20  # a bare cache folder of another encoder: nothing reused
+
+
+def test_a_unit_encoder_is_identified_by_its_settings_and_weights(random_tiny):
+    from dpslm_utils import UnitEncoder
+
+    a = evaluation.encoder_identity(UnitEncoder.from_pretrained(100, 600, "cpu", num_neighbors=5))
+    assert {key: a[key] for key in ("k", "lmbda", "num_neighbors", "random_weights")} == {
+        "k": 100, "lmbda": 600.0, "num_neighbors": 5, "random_weights": True}
+    assert evaluation.encoder_identity(UnitEncoder.from_pretrained(100, 1500, "cpu", num_neighbors=5))["model"] == a["model"]
+    other_codebook = UnitEncoder.from_pretrained(200, 600, "cpu", num_neighbors=5)
+    assert evaluation.encoder_identity(other_codebook)["model"] != a["model"]
+    with pytest.raises(TypeError, match="cache_identity"):
+        evaluation.encoder_identity(object())
+
+
+def test_duplicate_gold_rows_are_refused_with_their_lines_and_a_bom_is_accepted(tmp_path):
+    rows = lexical_rows([(1, 3, "xy"), (2, 0, "x")])
+    scores = {row["filename"]: -float(i) for i, row in enumerate(rows)}
+    honest = lexical_accuracy(read_gold(write_gold(tmp_path / "gold.csv", rows)), scores)["overall"]
+    write_gold(tmp_path / "twice.csv", rows + [rows[0]])  # w1x again: its pair would count twice
+    with pytest.raises(ValueError, match=r"twice.csv names 1 file\(s\) more than once: w1x on lines 2, 8"):
+        read_gold(tmp_path / "twice.csv")
+    with pytest.raises(ValueError, match=r"1 files appear in more than one gold row, e.g. \['w1x'\]"):
+        lexical_accuracy(read_gold(tmp_path / "gold.csv") + read_gold(tmp_path / "gold.csv")[:1], scores)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "gold.csv").read_bytes())
+    assert lexical_accuracy(read_gold(bom), scores)["overall"] == honest
+    (tmp_path / "latin.csv").write_bytes("filename,correct,id,voice\ncaf\xe9,1,1,v\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.csv is not a ZeroSpeech gold file"):
+        read_gold(tmp_path / "latin.csv")
+
+
+class NeverEncoder(FakeEncoder):
+    def encode_batch(self, wavs, sample_rate):
+        raise AssertionError("nothing may be encoded before the dataset is checked")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("columns", r"syntactic/dev/gold.csv is not a ZeroSpeech syntactic gold file: it needs the columns .*type, subtype"),
+    ("missing", r"syntactic/dev/gold.csv names 1 file\(s\) with no audio file in .*\['syndev01usg'\]"),
+    ("stems", r"distinct names .*syndev01usu.flac and .*syndev01usu.wav"),
+    ("order", r"syntactic/dev/gold.csv: gold rows are out of order"),
+])
+def test_the_whole_dataset_is_checked_before_any_encoding(tmp_path, ulm, damage, message):
+    dataset = copy_slm21(tmp_path, "lexical", "syntactic")
+    split = dataset / "syntactic" / "dev"  # the last split to be encoded
+    rows = list(csv.DictReader((split / "gold.csv").open()))
+    if damage == "columns":
+        write_gold(split / "gold.csv", [{k: v for k, v in row.items() if k != "type"} for row in rows])
+    elif damage == "missing":
+        (split / "syndev01usg.flac").unlink()
+    elif damage == "stems":
+        shutil.copy(split / "syndev01usu.flac", split / "syndev01usu.wav")
+    else:
+        rows[1], rows[3] = rows[3], rows[1]
+        write_gold(split / "gold.csv", rows)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        evaluate_zerospeech(dataset, tmp_path / "out", encoder=NeverEncoder(ulm.k), ulm=ulm, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "cli-out")]) == 2  # refused before any model loads
+    assert not (tmp_path / "cli-out").exists()
+
+
+def test_zerospeech_uses_the_papers_search_unless_told_otherwise(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DPSLM_WEIGHTS", "random-tiny")
+    dataset = copy_slm21(tmp_path, "lexical")
+    record = lambda out: json.loads((out / "dpslm_settings.json").read_text())  # noqa: E731
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "paper"), "--k", "100", "--lmbda", "600", "--quiet"]) == 0
+    assert record(tmp_path / "paper")["num_neighbors"] == evaluation_paper_neighbors(100) == 5
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "exact"), "--k", "100", "--lmbda", "600", "--quiet",
+                     "--exact-search"]) == 0
+    assert record(tmp_path / "exact")["num_neighbors"] is None
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "paper"), "--k", "100", "--lmbda", "600",
+                     "--exact-search"]) == 2  # a folder of the paper's search: not mixed with exact units
+    assert "num_neighbors: 5 there, None now" in capsys.readouterr().err
+    assert cli.main(["zerospeech", str(dataset), str(tmp_path / "both"), "--k", "100", "--lmbda", "600",
+                     "--exact-search", "--num-neighbors", "3"]) == 2
+    assert "--exact-search or --num-neighbors, not both" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
+    from dpslm_utils import UnitEncoder
+
+    encoder = UnitEncoder.from_pretrained(100, 600, "cpu", num_neighbors=5)
+    wav = load_mono(dataset / "lexical" / "dev" / "lexdev02gbn.flac")
+    cached = np.load(tmp_path / "paper" / "units" / "lexical" / "dev" / "lexdev02gbn.npy")
+    assert cached.tolist() == encoder.encode(*wav).units.tolist()
+
+
+def evaluation_paper_neighbors(k):
+    from dpslm_utils import PAPER_NUM_NEIGHBORS
+
+    return PAPER_NUM_NEIGHBORS[k]
+
+
+def unwritable_folder(tmp_path) -> Path:
+    """A folder in which not even root may create anything (sysfs), or a read-only one for other users."""
+    import os
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without sysfs: no folder is read-only")
+    return Path("/sys/kernel")
+
+
+def test_unwritable_output_and_wrong_layouts_are_refused_before_models_load(tmp_path, monkeypatch, capsys):
+    from dpslm_utils import ulm as ulm_module
+
+    monkeypatch.setattr(ulm_module.UnitLM, "from_pretrained", lambda *a, **k: pytest.fail("a model was loaded"))
+    dataset = copy_slm21(tmp_path, "lexical")
+    out = unwritable_folder(tmp_path) / "out"
+    assert cli.main(["zerospeech", str(dataset), str(out)]) == 2
+    assert re.fullmatch(f"dpslm: error: cannot write to {out}: .*\n", capsys.readouterr().err)
+    assert cli.main(["zerospeech", str(tmp_path), str(tmp_path / "o")]) == 2  # not the sLM21 layout
+    assert "expected the sLM21 layout" in capsys.readouterr().err
+    assert cli.main(["zerospeech", str(dataset), str(dataset / "lexical" / "dev" / "gold.csv" / "x")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# -- ABX item files and feature files (issue 17 items 8, 9) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_items(tmp_path_factory):
+    """The project's own word item file and random features of the right length for each file it names."""
+    from dpslm_utils.toy_language import write_word_abx_items
+
+    folder = tmp_path_factory.mktemp("toy-abx")
+    item_file = write_word_abx_items(folder / "words.item")
+    rng = np.random.default_rng(0)
+    features = {}
+    for line in item_file.read_text().splitlines()[1:]:
+        stem, _, offset = line.split()[:3]
+        features[stem] = rng.normal(size=(int(float(offset) * 50) + 1, 8)).astype(np.float32)
+    return item_file, features
+
+
+def test_abx_on_the_projects_word_items_explains_the_within_speaker_mode(toy_items):
+    pytest.importorskip("zrc_abx2")
+    item_file, features = toy_items
+    with pytest.raises(ValueError, match="words.item gives no within-speaker ABX triplets: no speaker says one phone "
+                                         "twice .*Ask for the across-speaker mode only"):
+        evaluation.abx_error_rates(item_file, {"x": features})
+    rates = evaluation.abx_error_rates(item_file, {"x": features}, speaker_modes=("across",))
+    assert set(rates["x"]) == {"across"} and 30 < rates["x"]["across"] < 70  # random features: chance
+
+
+def rewrite_items(source, target, edit):
+    lines = source.read_text().splitlines()
+    target.write_text("\n".join([lines[0]] + [edit(i, line.split()) for i, line in enumerate(lines[1:])]) + "\n")
+    return target
+
+
+def test_abx_refuses_bad_item_files_naming_the_file_and_line(toy_items, tmp_path):
+    pytest.importorskip("zrc_abx2")
+    item_file, features = toy_items
+    across = {"speaker_modes": ("across",)}
+    past = rewrite_items(item_file, tmp_path / "past.item",
+                         lambda i, c: " ".join([c[0], "30.0", "31.0", *c[3:]] if i == 4 else c))
+    first = item_file.read_text().splitlines()[5].split()[0]
+    with pytest.raises(ValueError, match=rf"past.item line 6: the token starts at 30 s, but {first} ends at .* frames at 50 Hz"):
+        evaluation.abx_error_rates(past, {"x": features}, **across)
+    three = rewrite_items(item_file, tmp_path / "three.item", lambda i, c: " ".join(c[:3] if i == 2 else c))
+    with pytest.raises(ValueError, match=r"three.item line 4: expected 7 columns .*got 3"):
+        evaluation.abx_error_rates(three, {"x": features}, **across)
+    backwards = rewrite_items(item_file, tmp_path / "backwards.item", lambda i, c: " ".join([c[0], "0.5", "0.2", *c[3:]]))
+    with pytest.raises(ValueError, match=r"backwards.item line 2: expected 0 <= onset < offset"):
+        evaluation.abx_error_rates(backwards, {"x": features}, **across)
+    (tmp_path / "binary.item").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"binary.item is not an ABX item file: byte 128 is not UTF-8"):
+        evaluation.abx_error_rates(tmp_path / "binary.item", {"x": features}, **across)
+    (tmp_path / "nul.item").write_bytes(b"#header\n\0\0\0\0 1 2 a b c d\n")
+    with pytest.raises(ValueError, match=r"nul.item is not an ABX item file: it holds binary data"):
+        evaluation.abx_error_rates(tmp_path / "nul.item", {"x": features}, **across)
+    with pytest.raises(ValueError, match=rf"representation 'x' has no features for 1 file\(s\) that .*words.item names, e.g. \['{first}'\]"):
+        evaluation.abx_error_rates(item_file, {"x": {s: f for s, f in features.items() if s != first}}, **across)
+    blank_lines = rewrite_items(item_file, tmp_path / "blank.item", lambda i, c: " ".join(c) + "\n")  # zrc_abx2 trips on these
+    assert evaluation.abx_error_rates(blank_lines, {"x": features}, **across) == \
+        evaluation.abx_error_rates(item_file, {"x": features}, **across)
+
+
+def test_abx_names_junk_feature_files(toy_items, tmp_path):
+    pytest.importorskip("zrc_abx2")
+    item_file, features = toy_items
+    stems = sorted(features)
+    for name, junk in (("pickle", None), ("empty", b""), ("text", b"not a numpy file at all"), ("flat", np.zeros(5)),
+                       ("strings", np.array(["a", "b"]))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for stem in stems:
+            np.save(folder / f"{stem}.npy", features[stem])
+        bad = folder / f"{stems[3]}.npy"
+        if name == "pickle":
+            np.save(bad, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        elif isinstance(junk, bytes):
+            bad.write_bytes(junk)
+        else:
+            np.save(bad, junk)
+        with pytest.raises(ValueError, match=rf"representation 'x': {re.escape(str(bad))} (is not a readable|holds|has shape)"):
+            evaluation.abx_error_rates(item_file, {"x": folder}, speaker_modes=("across",))
+
+
+def test_abx_features_are_computed_again_for_changed_audio_or_another_encoder(random_tiny, tmp_path):
+    from dpslm_utils import UnitEncoder
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    shutil.copy(SLM21 / "lexical" / "dev" / "lexdev01usw.flac", audio / "a.flac")
+    encoder = UnitEncoder.from_pretrained(100, 600, "cpu")
+    folders = evaluation.abx_representations([audio / "a.flac"], encoder, tmp_path / "features", progress=False)
+    before = np.load(folders["wavlm"] / "a.npy")
+    shutil.copy(SLM21 / "lexical" / "dev" / "lexdev04gbn.flac", audio / "a.flac")
+    evaluation.abx_representations([audio / "a.flac"], encoder, tmp_path / "features", progress=False)
+    after = np.load(folders["wavlm"] / "a.npy")
+    expected = encoder.encoder(*load_mono(audio / "a.flac"), layer=11).numpy()
+    assert after.shape != before.shape and np.allclose(after, expected, atol=1e-5)
+    coarse = UnitEncoder.from_pretrained(100, 50000, "cpu")
+    evaluation.abx_representations([audio / "a.flac"], coarse, tmp_path / "features", progress=False)
+    units = np.load(folders["units"] / "a.npy")
+    assert units.tolist() == coarse.quantizer(torch.from_numpy(expected))[1].tolist()
+
+
+def test_abx_command_checks_the_item_file_and_audio_before_models_load(tmp_path, capsys):
+    pytest.importorskip("zrc_abx2")
+    from dpslm_utils.toy_language import TOY_LANGUAGE_DIR, write_word_abx_items
+
+    item_file = write_word_abx_items(tmp_path / "words.item")
+    audio = TOY_LANGUAGE_DIR / "lexical" / "dev"
+    assert cli.main(["abx", str(item_file), str(audio), str(tmp_path / "out")]) == 2
+    assert "gives no within-speaker ABX triplets" in capsys.readouterr().err
+    three = rewrite_items(item_file, tmp_path / "three.item", lambda i, c: " ".join(c[:3]))
+    assert cli.main(["abx", str(three), str(audio), str(tmp_path / "out"), "--speaker-modes", "across"]) == 2
+    assert re.fullmatch(r"dpslm: error: .*three.item line 2: expected 7 columns .*\n", capsys.readouterr().err)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    left_out = item_file.read_text().splitlines()[1].split()[0]
+    for path in audio.glob("*.ogg"):
+        if path.stem != left_out:
+            (partial / path.name).symlink_to(path)
+    assert cli.main(["abx", str(item_file), str(partial), str(tmp_path / "out"), "--speaker-modes", "across"]) == 2
+    assert re.search(rf"1 of the 78 files that .*words.item names are not under .*partial, e.g. \['{left_out}'\]",
+                     capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Packaging: the wheel works outside the checkout; metadata, license, citation and version agree."""
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -47,6 +48,7 @@ def test_the_wheel_ships_the_recordings_license_and_type_marker(wheel):
         assert f"dpslm_utils/examples/{recording}" in names
     assert "dpslm_utils/py.typed" in names and "dpslm_utils/random_tiny.py" in names
     assert "dpslm_utils/viterbi_numba.py" in names
+    assert "dpslm_utils/feature_codebooks/fbank_k100.pt" in names
     assert any(re.fullmatch(r"dpslm_utils-[^/]+\.dist-info/licenses/LICENSE", n) for n in names), names
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert f"Version: {dpslm_utils.__version__}\n" in metadata
@@ -54,8 +56,11 @@ def test_the_wheel_ships_the_recordings_license_and_type_marker(wheel):
     assert "Requires-Dist: torch<3,>=2.6" in metadata or "Requires-Dist: torch>=2.6,<3" in metadata
 
 
-def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_demo(wheel, tmp_path):
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> tuple[Path, dict]:
+    """(python, environment) of a fresh venv outside the checkout where dpslm_utils comes from the wheel."""
+    folder = tmp_path_factory.mktemp("installed")
+    venv = folder / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
     python = venv / "bin" / "python"
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
@@ -66,18 +71,72 @@ def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_d
     Path(site_packages, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DPSLM_WEIGHTS")}
-    env |= {"DPSLM_CACHE": str(tmp_path / "cache"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    env |= {"DPSLM_CACHE": str(folder / "cache"), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     env["DPSLM_NUMBA"] = "0"  # numba would compile DPDP afresh for this new path (~3 s); test_dpdp tests it
-    where = _run([python, "-c", "import dpslm_utils; print(dpslm_utils.__file__)"], cwd=tmp_path, env=env)
+    where = _run([python, "-c", "import dpslm_utils; print(dpslm_utils.__file__)"], cwd=folder, env=env)
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+    return python, env
 
+
+def test_wheel_installed_in_a_clean_venv_outside_the_checkout_runs_the_offline_demo(installed, tmp_path):
+    python, env = installed
     out = tmp_path / "demo"
-    demo = _run([venv / "bin" / "dpslm", "demo", "--weights", "random-tiny", "--k", "100", "--lmbda", "600",
+    demo = _run([python.parent / "dpslm", "demo", "--weights", "random-tiny", "--k", "100", "--lmbda", "600",
                  "--out", out], cwd=tmp_path, env=env)  # fmt: skip
     assert "bundled espeak-ng recording mister_quilter.flac" in demo.stderr  # a logged warning
-    assert sorted(p.name for p in out.iterdir()) == [
-        "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt"
-    ]
+    written = sorted(p.name for p in out.iterdir())
+    weight_free = [name for name in written if re.fullmatch(r"weightfree_lambda_\d+\.wav", name)]
+    assert len(weight_free) == 3 and written == sorted([
+        "demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt", "rate_distortion.png",
+        "weightfree_logmel.wav", *weight_free,
+    ])  # the shipped log-mel codebook came with the wheel
+
+
+def test_the_wheel_ships_the_toy_language_and_the_slm21_stand_in(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.relative_to(REPO).as_posix() for p in (REPO / "dpslm_utils" / "data").rglob("*") if p.is_file()}
+    assert len(shipped) == 840 and shipped <= names  # 794 Ogg Opus + 40 FLAC + corpus, phones and 4 gold csv
+
+
+EXECUTE = """
+import sys
+from pathlib import Path
+
+import nbformat
+from jupyter_client import KernelManager
+from nbclient import NotebookClient
+from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager  # a kernel on this very python
+
+path = Path(sys.argv[1])
+notebook = nbformat.read(path, as_version=4)
+kernel = KernelManager(kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_spec_manager=NbvalKernelspecManager())
+NotebookClient(notebook, km=kernel, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute(
+    cleanup_kc=True)  # shut the kernel down (the client does not own a kernel manager it was given)
+nbformat.write(notebook, path)
+"""
+NOTEBOOKS_WITH_DATA = ("06_end_to_end", "08_evaluating_spoken_lms", "09_train_your_own")
+
+
+def test_the_notebooks_that_need_the_repository_run_from_the_wheel_outside_the_checkout(installed, tmp_path):
+    """What Colab does: notebooks 06 (torch.hub), 08 (sLM21 stand-in, toy language) and 09 (toy
+    language) with the package from a pip install, under random-tiny weights. A cell error fails."""
+    python, env = installed
+    runs = [subprocess.Popen([python, "-c", EXECUTE, shutil.copy(REPO / "notebooks" / f"{name}.ipynb", tmp_path)],
+                             cwd=tmp_path, env=env | {"DPSLM_WEIGHTS": "random-tiny"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for name in NOTEBOOKS_WITH_DATA]  # side by side
+    for name, run in zip(NOTEBOOKS_WITH_DATA, runs):
+        output = run.communicate()[0]
+        assert run.returncode == 0, f"notebook {name} failed outside the checkout:\n{output[-5000:]}"
+
+    def printed(name: str, cell_id: str) -> str:
+        (cell,) = [c for c in json.loads((tmp_path / f"{name}.ipynb").read_text())["cells"] if c["id"] == cell_id]
+        return "".join("".join(output.get("text", "")) for output in cell["outputs"])  # str or list of lines
+
+    venv = python.parent.parent
+    assert printed("06_end_to_end", "55b55c2d").startswith("torch.hub skipped: a pip install has no hubconf.py")
+    assert "'word': 'manufacture'" in printed("08_evaluating_spoken_lms", "cell-07")  # the sLM21 stand-in's gold
+    toy = re.match(r"ToyLanguage\((.+): 400 train, 40 validation", printed("09_train_your_own", "cell-06"))
+    assert toy and Path(toy[1]).is_relative_to(venv)
 
 
 def test_version_is_defined_once_and_agrees_everywhere():

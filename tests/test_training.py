@@ -5,6 +5,8 @@ import logging
 import math
 import os
 import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +14,12 @@ import torch
 import torch.nn.functional as F
 
 import dpslm_utils
-from dpslm_utils import datasets, distributed, training
+from dpslm_utils import datasets, distributed, ellav, training, ulm
+from dpslm_utils.batches import PackedBatch
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
-from conftest import FIXTURES, free_port, load_fixture
+from conftest import FIXTURES, RunsCode, free_port, load_fixture
 
 TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_heads=2, dropout=0.0)
 """Smaller than the tiny preset, for the tests that check bookkeeping rather than learning."""
@@ -27,10 +30,10 @@ TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_head
 
 def test_tokens_and_chunks_match_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")
-    tokenized = [datasets.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
+    tokenized = [ulm.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
     for ours, theirs in zip(tokenized, fixture["tokenized"], strict=True):
         assert torch.equal(ours, theirs)
-    corpus = datasets.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
+    corpus = ulm.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
     for case in fixture["chunks"]:  # incl. chunks that stop at a chapter boundary and at the corpus end
         assert torch.equal(corpus.chunk(case["index"], case["start"], case["chunk_size"]), case["ids"])
 
@@ -38,7 +41,7 @@ def test_tokens_and_chunks_match_the_original():
 def test_packed_batch_loss_matches_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")["batch"]
     items = fixture["items"]
-    batch = datasets.PackedBatch.pack(items, [datasets.chunk_loss_mask(len(i)) for i in items])
+    batch = PackedBatch.pack(items, [ulm.chunk_loss_mask(len(i)) for i in items])
     assert torch.equal(batch.src_ids, fixture["src_ids"]) and torch.equal(batch.tgt_ids, fixture["tgt_ids"])
     assert torch.equal(batch.loss_mask, fixture["loss_mask"]) and batch.seqlens == fixture["seqlens"]
     model = dpslm_utils.UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt").transformer
@@ -64,9 +67,9 @@ def test_ellav_examples_match_the_original_encode_train():
     fixture = load_fixture("ellav_train_fixture.pt")
     tokenizer = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt").tokenizer
     for case in fixture["cases"]:  # case 2 holds a codec id >= 4096: UNK
-        example = datasets.ellav_example(case["frame_units"], case["codes"], tokenizer)
+        example = ellav.ellav_example(case["frame_units"], case["codes"], tokenizer)
         assert torch.equal(example.ids, case["ids"]) and torch.equal(example.loss_mask, case["loss_mask"])
-        numbers = datasets.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
+        numbers = ellav.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
         assert torch.equal(numbers.ids, case["ids"])  # framewise ints give the same example
     # The quirk: the lowest unit id (u0) is predicted by the loss, every other unit is user input.
     u0, u1 = tokenizer["token_to_id_dict"]["u0"], tokenizer["token_to_id_dict"]["u1"]
@@ -80,8 +83,8 @@ def test_ellav_batch_loss_matches_the_original():
     fixture = load_fixture("ellav_train_fixture.pt")
     model = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt")
     cases = [fixture["cases"][i] for i in fixture["batch"]["case_indices"]]
-    examples = [datasets.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
-    batch = datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+    examples = [ellav.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
+    batch = PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
     assert torch.equal(batch.src_ids, fixture["batch"]["src_ids"]) and batch.seqlens == fixture["batch"]["seqlens"]
     loss, _ = training._PackedLoss(model.transformer, model.tokenizer["UNK_id"])(
         batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens
@@ -267,6 +270,102 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     single = _small_run(tmp_path / "units", tmp_path / "single", max_steps=4, grad_accum=2)
     torch.multiprocessing.spawn(_ddp_rank, args=(free_port(), str(tmp_path / "units"), str(tmp_path / "ddp")), nprocs=2)
     _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
+    with pytest.raises(ValueError, match=r"saved by a run on 2 process\(es\), this one has 1: .*--nproc-per-node 2"):
+        _small_run(tmp_path / "units", tmp_path / "ddp", max_steps=6, grad_accum=1, device="cpu")  # the same run, alone
+
+
+def _short_utterances(root) -> None:
+    """Every file its own chapter and every other file one unit long: some micro-batches of one item have no chunk
+    of 2 ids or more (a chunk that starts at the last id of such a file is dropped)."""
+    rng = np.random.default_rng(0)
+    for f in range(8):
+        units = np.concatenate([rng.permutation(16), rng.permutation(16)])[: 1 if f % 2 else 30]
+        datasets.save_units(root / "units" / f"c{f}" / "u.npy", torch.from_numpy(units), torch.full((len(units),), 3))
+    for f in range(2):
+        datasets.save_units(root / "val" / f"v{f}.npy", torch.from_numpy(rng.permutation(16)[:12]), torch.full((12,), 3))
+
+
+def _short_run(root, out, **overrides):
+    return _small_run(root / "units", out, val_dir=root / "val", batch_size=1, max_steps=6, **overrides)
+
+
+def _ddp_short_rank(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    _short_run(Path(root), out, grad_accum=1, device="cpu")
+
+
+def test_a_micro_batch_without_a_chunk_still_trains_on_every_rank(tmp_path, monkeypatch):
+    """A micro-batch whose chunks are all too short packs one uncounted input (was torch.cat([]), which killed the
+    run, and under DDP the rank): two gloo processes still equal one process with twice the accumulation."""
+    _short_utterances(tmp_path)
+    pack, packed = PackedBatch.pack.__func__, []
+    monkeypatch.setattr(PackedBatch, "pack", classmethod(lambda cls, s, m: packed.append(len(s)) or pack(cls, s, m)))
+    single = _short_run(tmp_path, tmp_path / "single", grad_accum=2)
+    assert 0 in packed  # a micro-batch without a chunk happened
+    assert [m["step"] for m in single.metrics] == list(range(1, 7))
+    assert all(math.isfinite(m["train_loss"]) for m in single.metrics)
+    monkeypatch.undo()
+    torch.multiprocessing.spawn(_ddp_short_rank, args=(free_port(), str(tmp_path), str(tmp_path / "ddp")), nprocs=2)
+    _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
+
+
+def test_an_empty_micro_batch_gives_every_parameter_a_zero_gradient():
+    """What DDP needs of every rank at a gradient synchronisation, and what the loss must not see."""
+    batch = PackedBatch.pack([], [])
+    assert batch.seqlens == [1] and batch.num_tokens == 1 and not batch.loss_mask.any()
+    model = dpslm_utils.UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt").transformer
+    loss, count = training._PackedLoss(model, -100)(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+    loss.backward()
+    assert loss.item() == 0.0 and int(count) == 0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def _ddp_failing_rank(rank: int, port: int, units: str, out: str, failure: str) -> None:
+    """One rank of a two-process run in which rank 0 alone fails; writes what this rank raised to OUT/../rank{rank}.txt."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if failure == "save" and rank == 0:  # the disk is full at the first save, for rank 0 (the one that writes)
+        import errno
+
+        from dpslm_utils import checkpoints
+
+        def full_disk(tmp):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        training.save_atomically = lambda obj, path: checkpoints.write_atomically(path, full_disk)
+    try:
+        _small_run(units, out, max_steps=4, grad_accum=1, device="cpu")
+        outcome = "finished"
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"
+    Path(out).with_name(f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("failure", ["lock", "save"])
+def test_when_rank_0_fails_every_rank_stops_with_its_reason(tmp_path, failure):
+    """Rank 0 fails alone, before the first barrier (the folder is locked by another run) or while saving: the other
+    rank raises the same error at once (it used to wait at the next collective: a lost connection, or a hang)."""
+    import fcntl
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / "train.lock", "a+") as lock:
+        if failure == "lock":
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the folder
+        context = torch.multiprocessing.spawn(_ddp_failing_rank, nprocs=2, join=False,
+                                              args=(free_port(), str(tmp_path / "units"), str(tmp_path / "run"), failure))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not context.join(timeout=1) and time.monotonic() < deadline:
+            pass
+        hung = [p.pid for p in context.processes if p.is_alive()]
+        for p in context.processes:
+            p.kill()
+    assert not hung, "a rank waited for rank 0 for 2 minutes"
+    expected = {"lock": r"ValueError: another training run \(.*\) is writing to .*run: wait for it to end.*",
+                "save": r"OSError: \[Errno 28\] could not write .*train_state.pt: No space left on device"}[failure]  # fmt: skip
+    for rank in (0, 1):
+        assert re.fullmatch(expected, (tmp_path / f"rank{rank}.txt").read_text()), rank
 
 
 def test_plot_training_draws_train_and_validation_curves(tmp_path):
@@ -310,3 +409,225 @@ def test_train_commands_train_resume_and_refuse(tmp_path, capsys):
             "no unit file .* has a codec file")
     refused(["train-ellav", str(tmp_path / "units"), str(tmp_path / "units"), str(tmp_path / "e"), "--k", "16", *small],
             r"utt000.npy: expected one sequence of codec tokens, got shape \[30, 2\]")
+
+
+# -- safety: the state file, one commit point, the folder lock, numbers that lie -----------------
+
+
+def test_resume_never_runs_code_from_the_state_file(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)  # the state is tensors and plain values
+    torch.save({**state, "step": RunsCode(tmp_path / "ran")}, state_file)
+    torch.load(state_file, weights_only=False)  # the crafted file is potent when unpickled freely
+    assert (tmp_path / "ran").exists()
+    (tmp_path / "ran").unlink()
+    with pytest.raises(ValueError, match=r"train_state.pt holds Python objects besides tensors .* refused"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert not (tmp_path / "ran").exists()
+
+
+class _Killed(BaseException):
+    """A kill: nothing in the package catches it."""
+
+
+def _same_weights(a, b) -> bool:
+    state_a, state_b = (torch.load(p, weights_only=True)["model_state_dict"] for p in (a, b))
+    return state_a.keys() == state_b.keys() and all(torch.equal(state_a[n], state_b[n]) for n in state_a)
+
+
+def test_a_kill_at_any_save_resumes_from_one_step(tmp_path, monkeypatch):
+    """Killed during each save of an evaluation in turn, the run resumes to the uninterrupted one, bit for bit."""
+    import shutil
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    whole = _small_run(tmp_path / "units", tmp_path / "whole", max_steps=6, dropout=0.1)
+    _small_run(tmp_path / "units", tmp_path / "at3", max_steps=3, dropout=0.1)
+    real_save, killed_at = torch.save, []
+    for kill_at in range(1, 10):
+        out = tmp_path / f"kill{kill_at}"
+        shutil.copytree(tmp_path / "at3", out)
+        saves = []
+
+        def save(obj, f, *args, **kwargs):
+            saves.append(1)
+            if len(saves) == kill_at:
+                raise _Killed()
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+        try:
+            _small_run(tmp_path / "units", out, max_steps=6, dropout=0.1)
+        except _Killed:
+            killed_at.append(kill_at)
+        monkeypatch.setattr(torch, "save", real_save)
+        if killed_at[-1:] != [kill_at]:
+            break
+        resumed = _small_run(tmp_path / "units", out, max_steps=6, dropout=0.1)
+        assert [m["step"] for m in resumed.metrics] == list(range(1, 7)), kill_at
+        assert [m["train_loss"] for m in resumed.metrics] == [m["train_loss"] for m in whole.metrics], kill_at
+        assert _same_weights(resumed.last_checkpoint, whole.last_checkpoint), kill_at
+        assert _same_weights(resumed.best_checkpoint, whole.best_checkpoint), kill_at
+        assert not list(out.glob(".*.part")), kill_at  # a killed save's temporary file is cleared on resume
+    assert len(killed_at) >= 3  # the state, last.pt and best.pt (and the resume's own exports)
+
+
+def test_resume_refuses_data_that_changed(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    run = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    markov_units(tmp_path / "units", files=12, length=40, seed=1)  # the same files, other units
+    with pytest.raises(ValueError, match=r"the training data changed since .*train_state.pt was saved .*--overwrite"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in run.metrics] == [1, 2, 3] and run.config["steps_done"] == 3
+
+
+def test_a_second_run_into_the_folder_is_refused_while_the_first_trains(tmp_path, monkeypatch):
+    markov_units(tmp_path / "units", files=12, length=40)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train.lock").write_text("process 999999 on a machine that crashed\n")  # a stale lock file holds nothing
+    validate, twins = training.validation_loss, []
+
+    def validate_and_start_a_twin(*args):
+        if not twins:
+            twins.append("started")
+            with pytest.raises(ValueError, match=r"another training run \(process \d+ on .+\) is writing to .*run"):
+                _small_run(tmp_path / "units", out, max_steps=6)
+        return validate(*args)
+
+    monkeypatch.setattr(training, "validation_loss", validate_and_start_a_twin)
+    run = _small_run(tmp_path / "units", out, max_steps=6)
+    assert twins and [m["step"] for m in run.metrics] == list(range(1, 7))  # the twin wrote nothing in between
+
+
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    run = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "tokens": 1')  # what a kill in the middle of a write leaves
+    assert [m["step"] for m in run.metrics] == [1, 2, 3]
+    resumed = _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in resumed.metrics] == list(range(1, 7))
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a metrics record"):
+        resumed.metrics
+
+
+def test_an_empty_or_truncated_state_or_config_file_is_named(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    whole = state_file.read_bytes()
+    for content, problem in ((b"", "is empty"), (whole[: len(whole) // 2], "is not a readable PyTorch checkpoint")):
+        state_file.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{re.escape(str(state_file))} {problem}.*--overwrite"):
+            _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    (tmp_path / "run" / "config.json").write_text('{"task": "ulm", ')
+    with pytest.raises(ValueError, match=r"config.json is unreadable \(.*\): .*--overwrite"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    restarted = _small_run(tmp_path / "units", tmp_path / "run", max_steps=3, overwrite=True)
+    assert [m["step"] for m in restarted.metrics] == [1, 2, 3]
+
+
+def test_a_state_saved_on_another_number_of_processes_is_refused(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    assert state["world_size"] == 1 and len(state["rng"]) == 1
+    torch.save({**state, "world_size": 2, "rng": state["rng"] * 2}, state_file)  # as two processes save it
+    with pytest.raises(ValueError, match=r"train_state.pt was saved by a run on 2 process\(es\), this one has 1"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+
+
+def test_a_validation_set_without_targets_is_refused(tmp_path):
+    markov_units(tmp_path / "units", files=12, length=40)
+    for i in range(3):  # one unit each: BOS then a unit the loss skips, nothing to score
+        datasets.save_units(tmp_path / "val" / f"v{i}.npy", [i], [7])
+    with pytest.raises(ValueError, match="no validation utterance has 2 or more units"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=3, val_dir=tmp_path / "val")
+    assert not (tmp_path / "run").exists()
+
+
+def _nan_at_forward(monkeypatch, call: int) -> None:
+    """The loss of the ``call``-th forward pass (training or validation) becomes NaN."""
+    forward, calls = training._PackedLoss.forward, []
+
+    def poisoned(self, *args):
+        loss, count = forward(self, *args)
+        calls.append(1)
+        return (loss * math.nan if len(calls) == call else loss), count
+
+    monkeypatch.setattr(training._PackedLoss, "forward", poisoned)
+
+
+def test_a_loss_that_is_not_finite_stops_the_run(tmp_path, monkeypatch, capsys):
+    from dpslm_utils import cli
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    _nan_at_forward(monkeypatch, 5)  # steps 1-3, the validation at step 3 (one batch), then step 4
+    with pytest.raises(RuntimeError, match=r"training loss is nan at step 4, .*train_state.pt still holds step 3") as stop:
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert isinstance(stop.value, training.TrainingDiverged)
+    assert [m["step"] for m in training.TrainingRun(tmp_path / "run").metrics] == [1, 2, 3]
+    assert torch.load(tmp_path / "run" / "train_state.pt", weights_only=True)["step"] == 3
+
+    _nan_at_forward(monkeypatch, 1)
+    small = ["--dim", "32", "--n-layers", "1", "--head-dim", "16", "--n-heads", "2", "--n-kv-heads", "2",
+             "--hidden-dim", "64", "--batch-size", "2", "--quiet"]  # fmt: skip
+    assert cli.main(["train-ulm", str(tmp_path / "units"), str(tmp_path / "cli"), "--k", "16", *small]) == 1
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"dpslm: error: the training loss is nan at step 1, so training stopped \(nothing was saved\)\..*\n",
+                        captured.err), captured.err  # fmt: skip
+    assert "best.pt" not in captured.out + captured.err and not (tmp_path / "cli" / "best.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    [("warmup_steps", -5, ValueError, "warmup_steps must be an integer >= 0, got -5"),
+     ("lr_final", math.nan, ValueError, "lr_final must be finite, got nan"),
+     ("lr", math.inf, ValueError, "lr must be finite"), ("lr", -1e-3, ValueError, "lr must be >= 0, got -0.001"),
+     ("beta2", 1.0, ValueError, r"beta2 must be in \[0, 1\), got 1.0"), ("eps", 0.0, ValueError, "eps must be > 0"),
+     ("grad_clip", -1.0, ValueError, "grad_clip must be >= 0"), ("decay_steps", 2.5, TypeError, "decay_steps must be an integer"),
+     ("seed", -1, ValueError, "seed must be an integer from 0 to"), ("rope_theta", math.nan, ValueError, "rope_theta must be finite"),
+     ("lr", "1e-3", TypeError, "lr must be a number"), ("chunk_size", 1, ValueError, "chunk_size must be at least 2")],
+)  # fmt: skip
+def test_every_training_setting_is_checked(name, value, error, message):
+    with pytest.raises(error, match=message):
+        training.resolve_config("ulm", "tiny", 16, {name: value})
+
+
+def test_the_setting_checks_cover_every_preset_setting():
+    for task, presets in training.PRESETS.items():
+        for preset, settings in presets.items():
+            assert set(settings) == set(training.SETTING_RANGES), (task, preset)
+            config = training.resolve_config(task, preset, 500, {})
+            assert {n: config[n] for n in settings} == settings  # every preset passes its own checks unchanged
+    with pytest.raises(ValueError, match="k .* must be an integer from 1 to 1048576"):
+        training.resolve_config("ulm", "tiny", 2**32, {})
+
+
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_last_state(tmp_path, monkeypatch):
+    import errno
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    _small_run(tmp_path / "units", tmp_path / "run", max_steps=3)
+    state_file = tmp_path / "run" / "train_state.pt"
+    saved = state_file.read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if "optimizer" in obj:  # the training state: half of it reaches the disk, then the disk is full
+            if hasattr(f, "write"):
+                f.write(b"half a state")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=f"could not write {re.escape(str(state_file))}: No space left on device"):
+        _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert state_file.read_bytes() == saved and not list((tmp_path / "run").glob(".*.part"))
+    resumed = _small_run(tmp_path / "units", tmp_path / "run", max_steps=6)
+    assert [m["step"] for m in resumed.metrics] == list(range(1, 7))
