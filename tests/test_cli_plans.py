@@ -28,11 +28,10 @@ def _subcommands() -> dict:
 def small_corpus(tmp_path):
     """Two short recordings, one in a sub-folder."""
     wav, sr = dpslm_utils.example_audio("librispeech", official=False)
-    root = tmp_path / "in"
-    (root / "sub").mkdir(parents=True)
-    soundfile.write(root / "a.flac", wav[0, :24000].numpy(), sr)
-    soundfile.write(root / "sub" / "b.wav", wav[0, 24000:40000].numpy(), sr)
-    return root
+    for name, part in (("a.flac", slice(0, 24000)), ("sub/b.wav", slice(24000, 40000))):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(tmp_path / "in" / name, wav[0, part].numpy(), sr)
+    return tmp_path / "in"
 
 
 def test_every_command_checks_its_arguments_into_a_frozen_plan():
