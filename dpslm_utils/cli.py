@@ -121,10 +121,9 @@ def write_speech(path: Path, wav, sample_rate: int, what: str) -> bool:
 
 
 def _read_mono(path: Path) -> tuple:
-    from .audio import load_audio, to_mono
+    from .audio import load_mono  # here: torch is imported only by a command that reads audio
 
-    wav, sr = load_audio(path)
-    return to_mono(wav), sr
+    return load_mono(path)
 
 
 def _say_if_random(model=None) -> None:

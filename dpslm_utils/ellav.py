@@ -46,7 +46,7 @@ from . import checkpoints, datasets, registry
 from .batches import PackedBatch, data_fingerprint
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
 from .datasets import NUM_CODEC_TYPES, UNIT_NAME  # the data files' unit names and codes: ELLA-V's vocabulary
-from .fast import make_fast
+from .fast import kv_cache_dtype, make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -302,7 +302,7 @@ class ELLAV(nn.Module):
         encoded = [self.encode(units) for units in _prompt_list(prompts)]
 
         generator = new_generator(seed, self.transformer.device)
-        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size)
+        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size, kv_cache_dtype(self.fast))
         phone_tokens, num_phones = pad_right([prompt[:-2] for prompt in encoded], self.transformer.device)
         since_eop = torch.zeros_like(num_phones)
         phone_index = torch.zeros_like(num_phones)
@@ -335,9 +335,9 @@ class ELLAV(nn.Module):
         max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
-        progress: bool = False,
         seed: int | None = None,
         chunk_size: int | None = None,
+        progress: bool = False,
     ) -> Generation:
         """Codec tokens for a batch of unit prompts: a :class:`Generation` ``(codes, finished, alignments)``.
 
@@ -351,7 +351,8 @@ class ELLAV(nn.Module):
         """
         prompts = _prompt_list(prompts)
         tokens, finished = self.generate_tokens(
-            prompts, max_tokens, max_codec_tokens_per_phone, temperature, top_p, seed, chunk_size, progress
+            prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
+            temperature=temperature, top_p=top_p, seed=seed, chunk_size=chunk_size, progress=progress,
         )
         if not finished.all():
             warnings.warn(

@@ -28,7 +28,7 @@ from torch import nn
 from . import checkpoints, datasets, registry
 from .batches import PackedBatch, data_fingerprint, derived_seed
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
-from .fast import make_fast
+from .fast import kv_cache_dtype, make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -175,7 +175,7 @@ class UnitLM(nn.Module):
         check_sampling(temperature, top_p, top_k)
 
         generator = new_generator(seed, self.transformer.device)
-        cache, logits, position = prefill(self.transformer, [prompt] * n, max_new_units)
+        cache, logits, position = prefill(self.transformer, [prompt] * n, max_new_units, None, kv_cache_dtype(self.fast))
         new_tokens = []
         for step in steps(max_new_units, progress, "unit LM"):
             logits[:, BOS_ID] = float("-inf")

@@ -20,10 +20,12 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .checkpoints import weights_mode
-from .codebooks import load_codebook
+from .codebooks import feature_codebook, load_codebook
 from .ellav import ELLAV
+from .features import feature_encoder, resynthesize_units
 from .pipeline import DPSLM, shared_vocoder, resolve_device
 from .quantize import bitrate, deduplicate, dpdp
+from .rates import RatePoint, rate_distortion
 from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
 from .ulm import UnitLM
 
@@ -76,6 +78,73 @@ WHOLE_LABEL = {"description_width": "initial"}
 """Widget style: the description gets the width it needs (the default cuts "temperature" to "temperat…")."""
 
 
+PLAYER_WIDTH_PX = 260
+"""Width of a :func:`player`: two side by side fit the output area of a 1024 px JupyterLab window (about
+580 px with the file browser open); at the browser's default 300 px every player took a row of its own."""
+
+
+def player(wav: torch.Tensor, sample_rate: int, label: str) -> str:
+    """HTML: an audio player for ``wav [samples]`` with ``label`` (HTML) above it, for :func:`players`."""
+    audio = Audio(torch.as_tensor(wav).reshape(-1).numpy(), rate=sample_rate)._repr_html_()
+    audio = audio.replace("<audio ", f"<audio style='width:{PLAYER_WIDTH_PX}px' ", 1)
+    return f"<div style='text-align:center'>{label}<br>{audio}</div>"
+
+
+def players(cells: list[str]) -> str:
+    """HTML: :func:`player` cells side by side, wrapping onto the next line in a narrow window."""
+    return "<div style='display:flex; flex-wrap:wrap; gap:4px 16px'>" + "".join(cells) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hearing units without weights (notebooks 02 and 07)
+# ---------------------------------------------------------------------------------------------
+
+WEIGHT_FREE_LAMBDAS = (0.0, *np.geomspace(1.0, 1e5, 61).tolist())
+"""Log-mel λ at which :class:`WeightFreeVoice` measures rate and distortion: 0 (k-means units), then 1 to
+100 000 in steps of about 21 %, from every frame its nearest centroid to one unit per utterance."""
+
+
+class WeightFreeVoice:
+    """DPDP units of one utterance that can be heard without any model weights.
+
+    The utterance's log-mel features ``[T, 80]`` (``feature_encoder("fbank")``) are quantized by DPDP
+    on the shipped log-mel codebook (``feature_codebook("fbank")``, k = 100); each frame gets its
+    unit's centroid spectrum back, and Griffin-Lim turns that into audio
+    (:func:`~dpslm_utils.resynthesize_units`). ``points`` holds the rate and distortion of every
+    λ in ``lambdas`` (:func:`~dpslm_utils.rate_distortion`): :meth:`at_share` picks the λ whose units
+    keep a given share of the k-means (λ = 0) rate, which is how other units (WavLM at some λ, a
+    released pair's bitrate) are matched: a log-mel codebook of 100 entries cannot reach their
+    absolute rates, but it can be as much coarser than its own k-means units as they are than theirs.
+    """
+
+    def __init__(self, wav: torch.Tensor, sample_rate: int, lambdas=WEIGHT_FREE_LAMBDAS):
+        self.encoder, self.codebook = feature_encoder("fbank"), feature_codebook("fbank")
+        self.sample_rate = self.encoder.sample_rate
+        self.features = self.encoder(wav, sample_rate)
+        lambdas = sorted({0.0, *map(float, lambdas)})  # λ = 0 first: the k-means rate every share refers to
+        self.points: list[RatePoint] = rate_distortion(self.features, self.codebook, lambdas)
+        self._audio: dict[float, torch.Tensor] = {}
+
+    def at_share(self, share: float, rate: str = "units_per_second") -> RatePoint:
+        """The measured point whose ``rate`` ("units_per_second" or "bits_per_second") is nearest to
+        ``share`` × the rate at λ = 0 (of equally near ones, the smallest λ)."""
+        if rate not in ("units_per_second", "bits_per_second"):
+            raise ValueError(f"rate must be 'units_per_second' or 'bits_per_second', got {rate!r}")
+        target = share * getattr(self.points[0], rate)
+        return min(self.points, key=lambda p: (abs(getattr(p, rate) - target), p.lmbda))
+
+    def units(self, lmbda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deduplicated log-mel units ``[N]`` and their durations ``[N]`` (frames) at ``lmbda``."""
+        return deduplicate(dpdp(self.features, self.codebook, lmbda))
+
+    def speak(self, lmbda: float) -> torch.Tensor:
+        """The utterance rebuilt from its units at ``lmbda``: ``[320 T]`` samples at :attr:`sample_rate`
+        (computed once per λ)."""
+        if lmbda not in self._audio:
+            self._audio[lmbda] = resynthesize_units(*self.units(lmbda), self.codebook, self.encoder)
+        return self._audio[lmbda]
+
+
 class _Codebooks:
     """Released codebooks by size k, each loaded on first use and then kept (one per explorer)."""
 
@@ -102,12 +171,17 @@ class DPDPExplorer:
     segment. Each change reruns DPDP and redraws the segmentation (the chosen segment shaded), the
     duration histogram and the units/s-vs-λ curve of this k and search with the current point
     marked, the summary line, and an audio player with the chosen segment's samples.
-    :meth:`show` puts it in the notebook; :func:`dpdp_explorer` builds and shows one.
+
+    With ``weight_free`` (the default) a second player speaks the whole utterance without any
+    weights (:class:`WeightFreeVoice`): log-mel units that keep the same share of their k-means rate
+    as the current units keep of theirs, so the sound coarsens as λ grows. With random weights it is
+    the only real sound; with the released weights, a comparison. :meth:`show` puts it in the
+    notebook; :func:`dpdp_explorer` builds and shows one.
     """
 
     def __init__(self, wav: torch.Tensor, sample_rate: int, encoder, k: int = 500, lmbda: int = 4500,
                  ks: tuple[int, ...] = CODEBOOK_SIZES, max_lmbda: int = 10000, step: int = 100,
-                 restricted: bool = False, layer: int = 11, curve_points: int = 11):
+                 restricted: bool = False, layer: int = 11, curve_points: int = 11, weight_free: bool = True):
         if k not in ks:
             raise ValueError(f"k={k} is not one of the choices ks={list(ks)}")
         if not 0 <= lmbda <= max_lmbda:
@@ -115,6 +189,10 @@ class DPDPExplorer:
         self.wav, self.sample_rate = wav, sample_rate
         self.features = encoder(wav, sample_rate, layer=layer)
         self.frame_rate = float(getattr(encoder, "frame_rate", 50.0))
+        self.random_weights = bool(getattr(encoder, "random_weights", False))
+        self.voice = WeightFreeVoice(wav, sample_rate) if weight_free else None
+        self.weight_free_point: RatePoint | None = None  # the log-mel units the weight-free player speaks
+        self.weight_free_label = ""
         self.codebooks = _Codebooks(layer, self.features.device)
         self.curve_lmbdas = np.linspace(0, max_lmbda, curve_points).round().astype(int)
         self._curves: dict[tuple[int, bool], np.ndarray] = {}  # (k, restricted) -> units/s at curve_lmbdas
@@ -170,6 +248,11 @@ class DPDPExplorer:
                                           for lmbda in self.curve_lmbdas])
         return self._curves[key]
 
+    def weight_free_audio(self) -> torch.Tensor:
+        """The weight-free resynthesis ``[samples]`` at ``voice.sample_rate`` of the whole utterance
+        (log-mel units at :attr:`weight_free_point`)."""
+        return self.voice.speak(self.weight_free_point.lmbda)
+
     def segment_audio(self) -> torch.Tensor:
         """The samples ``[1, n]`` of the chosen segment (its frames at ``sample_rate``)."""
         start, end = self._segment_frames()
@@ -203,7 +286,23 @@ class DPDPExplorer:
                         f"mean duration {1000 * durations.float().mean() / self.frame_rate:.0f} ms, entropy "
                         f"{rate.entropy_bits:.2f} bits/unit → **{rate.bits_per_second:.0f} bits/s** "
                         f"(one utterance: the entropy is underestimated). {released}.")
+        if self.voice is not None:
+            self._match_weight_free(rate.units_per_second)
         self._draw_and_play()
+
+    def _match_weight_free(self, units_per_second: float) -> None:
+        """Choose the log-mel units with the current units' share of their k-means rate, and say what they are."""
+        share = units_per_second / self.curve()[0]  # curve_lmbdas[0] == 0: the k-means rate of this k and search
+        point = self.weight_free_point = self.voice.at_share(share)
+        why = ("no weights at all (the units above are random)" if self.random_weights else
+               "for comparison, no model weights")
+        self.weight_free_label = (
+            f"**weight-free resynthesis**, {why}: the whole utterance as log-mel units (k = 100) that keep "
+            f"{share:.0%} of their k-means rate, as the units of k = {self.k}, λ = {self.lmbda} keep of theirs: "
+            f"{point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s "
+            f"(log-mel λ = {point.lmbda:.0f}), "
+            f"mean squared log-mel error {point.distortion:.2f}. Each frame is its unit's centroid spectrum; "
+            "it sounds robotic: no neural vocoder, Griffin-Lim guesses the phase.")
 
     def _draw_and_play(self) -> None:
         """Draw the figure for the current units and segment, then update what is shown."""
@@ -241,6 +340,9 @@ class DPDPExplorer:
                                          f"{1000 * (end - start) / self.frame_rate:.0f} ms"
                                          f"{f', played {repeats}×' if repeats > 1 else ''}):"))
         self._update("audio", Audio(heard.numpy(), rate=self.sample_rate))
+        if self.voice is not None:
+            self._update("weight_free", Markdown(self.weight_free_label))
+            self._update("weight_free_audio", Audio(self.weight_free_audio().numpy(), rate=self.voice.sample_rate))
 
     def _changed(self, change) -> None:
         self.redraw()
@@ -254,9 +356,13 @@ class DPDPExplorer:
             self._handles[name].update(content)
 
     def show(self) -> DPDPExplorer:
-        """Display the controls, the figure, the summary and the segment audio (drawn right away)."""
+        """Display the controls, the figure, the summary, the segment audio and the weight-free
+        resynthesis (drawn right away)."""
         display(self.controls)
-        for name in ("figure", "summary", "segment", "audio"):
+        names = ["figure", "summary", "segment", "audio"]
+        if self.voice is not None:
+            names += ["weight_free", "weight_free_audio"]
+        for name in names:
             self._handles[name] = DisplayHandle()
             self._handles[name].display(Markdown(""))
         self._publish()

@@ -4,11 +4,11 @@ JupyterLab runs on 127.0.0.1 (a free port, a token, ``DPSLM_WEIGHTS=random-tiny`
 scratch Jupyter folders) on copies of the two notebooks; Debian's Chromium, driven by Playwright for
 Python through ``executable_path`` (Playwright's own browser download cannot work here), runs them
 in a 1024 x 768 window with the file browser open, moves the controls and checks what appears: the
-figure and the text change, every player has a source and a duration, nothing says "Error displaying
-widget" or shows a traceback, and nothing is cut off at that width. On a failure a screenshot is
-saved (the message says where). ``DPSLM_CHROMIUM`` names another Chromium. Without Chromium or
-Playwright the module is skipped, saying so; under CI (``CI=true``, where ``.ci/run`` installs
-Chromium) it fails instead.
+figure and the text change, every player has a source and a duration (02's weight-free resynthesis
+too), nothing says "Error displaying widget" or shows a traceback, and nothing is cut off at that width.
+On a failure a screenshot is saved (the message says where). ``DPSLM_CHROMIUM`` names another
+Chromium. Without Chromium or Playwright the module is skipped, saying so; under CI (``CI=true``, where
+``.ci/run`` installs Chromium) it fails instead.
 """
 
 import contextlib
@@ -66,6 +66,10 @@ PLAYERS_FIT_JS = """cell => {
     return {count: players.length, overflow: out.scrollWidth - out.clientWidth,
             hidden: players.filter(a => a.getBoundingClientRect().right > edge + 1).length};
 }"""
+
+# How many rows the players of a cell take (the tops of their labelled boxes).
+PLAYER_ROWS_JS = """cell => new Set([...cell.querySelectorAll('.jp-OutputArea-output audio')]
+    .map(a => Math.round(a.parentElement.getBoundingClientRect().top))).size"""
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +250,11 @@ def assert_layout_fits(cell, what: str):
 
 
 def drag_slider(page, slider, pixels: float):
-    """Drag a slider's handle with the mouse by ``pixels`` and let go."""
-    box = slider.locator(".noUi-handle").bounding_box()
+    """Drag a slider's handle with the mouse by ``pixels`` and let go (scrolled into view first: the mouse
+    reaches only what the window shows)."""
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(x, y)
     page.mouse.down()
@@ -265,11 +272,20 @@ def test_notebook_02_dpdp_explorer(lab, browser, tmp_path):
         open_and_run(page, lab, "02_dpdp_quantization.ipynb")
         seconds = player_seconds(page)  # a sub-second clip shows "0:00 / 0:00" and is hard to hear
         assert len(seconds) >= 5 and min(seconds) >= 1, f"players of {seconds} s in notebook 02"
+        sweep = code_cell(page, "voice = WeightFreeVoice(")  # the original and the six λ of k = 500, weight-free
+        sweep.scroll_into_view_if_needed()
+        fit = sweep.evaluate(PLAYERS_FIT_JS)
+        assert fit == {"count": 7, "overflow": 0, "hidden": 0}, f"02's weight-free λ sweep at 1024 px: {fit}"
+        rows = sweep.evaluate(PLAYER_ROWS_JS)
+        assert rows == 4, f"02's seven sweep players in {rows} rows at 1024 px (two a row: 4)"
         cell = code_cell(page, "explorer = dpdp_explorer(")
         cell.scroll_into_view_if_needed()
-        first = wait_for(cell, lambda o: text_with(o, "units/s") and playable(audio_after(o, "hear segment"), 1),
-                         "the summary and a segment player of at least 1 s")
+        first = wait_for(cell, lambda o: text_with(o, "units/s") and playable(audio_after(o, "hear segment"), 1)
+                         and playable(audio_after(o, "weight-free resynthesis"), 1),
+                         "the summary, a segment player of at least 1 s and the weight-free player")
         (figure,), summary = images(first), text_with(first, "units/s")
+        assert "λ = 4500 keep" in text_with(first, "weight-free resynthesis")
+        (whole,) = audio_after(first, "weight-free resynthesis")  # the whole sentence
 
         # at 1024 px: readable ticks, whole labels, usable tracks, the search buttons side by side
         scale = cell.locator(".jp-OutputArea-output img").first.evaluate("img => img.clientWidth / img.naturalWidth")
@@ -283,6 +299,11 @@ def test_notebook_02_dpdp_explorer(lab, browser, tmp_path):
                          and images(o) not in ([], [figure]), "a new figure and summary after moving the λ slider")
         lmbda = control(cell, "widget-slider", "λ").locator(".widget-readout").inner_text().strip()
         assert lmbda != "4500" and f"λ = {lmbda}" in text_with(moved, "units/s")
+        heard = wait_for(cell, lambda o: f"λ = {lmbda} keep" in (text_with(o, "weight-free resynthesis") or "")
+                         and playable(audio_after(o, "weight-free resynthesis"), 1),
+                         f"the weight-free player of λ = {lmbda}")
+        (again,) = audio_after(heard, "weight-free resynthesis")
+        assert abs(again["duration"] - whole["duration"]) < 0.05, "the weight-free player is the whole sentence"
 
         control(cell, "widget-dropdown", "k").locator("select").select_option("1000")
         wait_for(cell, lambda o: text_with(o, f"k = 1000, λ = {lmbda}"), "the summary of k = 1000")
