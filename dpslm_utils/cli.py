@@ -92,11 +92,11 @@ def check_can_create(out_dir: Path) -> None:
 
 def check_input_audio(path: str) -> tuple:
     """Read a mono input (``[1, samples]``, sample rate) and check it is usable speech; UsageError if not."""
-    from .audio import check_sample_rate
+    from .audio import check_sample_rate, load_mono  # here: torch is imported only by a command that reads audio
     from .wavlm import MAX_SECONDS
 
     try:
-        wav, sr = _read_mono(check_file(path, "audio file"))
+        wav, sr = load_mono(check_file(path, "audio file"))
         sr = check_sample_rate(sr)
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
@@ -118,12 +118,6 @@ def write_speech(path: Path, wav, sample_rate: int, what: str) -> bool:
     save_audio(path, wav, sample_rate)
     print(f"{path} ({wav.numel() / sample_rate:.2f} s at {sample_rate} Hz)")
     return True
-
-
-def _read_mono(path: Path) -> tuple:
-    from .audio import load_mono  # here: torch is imported only by a command that reads audio
-
-    return load_mono(path)
 
 
 def _say_if_random(model=None) -> None:

@@ -75,12 +75,11 @@ def each_audio(files: Sequence[str | os.PathLike], process: Callable[[Tensor, in
     """
     from tqdm.auto import tqdm
 
-    from .audio import load_audio, to_mono
+    from .audio import load_mono
 
     for file in tqdm(files, desc=desc, disable=not progress):
         try:
-            wav, sample_rate = load_audio(file)
-            result = process(to_mono(wav), sample_rate)
+            result = process(*load_mono(file))
         except (ValueError, OSError, RuntimeError) as e:
             failed.append(file)
             if report:
