@@ -153,3 +153,16 @@ def test_every_cmd_is_short():
             if node.end_lineno - body[0].lineno + 1 > 15:
                 long[node.name] = node.end_lineno - body[0].lineno + 1
     assert not long, long
+
+
+def test_encode_codec_tree_from_python_writes_what_the_command_writes(small_corpus, tmp_path, capsys):
+    by_cli, by_python = tmp_path / "cli", tmp_path / "python"
+    assert cli.main(["encode-codec", str(small_corpus), str(by_cli), "--codec", "small_320_24k_4096", "--quiet"]) == 0
+    assert f"2 of 2 files have small_320_24k_4096 codes under {by_cli}" in capsys.readouterr().out
+    result = dpslm_utils.encode_codec_tree(small_corpus, by_python, codec="small_320_24k_4096", progress=False)
+    assert (result.encoded, result.failed, result.bitrate) == (2, (), None)
+    for name in ("a.npy", "sub/b.npy"):
+        codes = np.load(by_python / name)
+        assert codes.dtype == np.int16 and len(codes) > 10
+        np.testing.assert_array_equal(np.load(by_cli / name), codes)
+    assert (by_cli / "dpslm_settings.json").read_text() == (by_python / "dpslm_settings.json").read_text()
