@@ -186,9 +186,9 @@ LAYERS = (
     ("audio", "datasets", "settings_record", "corpora"),
     ("wavlm",), ("codebooks",), ("quantize",), ("transformer",), ("ulm", "ellav"), ("wavtokenizer",), ("pipeline",),
     ("features", "rates"),
-    ("phones", "training", "evaluation", "wer"),
+    ("phones", "training", "evaluation", "wer", "tree_encoding"),
     ("plots", "exercises", "random_tiny"),
-    ("widgets",),
+    ("widgets", "demo"),
     ("cli",),
     ("__main__", "__init__"),
 )
