@@ -99,6 +99,10 @@ _EXPORTS: dict[str, str] = {
     "save_units": "datasets",
     "load_frame_units": "datasets",
     "ellav_example": "ellav",
+    # tree_encoding.py: every audio file under a folder -> units or codec codes under another (dpslm encode, encode-codec)
+    "encode_tree": "tree_encoding",
+    "encode_codec_tree": "tree_encoding",
+    "TreeResult": "tree_encoding",
     # toy_language.py: the toy spoken language of notebook 09
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",

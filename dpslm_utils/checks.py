@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 MAX_SEED = 2**63 - 1
@@ -122,6 +123,33 @@ def check_file(path: str | os.PathLike, what: str = "file") -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     return path
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """Raise FileNotFoundError or NotADirectoryError unless ``folder`` is an existing folder (an input)."""
+    if not Path(folder).is_dir():
+        if Path(folder).exists():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        raise FileNotFoundError(f"{folder} does not exist")
+
+
+def check_creatable(out_dir: Path) -> None:
+    """Raise NotADirectoryError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
+            return
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and try a file in it; OSError if that fails. Call it after every other check."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write to {out_dir}: {e.strerror or e}") from e
 
 
 def as_units(units, k: int, name: str = "units", allow_empty: bool = False):
