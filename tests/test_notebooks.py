@@ -230,6 +230,10 @@ def test_notebook_08_quotes_figure_4_and_scores_on_the_papers_units():
     figure = [text for _, text in code_of(notebook("08")) if "figure4_rows" in text]
     assert figure and all('r["median_wer"]' in text and 'r["wer"]' not in text for text in figure)
     assert 'row["median_wer"]' in dict(markdown_of(notebook("07")))["0c3a9a2c"]
+    for number in ("07", "08"):  # every WER axis (solutions included) plots Figure 4's statistic
+        for cell_id, text in code_of(notebook(number)):
+            for label in re.findall(r'ylabel="([^"]*WER[^"]*)"', text):
+                assert label.startswith("median per-utterance WER"), (number, cell_id, label)
 
 
 def test_notebook_07_names_the_equal_bitrate_pair_it_plays():
