@@ -187,6 +187,8 @@ def test_units_per_second_bound_quoted_from_the_published_bitrates():
     quoted = f"{round(min(bounds))}–{round(max(bounds))}"
     for number in ("02", "03", "07"):
         assert quoted in "\n".join(t for _, t in markdown_of(notebook(number))), number
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert quoted in readme and "~50 units per" not in readme
 
 
 def test_the_worked_example_counts_its_switches():
