@@ -226,6 +226,7 @@ def test_notebook_08_quotes_figure_4_and_scores_on_the_papers_units():
     for lmbda in (0, 4500):
         assert f"{paper.FIGURE4_RESYNTHESIS[500, lmbda][1]:.2f} %" in markdown["af17daf5"]
     assert "*no worse*" in markdown["af17daf5"]
+    assert "`dpslm zerospeech`, `dpslm abx` and `dpslm wer` all use the paper's search by default" in markdown["cell-08"]
     for cell_id, text in code_of(notebook("08")):  # the released LMs score units of the paper's restricted search
         calls = len(re.findall(r"dpdp_batch\(|DPSLM\.from_pretrained\(", text))
         assert text.count("PAPER_NUM_NEIGHBORS") >= calls, cell_id
@@ -237,6 +238,16 @@ def test_notebook_08_quotes_figure_4_and_scores_on_the_papers_units():
             for label in re.findall(r'ylabel="([^"]*WER[^"]*)"', text):
                 assert label.startswith("median per-utterance WER"), (number, cell_id, label)
 
+
+def test_the_command_line_searches_as_08_says(tmp_path):
+    from dpslm_utils import cli
+
+    parser = cli.build_parser()
+    for command in (["zerospeech", str(tmp_path)], ["abx", str(tmp_path / "x.item"), str(tmp_path)]):
+        for extra, expected in (([], dpslm.PAPER_NUM_NEIGHBORS[500]), (["--exact-search"], None)):
+            args = parser.parse_args([*command, str(tmp_path / "out"), "--k", "500", "--lmbda", "4500", *extra])
+            assert cli.check_encoding(args, command[0]).num_neighbors == expected, (command[0], extra)
+    assert not parser.parse_args(["wer", str(tmp_path), str(tmp_path / "out")]).exact_search
 
 def test_notebook_07_names_the_equal_bitrate_pair_it_plays():
     from dpslm_utils import paper
