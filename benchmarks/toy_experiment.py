@@ -7,7 +7,7 @@ accuracies with their item scores, the paired differences, the timings) and ``to
 training runs go to a temporary folder that is removed at the end.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/toy_experiment.py --out /tmp/toy-ci           # the notebook's budget
-    flock /tmp/bench.lock .venv/bin/python benchmarks/toy_experiment.py --stages 100 200 300 --batch-size 16 --out /tmp/toy-long
+    flock /tmp/bench.lock .venv/bin/python benchmarks/toy_experiment.py --stages 100 200 300 --out /tmp/toy-long
 """
 
 from __future__ import annotations

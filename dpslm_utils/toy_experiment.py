@@ -25,6 +25,7 @@ from random weights: :func:`encode_corpus` refuses a random-tiny WavLM.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,26 @@ class ToyExperimentConfig:
 NOTEBOOK_CONFIG = ToyExperimentConfig()
 """Notebook 09's experiment offline: 2 codebook sizes × 3 rates of MFCC units, 100 steps each (its CI budget,
 ``tests/test_toy_experiment.py``)."""
+
+SMOKE_CONFIG = ToyExperimentConfig(codebook_sizes=(16, 32), stages=(2, 4), batch_size=2, chunk_size=32,
+                                   codebook_iterations=3)
+"""The same grid (2 codebook sizes × 3 rates) at the smallest budget: every step of notebook 09 runs, in seconds,
+and its accuracies mean nothing. For a run that checks the mechanics only, e.g. the wheel test of
+``tests/test_packaging.py`` (which checks that the installed package finds its data, not the science)."""
+
+BUDGET_ENV = "DPSLM_TOY_BUDGET"
+"""``DPSLM_TOY_BUDGET=smoke`` makes :func:`notebook_config` return :data:`SMOKE_CONFIG`; unset (or ``notebook``),
+:data:`NOTEBOOK_CONFIG`."""
+
+
+def notebook_config() -> ToyExperimentConfig:
+    """Notebook 09's configuration: :data:`NOTEBOOK_CONFIG`, or :data:`SMOKE_CONFIG` when the environment
+    variable ``DPSLM_TOY_BUDGET`` is ``smoke`` (a mechanics-only run)."""
+    budget = os.environ.get(BUDGET_ENV, "").strip() or "notebook"
+    configs = {"notebook": NOTEBOOK_CONFIG, "smoke": SMOKE_CONFIG}
+    if budget not in configs:
+        raise ValueError(f"{BUDGET_ENV}={budget!r} is not a budget: use one of {sorted(configs)} (or leave it unset)")
+    return configs[budget]
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,10 +129,81 @@ def notebook_code():
                      and "solution" not in c["metadata"].get("tags", []))
 
 
-def test_notebook_09_trains_within_its_measured_ci_budget():
+def test_notebook_09_trains_within_its_measured_ci_budget(monkeypatch):
     code = notebook_code()
-    assert "CONFIG = toy_experiment.NOTEBOOK_CONFIG" in code, "the notebook runs the configuration tested here"
+    assert "CONFIG = toy_experiment.notebook_config()" in code, "the notebook runs the configuration tested here"
+    monkeypatch.delenv(toy_experiment.BUDGET_ENV, raising=False)
+    assert toy_experiment.notebook_config() is toy_experiment.NOTEBOOK_CONFIG
     assert not re.search(r"ToyExperimentConfig\(|stages=|batch_size=", code), "the budget is changed nowhere else"
     config = toy_experiment.NOTEBOOK_CONFIG
     assert config.features == ("mfcc",) and config.num_models * config.tokens_per_model <= CI_TRAINING_TOKENS
     assert len(config.codebook_sizes) >= 2 and len(config.units_per_second) >= 3  # the issue's grid
+
+
+def test_the_smoke_budget_runs_the_same_grid_at_the_smallest_cost(monkeypatch):
+    """DPSLM_TOY_BUDGET=smoke (the wheel test's run of notebook 09): every cell's grid, a fraction of the training."""
+    monkeypatch.setenv(toy_experiment.BUDGET_ENV, "smoke")
+    smoke, full = toy_experiment.notebook_config(), toy_experiment.NOTEBOOK_CONFIG
+    assert smoke is toy_experiment.SMOKE_CONFIG
+    assert (len(smoke.codebook_sizes), smoke.units_per_second, smoke.features) == (2, full.units_per_second, ("mfcc",))
+    assert smoke.num_models * smoke.tokens_per_model * 100 <= full.num_models * full.tokens_per_model
+    monkeypatch.setenv(toy_experiment.BUDGET_ENV, "big")
+    with pytest.raises(ValueError, match="DPSLM_TOY_BUDGET='big' is not a budget: use one of \\['notebook', 'smoke'\\]"):
+        toy_experiment.notebook_config()
+
+
+class StandInWavLM:
+    """What feature_encoder("wavlm") returns with the released weights, for the notebook's WavLM path: real
+    (not random-tiny) features on WavLM's frame grid, here a fixed projection of the MFCCs to 64 dimensions."""
+
+    name, dim, frame_rate, random_weights = "wavlm", 64, 50, False
+
+    def __init__(self):
+        self.mfcc = dpslm.feature_encoder("mfcc")
+        self.projection = torch.randn(self.mfcc.dim, self.dim, generator=torch.Generator().manual_seed(0))
+
+    def batch(self, wavs, sr):
+        return [f @ self.projection for f in self.mfcc.batch(wavs, sr)]
+
+
+def notebook_cells(*ids):
+    cells = {c["id"]: "".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"]}
+    return [cells[i] for i in ids]
+
+
+def test_notebook_09_with_the_released_weights_runs_wavlm_beside_the_mfccs(corpus, mfcc, monkeypatch):
+    """Sections 2, 3 and 9 of notebook 09, run as cells with a stand-in for the released WavLM: WavLM is encoded,
+    its conditions (the largest k, every rate) join the MFCC ones, and the findings compare the two on the same items."""
+    monkeypatch.setenv(toy_experiment.BUDGET_ENV, "smoke")
+    monkeypatch.setattr(dpslm, "using_random_weights", lambda: False)
+    real_feature_encoder = dpslm.feature_encoder
+    monkeypatch.setattr(dpslm, "feature_encoder", lambda name, **options: StandInWavLM() if name == "wavlm" else
+                        real_feature_encoder(name, **options))
+
+    def encode_corpus(corpus, encoder):  # the MFCCs are encoded once, above; the stand-in projects them
+        if encoder.name == "mfcc":
+            return mfcc
+        return {split: {stem: x @ encoder.projection for stem, x in f.items()} for split, f in mfcc.items()}
+
+    monkeypatch.setattr(toy_experiment, "encode_corpus", encode_corpus)
+    namespace = {"corpus": corpus, "display": lambda *a: None}
+    for cell in notebook_cells("cell-02", "cell-10", "cell-13"):
+        exec(cell, namespace)
+    conditions, config = namespace["conditions"], toy_experiment.SMOKE_CONFIG
+    k = max(config.codebook_sizes)
+    assert [c.name for c in conditions] == [f"mfcc k={kk} {r:g}/s" for kk in config.codebook_sizes
+                                            for r in config.units_per_second] + [f"wavlm k={k} {r:g}/s"
+                                                                                 for r in config.units_per_second]
+    rng = np.random.default_rng(0)
+    for c in conditions:  # stand-in scores instead of training: the comparisons only pair them
+        c.stages = [toy_experiment.Stage(4, 256, 10.0, 1.0, {"lexical": list(rng.integers(0, 2, 39) / 1.0),
+                                                              "syntactic": list(rng.integers(0, 2, 60) / 1.0)})]
+    across = [d for d in toy_experiment.paired_differences(conditions) if d.a.split()[0] != d.b.split()[0]]
+    assert sorted((d.task, d.b) for d in across) == sorted((task, f"wavlm k={k} {r:g}/s") for task in toy_experiment.TASKS
+                                                           for r in config.units_per_second)
+    findings = toy_experiment.describe_findings(conditions)
+    assert "**mfcc against wavlm** at the same k and rate:" in findings
+    printed = []
+    namespace["print"] = lambda *a, **kw: printed.append(" ".join(map(str, a)))
+    exec(*notebook_cells("a1c0f013"), namespace)
+    assert [line.split(":")[0] for line in printed] == [f"k = {k}, {r:g} units/s" for r in config.units_per_second]
