@@ -384,6 +384,23 @@ def describe_findings(conditions: list[Condition]) -> str:
                      f"{100 * d.difference:+.1f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}], {relation}")
     lines += ["", f"Of these comparisons, {agree} show the coarser units ahead at a lower bitrate (the paper's "
               f"direction), {disagree} show them behind, and the rest show no difference these items can resolve."]
+    inventories = {}
+    for c in conditions:
+        if c.features != PHONE_FEATURES:
+            inventories.setdefault((c.features, c.k), []).append(c)
+    if inventories:
+        lines += ["", "**Units against phones** (PNMI, finest to coarsest rate): " + "; ".join(
+            f"{features} k={k}: " + " → ".join(f"{c.pnmi:.2f}" for c in sorted(members, key=lambda c: -c.target))
+            for (features, k), members in inventories.items()) + "."]
+    phones = [c for c in conditions if c.features == PHONE_FEATURES]
+    units = [c for c in conditions if c.features != PHONE_FEATURES]
+    if phones and units:
+        lines += ["", "**The phone LM (the topline) against the best unit LM:**", ""]
+        for task in TASKS:
+            best = max(units, key=lambda c: c.final.accuracy(task))
+            lines.append(f"- {task}: the phone LM {100 * phones[0].final.accuracy(task):.1f} %, the best unit LM "
+                         f"({best.name}) {100 * best.final.accuracy(task):.1f} %: "
+                         f"{100 * (phones[0].final.accuracy(task) - best.final.accuracy(task)):.1f} points of room above it.")
     features = sorted({c.features for c in conditions} - {PHONE_FEATURES})
     if len(features) > 1:
         lines += ["", f"**{features[0]} against {features[1]}** at the same k and rate:", ""]

@@ -110,6 +110,11 @@ def test_the_runner_on_a_tiny_budget(corpus, mfcc, tmp_path, monkeypatch):
         assert difference["low"] <= difference["difference"] <= difference["high"]
     findings = toy_experiment.describe_findings(conditions)
     assert f"{100 * coarse.final.accuracy('syntactic'):.1f} %" in findings and "6 vs 12 units/s" in findings
+    assert f"mfcc k=8: {fine.pnmi:.2f} → {coarse.pnmi:.2f}" in findings  # PNMI, finest rate first
+    phones = conditions[-1]
+    best = max(conditions[:2], key=lambda c: c.final.accuracy("lexical"))
+    assert (f"- lexical: the phone LM {100 * phones.final.accuracy('lexical'):.1f} %, the best unit LM ({best.name}) "
+            f"{100 * best.final.accuracy('lexical'):.1f} %") in findings
 
 
 def test_the_config_refuses_stages_out_of_order():
@@ -207,3 +212,52 @@ def test_notebook_09_with_the_released_weights_runs_wavlm_beside_the_mfccs(corpu
     namespace["print"] = lambda *a, **kw: printed.append(" ".join(map(str, a)))
     exec(*notebook_cells("a1c0f013"), namespace)
     assert [line.split(":")[0] for line in printed] == [f"k = {k}, {r:g} units/s" for r in config.units_per_second]
+
+
+def test_write_phone_abx_items_lists_every_phone_token_with_its_context_and_voice(tmp_path):
+    from dpslm_utils.toy_language import write_phone_abx_items
+
+    lines = write_phone_abx_items(tmp_path / "phones.item", split="validation").read_text().splitlines()
+    assert lines[0] == "#file onset offset #phone prev-phone next-phone speaker"
+    corpus = load_toy_language()
+    expected = []
+    for utterance in corpus.validation:
+        a = utterance.alignment
+        context = ["#", *a.phones, "#"]
+        expected += [[utterance.path.stem, f"{start:.4f}", f"{end:.4f}", context[i], context[i - 1], context[i + 1],
+                      utterance.voice] for i, (start, end) in enumerate(zip(a.starts, a.ends), start=1)]
+    assert [line.split() for line in lines[1:]] == expected
+    with pytest.raises(ValueError, match="split must be 'train' or 'validation', got 'lexical'"):
+        write_phone_abx_items(tmp_path / "x.item", split="lexical")
+
+
+def test_plot_toy_experiment_draws_each_condition_where_its_numbers_are(corpus):
+    """Left: final accuracy against bits/s, one line per (features, k), the phone LM apart; right: accuracy
+    against minutes of speech seen, one line per condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dpslm_utils import plots
+
+    def condition(k, target, bits, scores):
+        c = toy_experiment.Condition("mfcc" if k else "phones", k or 30, target, None,
+                                     dpslm.Bitrate(target or 9.0, 1.0, bits), None, None, {})
+        c.stages = [toy_experiment.Stage(steps, steps * 10, steps * 6.0, 1.0,
+                                         {"lexical": [s] * 4, "syntactic": [1 - s] * 4}) for steps, s in scores]
+        return c
+
+    conditions = [condition(8, 12.0, 100.0, [(2, 0.5), (4, 0.75)]), condition(8, 6.0, 40.0, [(2, 0.25), (4, 1.0)]),
+                  condition(None, None, 30.0, [(2, 1.0), (4, 1.0)])]
+    axes = plots.plot_toy_experiment(conditions)
+    assert axes.shape == (2, 2)
+    by_rate, by_speech = axes[0]
+    assert list(by_rate.get_legend_handles_labels()[1]) == ["mfcc, k = 8", "phone LM (topline)"]
+    points = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in by_rate.get_lines()
+              if len(line.get_xdata()) == 2]
+    assert ((40.0, 100.0), (100.0, 75.0)) in points  # sorted by bits/s, last stage's lexical accuracy in %
+    speech = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in by_speech.get_lines()}
+    assert speech["mfcc, k = 8, 6 units/s"] == ([0.2, 0.4], [25.0, 100.0])  # minutes of speech, accuracy in %
+    assert speech["phone LM (topline)"][1] == [100.0, 100.0]
+    syntactic = {line.get_label(): list(line.get_ydata()) for line in axes[1][1].get_lines()}
+    assert syntactic["mfcc, k = 8, 6 units/s"] == [75.0, 0.0]  # the second row is the syntactic task
+    matplotlib.pyplot.close("all")
