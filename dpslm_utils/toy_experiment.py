@@ -39,17 +39,17 @@ from torch import Tensor
 from .audio import load_audio, to_mono
 from .codebooks import train_codebook
 from .datasets import save_units
-from .evaluation import (bootstrap_interval, lexical_accuracy, paired_bootstrap_interval,
+from .evaluation import (TASKS, bootstrap_interval, lexical_accuracy, paired_bootstrap_interval,
                          phone_normalized_mutual_information, read_gold, syntactic_accuracy, unit_phone_purity)
+from .features import FRAME_RATE, feature_encoder
 from .quantize import Bitrate, deduplicate, dpdp_batch
 from .rates import lambda_for_rate
-from .toy_language import PHONES, ToyLanguage
+from .toy_language import PHONES, ToyLanguage, load_toy_language
 from .training import train_ulm
 from .ulm import UnitLM
 
-SPLITS = ("train", "validation", "lexical", "syntactic")
-TASKS = ("lexical", "syntactic")
-FRAME_RATE = 50
+CORPUS_SPLITS = ("train", "validation", "lexical", "syntactic")
+"""The toy corpus' splits, as :func:`encode_corpus` and every condition's ``units`` hold them."""
 PHONE_FEATURES = "phones"
 """The ``features`` name of the topline condition: espeak-ng's phones as the units."""
 
@@ -180,12 +180,12 @@ class Condition:
 
 
 def corpus_files(corpus: ToyLanguage) -> dict[str, list[Path]]:
-    """The audio files of every split (:data:`SPLITS`); the test sets sorted by name."""
+    """The audio files of every split (:data:`CORPUS_SPLITS`); the test sets sorted by name."""
     return {"train": [u.path for u in corpus.train], "validation": [u.path for u in corpus.validation],
             "lexical": sorted(corpus.lexical_dir.glob("*.ogg")), "syntactic": sorted(corpus.syntactic_dir.glob("*.ogg"))}
 
 
-def encode_corpus(corpus: ToyLanguage, encoder, splits: tuple[str, ...] = SPLITS,
+def encode_corpus(corpus: ToyLanguage, encoder, splits: tuple[str, ...] = CORPUS_SPLITS,
                   batch_size: int = 16) -> dict[str, dict[str, Tensor]]:
     """Features ``[T, D]`` of every file: ``{split: {file stem: features}}``, in each split's file order.
 
@@ -422,8 +422,6 @@ def run_toy_experiment(config: ToyExperimentConfig, work_dir: str | Path, corpus
     Returns the conditions (the phone LM last) and the seconds each step took. ``work_dir`` receives the
     unit files and training runs (one folder per condition).
     """
-    from .features import feature_encoder
-    from .toy_language import load_toy_language
 
     corpus = corpus or load_toy_language()
     timings, started = {}, time.perf_counter()

@@ -51,7 +51,7 @@ def test_a_condition_has_the_rate_it_asked_for_and_its_units_follow_the_phones(c
     frames = [u.repeat_interleave(d) for u, d in fine.units["train"].values()]
     assert fine.rate == pytest.approx(dpslm.bitrate(frames))  # unit_bitrate is bitrate's definition
     for condition in (fine, coarse):
-        assert set(condition.units) == set(toy_experiment.SPLITS)
+        assert set(condition.units) == set(toy_experiment.CORPUS_SPLITS)
         assert all(int(d.sum()) == len(mfcc[split][stem]) for split, units in condition.units.items()
                    for stem, (_, d) in units.items())  # every frame in one unit
         assert 0 < condition.pnmi < condition.purity < 1
