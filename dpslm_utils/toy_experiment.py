@@ -422,7 +422,6 @@ def run_toy_experiment(config: ToyExperimentConfig, work_dir: str | Path, corpus
     Returns the conditions (the phone LM last) and the seconds each step took. ``work_dir`` receives the
     unit files and training runs (one folder per condition).
     """
-
     corpus = corpus or load_toy_language()
     timings, started = {}, time.perf_counter()
     features = {name: encode_corpus(corpus, feature_encoder(name)) for name in config.features}

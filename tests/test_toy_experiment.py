@@ -261,3 +261,19 @@ def test_plot_toy_experiment_draws_each_condition_where_its_numbers_are(corpus):
     syntactic = {line.get_label(): list(line.get_ydata()) for line in axes[1][1].get_lines()}
     assert syntactic["mfcc, k = 8, 6 units/s"] == [75.0, 0.0]  # the second row is the syntactic task
     matplotlib.pyplot.close("all")
+
+
+def test_notebook_09_cites_what_it_uses_points_forward_and_checks_its_solutions():
+    """Issue 16: WavLM, ELLA-V and WavTokenizer cited; no "Next: 08" (09 is the last notebook); every solution
+    cell checks its result (an assert or a check() call)."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    references = "".join(cells[-1]["source"])
+    assert references.startswith("## References")
+    for arxiv in ("2110.13900", "2401.07333", "2408.16532"):  # WavLM, ELLA-V, WavTokenizer
+        assert f"arXiv:{arxiv}" in references
+    text = "\n".join("".join(c["source"]) for c in cells)
+    assert not re.search(r"Next:?\*?\*?:? *(notebook )?`?0[0-8]", text), "09 is the last notebook"
+    solutions = ["".join(c["source"]) for c in cells if "solution" in c["metadata"].get("tags", [])]
+    assert len(solutions) >= 3
+    for source in solutions:
+        assert re.search(r"^\s*assert |\bcheck\(", source, re.M), f"a solution that checks nothing:\n{source[:200]}"
