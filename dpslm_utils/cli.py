@@ -5,11 +5,14 @@ zerospeech, abx, download. ``encode``, ``encode-codec``, ``train-ulm`` and ``tra
 one GPU by running the same command under ``torchrun --nproc-per-node N -m dpslm_utils ...``: for
 encoding every rank takes every N-th file; training uses DDP (see :mod:`dpslm_utils.training`).
 
-Every command checks its arguments, input files and output folder before it loads a model, and
-reports errors in one line (``dpslm: error: ...``), without a traceback. Exit status: 0 done;
-1 the work ran but something failed (a download, a file that could not be processed); 2 the command
-was refused before any work (bad arguments, missing or unreadable inputs, an unwritable output).
-torch, numpy and soundfile are imported inside the commands, so such refusals take a fraction of a second.
+Every command is check -> plan -> run: ``check_X(args)`` checks its arguments, input files and output folder
+and returns a frozen plan, before any model loads; ``cmd_X(plan)`` hands the plan to the library (``encode``:
+:mod:`dpslm_utils.tree_encoding`, ``demo``: :mod:`dpslm_utils.demo`, ...). Errors are one line
+(``dpslm: error: ...``), without a traceback. Exit status: 0 done; 1 the work ran but something failed (a
+download, a file that could not be processed); 2 the command was refused before any work (bad arguments,
+missing or unreadable inputs, an unwritable output). torch, numpy and soundfile are imported inside the commands
+(and the options that need torch are built only when their command is parsed), so refusals take a fraction of a
+second.
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ import json
 import logging
 import os
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import registry
-from .checks import (AUDIO_SUFFIXES, MissingDependency, audio_format, check_count, check_file, check_installed, check_int,
-                     check_real, check_sampling, check_seed)  # fmt: skip
+from .checks import (MissingDependency, audio_format, check_count, check_creatable, check_device,
+                     check_file, check_folder, check_installed, check_int, check_real, check_sampling, check_seed,
+                     check_writable)  # fmt: skip
+from .tree_encoding import (FEATURE_NAMES, CodesPlan, UnitsPlan, audio_files, codebook_of_folder, each_audio, find_audio,
+                            plan_codes, plan_units, read_feature_codebook, recorded_lambda)  # fmt: skip
 
-TORCH_PARSED_COMMANDS = frozenset({"train-ulm", "train-ellav", "zerospeech", "abx", "download"})
-FEATURE_NAMES = ("wavlm", "mfcc", "fbank")
-"""The names of :func:`dpslm_utils.feature_encoder` (listed here so that parsing needs no torch import)."""
+if TYPE_CHECKING:
+    from torch import Tensor
+
 SILENCE_PEAK = 1e-4
 """Input whose peak amplitude stays below this (-80 dBFS) is silent: there is nothing to resynthesize."""
 
@@ -40,7 +47,27 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (raised as UsageError) instead of its usage block and exit."""
+    """argparse with one-line errors (raised as UsageError) instead of its usage block and exit, and options added
+    ``later``: a command's options that need torch (a training run's settings, the evaluation choices) are added
+    when that command is parsed or its help shown, so that the parser, ``dpslm --help`` and the other commands
+    stay torch-free."""
+
+    def __init__(self, *args, later: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.later = later
+
+    def _add_later(self) -> None:
+        if self.later is not None:
+            later, self.later = self.later, None
+            later(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_later()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_later()
+        return super().format_help()
 
     def error(self, message: str):
         raise UsageError(f"{message} (see: {self.prog} --help)")
@@ -49,36 +76,11 @@ class ArgumentParser(argparse.ArgumentParser):
 # -- helpers shared by the commands ---------------------------------------------------------------
 
 
-def find_audio(in_dir: Path) -> list[Path]:
-    """Every audio file under ``in_dir``, sorted (so all ranks agree on the order)."""
-    return sorted(p for p in in_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-
-
-def shard(items: Sequence, rank: int, world_size: int) -> list:
-    """The items rank ``rank`` of ``world_size`` processes handles: every world_size-th, from ``rank``."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    return list(items[rank::world_size])
-
-
-def check_folder(folder: str | os.PathLike) -> None:
-    """Raise UsageError unless ``folder`` is an existing folder (an input)."""
-    if not Path(folder).is_dir():
-        raise UsageError(f"{folder} is not a folder" if Path(folder).exists() else f"{folder} does not exist")
-
-
-def check_creatable(out_dir: Path) -> None:
-    """Raise UsageError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UsageError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
-            return
-
-
 def check_can_create(out_dir: Path) -> None:
     """Raise UsageError unless ``out_dir`` is, or can be made, a folder to write in. Leaves nothing behind,
     so a refusal after it leaves no empty output folder: the test folder it makes is removed at once."""
+    import tempfile
+
     check_creatable(out_dir)
     existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
     try:
@@ -88,23 +90,13 @@ def check_can_create(out_dir: Path) -> None:
         raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}{where}") from e
 
 
-def check_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` and try a file in it; UsageError if that fails. Call it after every other check."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from e
-
-
 def check_input_audio(path: str) -> tuple:
     """Read a mono input (``[1, samples]``, sample rate) and check it is usable speech; UsageError if not."""
-    from .audio import check_sample_rate
+    from .audio import check_sample_rate, load_mono  # here: torch is imported only by a command that reads audio
     from .wavlm import MAX_SECONDS
 
     try:
-        wav, sr = _read_mono(check_file(path, "audio file"))
+        wav, sr = load_mono(check_file(path, "audio file"))
         sr = check_sample_rate(sr)
     except (OSError, ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
@@ -115,43 +107,17 @@ def check_input_audio(path: str) -> tuple:
     return wav, sr
 
 
-def check_device(device: str | None) -> None:
-    """Raise UsageError unless ``--device`` is one the package runs on (cpu, cuda, cuda:N of a present GPU)."""
-    from . import checks
-
-    try:
-        checks.check_device(device, "--device")
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-
-
-def units_text(units) -> str:
-    """Deduplicated units as the text the originals use: ``"u12 u7 u300"``."""
-    return " ".join(f"u{u}" for u in units.tolist())
-
-
-def save_audio(path: Path, wav, sample_rate: int) -> None:
-    """Write audio in the format its suffix names (``check_say`` and the fixed ``.wav`` names ensure one)."""
-    from .audio import save_audio as save  # torch is loaded by then: the command made the waveform
-
-    save(path, wav, sample_rate)
-
-
 def write_speech(path: Path, wav, sample_rate: int, what: str) -> bool:
-    """:func:`save_audio` a rendition and print its path; one without samples is reported instead. True if written."""
+    """Save a rendition in the format its suffix names and print its path; one without samples is reported
+    instead. True if written."""
+    from .audio import save_audio
+
     if wav.numel() == 0:  # ELLA-V closed every unit without a codec token: nothing to write
         print(f"{what} is empty (ELLA-V produced no codec tokens); {path} was not written", file=sys.stderr)
         return False
     save_audio(path, wav, sample_rate)
     print(f"{path} ({wav.numel() / sample_rate:.2f} s at {sample_rate} Hz)")
     return True
-
-
-def _read_mono(path: Path) -> tuple:
-    from .audio import load_audio, to_mono
-
-    wav, sr = load_audio(path)
-    return to_mono(wav), sr
 
 
 def _say_if_random(model=None) -> None:
@@ -162,312 +128,92 @@ def _say_if_random(model=None) -> None:
         print(f"NOTE: {RANDOM_WEIGHTS_MESSAGE}")
 
 
-# -- encode ---------------------------------------------------------------------------------------
-
-
-def _outputs(audio: Path, in_dir: Path, out_dir: Path, formats: list[str]) -> dict[str, Path]:
-    base = out_dir / audio.relative_to(in_dir).with_suffix("")
-    return {fmt: base.with_name(base.name + f".{fmt}") for fmt in formats}
-
-
-def _write_units(outputs: dict[str, Path], units, durations) -> None:
-    from .checkpoints import write_atomically
-    from .datasets import save_units
-
-    if "npy" in outputs:  # [N, 2]: unit, duration in 50 Hz frames
-        save_units(outputs["npy"], units, durations)
-    if "txt" in outputs:
-        write_atomically(outputs["txt"], lambda tmp: tmp.write_text(units_text(units) + "\n"))
-
-
-def _read_frame_units(outputs: dict[str, Path]):
-    if "npy" not in outputs:
-        return None
-    from .datasets import load_frame_units
-
-    return load_frame_units(outputs["npy"])
-
-
-def _encode_tree(args: argparse.Namespace, command: str, settings: dict, formats: list[str], load, encode, write):
-    """Shared driver of ``encode`` and ``encode-codec``: every audio file under IN_DIR -> files under OUT_DIR.
-
-    Resumable (files whose outputs exist are skipped), refuses an OUT_DIR made with other settings,
-    reports unreadable files and goes on, shards the files across torchrun ranks. ``load()`` builds the
-    model once, ``encode(model, wav, sr)`` encodes one file, ``write(outputs, result)`` saves it.
-    Returns ``(all files, failed files, dist)``. :func:`check_encode_tree` has checked the arguments.
-    """
-    from tqdm.auto import tqdm
-
-    from . import distributed
-    from .settings_record import check_settings
-
-    dist = distributed.setup(args.device)
-    in_dir, out_dir, files = Path(args.in_dir), Path(args.out_dir), args.files
-    mine = shard(files, dist.rank, dist.world_size)
-    todo = [f for f in mine if not all(p.exists() for p in _outputs(f, in_dir, out_dir, formats).values())]
-    print(f"{dist.prefix}{len(files)} audio files under {in_dir}: {len(mine)} for this process, "
-          f"{len(mine) - len(todo)} already encoded, {len(todo)} to do")
-
-    model = load(dist.device)
-    check_settings(out_dir, command, settings, write=dist.is_main)  # recorded once the settings proved loadable
-    _say_if_random(model)
-    failed = []
-    for path in tqdm(todo, desc=f"{command} (rank {dist.rank})" if dist.enabled else command, disable=args.quiet):
-        try:
-            wav, sr = _read_mono(path)
-            result = encode(model, wav, sr)
-        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
-            failed.append(path)
-            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-            continue
-        write(_outputs(path, in_dir, out_dir, formats), result)
-    failed = distributed.gather_lists(dist, failed)
-    distributed.barrier(dist)
-    distributed.teardown(dist)
-    return files, failed, dist
-
-
-def _report_failed(failed: list) -> int:
-    if failed:
+def _report_failed(failed: Sequence[Path], show: bool = True) -> int:
+    """Exit status 1 if any file failed (listed on stderr where ``show``: by the process that reports), else 0."""
+    if failed and show:
         print(f"{len(failed)} file(s) could not be encoded and were skipped:", *failed, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failed else 0
 
 
-def check_encode_tree(args: argparse.Namespace, command: str, settings) -> None:
-    """The checks of ``encode`` and ``encode-codec``: IN_DIR, its audio files, OUT_DIR and its settings record.
-
-    ``settings()`` gives the settings to record (called only once the cheap checks passed).
-    """
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    check_folder(in_dir)
-    args.files = find_audio(in_dir)
-    if not args.files:
-        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {in_dir}")
-    check_unique_stems(args.files, in_dir)
-    check_creatable(out_dir)
-    from .settings_record import check_settings
-
-    check_settings(out_dir, command, settings(), write=False)  # SettingsMismatch: a refusal
-    check_writable(out_dir)
+# -- encode, encode-codec (dpslm_utils.tree_encoding) -----------------------------------------------
 
 
-def check_encode(args: argparse.Namespace) -> None:
+def check_encode(args: argparse.Namespace) -> UnitsPlan:
     if args.features != "wavlm" and args.codebook is None:
         raise UsageError(f"--features {args.features} needs --codebook, a codebook of {args.features} features "
                          f"(make one with: dpslm train-codebook AUDIO_DIR OUT.pt --k K --features {args.features})")
     if args.codebook is not None:
         if args.k is not None:
             raise UsageError("--k and --codebook: the codebook file sets k, give only --codebook")
-        args.k = _check_codebook_file(args)
+        k = _codebook_size(args.codebook, args.features)
     else:
-        args.k = registry.DEFAULT_K if args.k is None else args.k
-        if args.k not in registry.CODEBOOK_SIZES:
-            raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
+        k = registry.DEFAULT_K if args.k is None else args.k
+        if k not in registry.CODEBOOK_SIZES:
+            raise UsageError(f"--k {k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
     if args.units_per_second is None:
-        args.lmbda = check_real("--lmbda", registry.DEFAULT_LMBDA if args.lmbda is None else args.lmbda, minimum=0.0)
+        check_real("--lmbda", registry.DEFAULT_LMBDA if args.lmbda is None else args.lmbda, minimum=0.0)
     else:
-        args.units_per_second = check_real("--units-per-second", args.units_per_second, minimum=0.0)
-        if args.units_per_second == 0:
+        if check_real("--units-per-second", args.units_per_second, minimum=0.0) == 0:
             raise UsageError("--units-per-second must be > 0: every file has at least one unit")
-        args.lmbda = _recorded_lambda(Path(args.out_dir), args.units_per_second)
-        if args.lmbda is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and recorded_lambda(args.out_dir, args.units_per_second) is None:
             raise UsageError("--units-per-second finds λ in one process over all files: run it once without "
                              "torchrun, then resume under torchrun (the folder keeps the λ it found)")
     if args.num_neighbors is not None:
-        check_int("--num-neighbors", args.num_neighbors, 1, args.k)
-    check_encode_tree(args, "encode", lambda: _encode_settings(args))
+        check_int("--num-neighbors", args.num_neighbors, 1, k)
+    return plan_units(args.in_dir, args.out_dir, k=args.k, lmbda=args.lmbda, units_per_second=args.units_per_second,
+                      features=args.features, codebook=args.codebook, num_neighbors=args.num_neighbors,
+                      formats=["txt", "npy"] if args.format == "both" else [args.format], device=args.device,
+                      progress=not args.quiet)  # fmt: skip
 
 
-def _check_codebook_file(args: argparse.Namespace) -> int:
-    """Read ``--codebook`` and check it fits ``--features``; keep it (``args.codebook_tensor``) and its
-    hash (``args.codebook_sha256``). Returns its k."""
-    from .checkpoints import CheckpointError, sha256_of, using_random_weights
-    from .codebooks import read_codebook
-    from .features import feature_encoder
+def _codebook_size(path: str, features: str) -> int:
+    """k of the codebook file ``path``, checked to fit ``features``."""
+    from .checkpoints import CheckpointError
 
     try:
-        codebook, details = read_codebook(check_file(args.codebook, "codebook file"))
+        return len(read_feature_codebook(path, features)[0])
     except CheckpointError as e:
         raise UsageError(str(e)) from e
-    recorded = details.get("features")
-    if isinstance(recorded, dict) and recorded.get("features") != args.features:
-        raise UsageError(f"{args.codebook} is a codebook of {recorded.get('features')} features, not {args.features}: "
-                         f"pass --features {recorded.get('features')}")
-    if args.features == "wavlm":  # what feature_encoder("wavlm").settings will be, without loading WavLM
-        expected = {"features": "wavlm", "layer": 11, "random_weights": using_random_weights()}
-    else:
-        encoder = feature_encoder(args.features)  # weight-free: nothing to load
-        if codebook.shape[1] != encoder.dim:
-            raise UsageError(f"{args.codebook} has entries of dimension {codebook.shape[1]}, but {args.features} "
-                             f"features have {encoder.dim}")
-        expected = encoder.settings
-    if isinstance(recorded, dict) and recorded != expected:
-        raise UsageError(f"{args.codebook} clusters {args.features} features with other settings ({recorded}); "
-                         f"dpslm encode computes {expected}")
-    args.codebook_tensor, args.codebook_sha256 = codebook, f"sha256:{sha256_of(Path(args.codebook))}"
-    return codebook.shape[0]
 
 
-def _recorded_lambda(out_dir: Path, units_per_second: float) -> float | None:
-    """The λ an earlier ``--units-per-second`` run into ``out_dir`` found for this rate (None if none did)."""
-    from .settings_record import RECORD_NAME
-
-    try:
-        record = json.loads((out_dir / RECORD_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(record, dict) and record.get("units_per_second") == units_per_second:
-        return record.get("lmbda")
-    return None
+def cmd_encode(plan: UnitsPlan) -> int:
+    result = plan.run()
+    if result.bitrate is not None:  # rank 0, with .npy outputs
+        rate, ran = result.bitrate, result.plan
+        features = "" if ran.codebook is None else f"{ran.features} features, "
+        print(f"encoded {result.encoded} files with {features}k={ran.k}, lmbda={ran.lmbda:g}: "
+              f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, {rate.bits_per_second:.1f} bits/s")
+    return _report_failed(result.failed, show=result.is_main)
 
 
-def _encode_settings(args: argparse.Namespace) -> dict:
-    from .checkpoints import weights_mode
-
-    settings = {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "weights": weights_mode()}
-    if args.codebook is not None:  # today's record, plus what the new options change
-        settings |= {"features": args.features, "codebook": args.codebook_sha256}
-        if args.features != "wavlm":
-            del settings["weights"]
-    if args.units_per_second is not None:
-        settings["units_per_second"] = args.units_per_second
-    return settings
+def check_encode_codec(args: argparse.Namespace) -> CodesPlan:
+    return plan_codes(args.in_dir, args.out_dir, codec=args.codec, device=args.device, progress=not args.quiet)
 
 
-def check_unique_stems(files: list[Path], in_dir: Path) -> None:
-    """Outputs are named by the input's path without its audio suffix: refuse inputs that would share one."""
-    by_stem: dict[Path, list[Path]] = {}
-    for f in files:
-        by_stem.setdefault(f.relative_to(in_dir).with_suffix(""), []).append(f.relative_to(in_dir))
-    clashes = [" and ".join(map(str, group)) for group in by_stem.values() if len(group) > 1]
-    if clashes:
-        shown = "; ".join(clashes[:5]) + (f"; ... ({len(clashes)} in all)" if len(clashes) > 5 else "")
-        raise UsageError(f"inputs that differ only in their suffix would write the same outputs: {shown}. "
-                         "Rename or move one of each")
-
-
-def cmd_encode(args: argparse.Namespace) -> int:
-    from .pipeline import UnitEncoder
-    from .quantize import bitrate
-
-    formats = ["txt", "npy"] if args.format == "both" else [args.format]
-    if args.codebook is None and args.units_per_second is None:  # WavLM + a released codebook, λ given
-        load = lambda device: UnitEncoder.from_pretrained(args.k, args.lmbda, device, args.num_neighbors)  # noqa: E731
-        encode = lambda encoder, wav, sr: encoder.encode(wav, sr)  # noqa: E731
-    else:
-        load, encode = _feature_units(args)
-    files, failed, dist = _encode_tree(
-        args, "encode", _encode_settings(args), formats, load=load, encode=encode,
-        write=lambda outputs, encoded: _write_units(outputs, encoded.units, encoded.durations),
-    )  # fmt: skip
-    if not dist.is_main:
-        return 1 if failed else 0
-    skipped = set(failed)
-    in_dir, out_dir = Path(args.in_dir), Path(args.out_dir)
-    frame_units = [_read_frame_units(_outputs(f, in_dir, out_dir, formats)) for f in files if f not in skipped]
-    frame_units = [u for u in frame_units if u is not None and len(u)]
-    if frame_units:
-        rate = bitrate(frame_units)
-        features = "" if args.codebook is None else f"{args.features} features, "
-        print(f"encoded {len(frame_units)} files with {features}k={args.k}, lmbda={args.lmbda:g}: "
-              f"{rate.units_per_second:.1f} units/s, {rate.entropy_bits:.2f} bits/unit, "
-              f"{rate.bits_per_second:.1f} bits/s")
-    return _report_failed(failed)
-
-
-def _feature_units(args: argparse.Namespace) -> tuple:
-    """``(load, encode)`` of :func:`_encode_tree` for ``--features``/``--codebook``/``--units-per-second``:
-    features of ``--features``, DPDP on ``--codebook`` (or the released one of ``--k``). Without a
-    recorded λ, ``--units-per-second`` first encodes every file to find λ (:func:`lambda_for_rate`)."""
-    from types import SimpleNamespace
-
-    from .pipeline import EncodedSpeech, resolve_device
-    from .quantize import deduplicate, dpdp
-
-    def load(device) -> SimpleNamespace:
-        from .codebooks import load_codebook
-        from .features import feature_encoder
-
-        encoder = feature_encoder(args.features, device=device)
-        codebook = args.codebook_tensor if args.codebook is not None else load_codebook(args.k, device=device)
-        if codebook.shape[1] != encoder.dim:
-            raise ValueError(f"the codebook has entries of dimension {codebook.shape[1]}, but these {args.features} "
-                             f"features have {encoder.dim}")
-        return SimpleNamespace(encoder=encoder, codebook=codebook.to(device), random_weights=encoder.random_weights)
-
-    def encode(model, wav, sr) -> EncodedSpeech:
-        features = model.encoder(wav, sr).to(model.codebook.device)
-        frame_units = dpdp(features, model.codebook, args.lmbda, args.num_neighbors).cpu()
-        return EncodedSpeech(*deduplicate(frame_units), frame_units, model.encoder.frame_rate)
-
-    if args.lmbda is None:  # --units-per-second, first run
-        model = load(resolve_device(args.device))
-        args.lmbda = _lambda_for_files(args, model.encoder, model.codebook)
-        return (lambda device: model), encode
-    if args.units_per_second is not None:
-        print(f"λ = {args.lmbda:.6g}, found for {args.units_per_second:g} units/s by the first run into {args.out_dir}")
-    return load, encode
-
-
-def _lambda_for_files(args: argparse.Namespace, encoder, codebook) -> float:
-    """The λ that gives ``--units-per-second`` over the features of every readable input file."""
-    from tqdm.auto import tqdm
-
-    from .rates import lambda_for_rate
-
-    features = []
-    for path in tqdm(args.files, desc="features (to find λ)", disable=args.quiet):
-        try:
-            wav, sr = _read_mono(path)
-            features.append(encoder(wav, sr).to(codebook.device))
-        except (ValueError, OSError, RuntimeError):  # reported by the encoding pass that follows
-            continue
-    if not features:
-        raise ValueError(f"no file under {args.in_dir} could be read, so there is no λ to find")
-    lmbda = lambda_for_rate(features, codebook, args.units_per_second, args.num_neighbors)
-    print(f"λ = {lmbda:.6g} gives {args.units_per_second:g} units/s (± 1 %) over {len(features)} files")
-    return lmbda
-
-
-def check_encode_codec(args: argparse.Namespace) -> None:
-    check_encode_tree(args, "encode-codec", lambda: _codec_settings(args))
-
-
-def _codec_settings(args: argparse.Namespace) -> dict:
-    from .checkpoints import weights_mode
-
-    return {"codec": args.codec, "weights": weights_mode()}
-
-
-def cmd_encode_codec(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .datasets import save_array
-    from .wavtokenizer import WavTokenizer
-
-    def write(outputs: dict[str, Path], codes) -> None:
-        save_array(outputs["npy"], codes.cpu().numpy().astype(np.int16))  # 4096 codes fit in int16
-
-    files, failed, dist = _encode_tree(
-        args, "encode-codec", _codec_settings(args), ["npy"],
-        load=lambda device: WavTokenizer.from_pretrained(args.codec, device=device),
-        encode=lambda codec, wav, sr: codec.encode(wav, sr),
-        write=write,
-    )  # fmt: skip
-    if dist.is_main:
-        print(f"{len(files) - len(failed)} of {len(files)} files have {args.codec} codes under {args.out_dir}")
-    return _report_failed(failed) if dist.is_main else (1 if failed else 0)
+def cmd_encode_codec(plan: CodesPlan) -> int:
+    result = plan.run()
+    if result.is_main:
+        print(f"{result.encoded} of {len(plan.tree.files)} files have {plan.codec} codes under {plan.tree.out_dir}")
+    return _report_failed(result.failed, show=result.is_main)
 
 
 # -- train-codebook -------------------------------------------------------------------------------
 
 
-def check_train_codebook(args: argparse.Namespace) -> None:
-    check_folder(args.audio_dir)
-    args.files = find_audio(Path(args.audio_dir))
-    if not args.files:
-        raise UsageError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {args.audio_dir}")
+@dataclass(frozen=True)
+class CodebookPlan:
+    audio_dir: str
+    out_file: Path
+    k: int
+    features: str
+    iterations: int
+    seed: int
+    device: str | None
+    progress: bool
+
+
+def check_train_codebook(args: argparse.Namespace) -> CodebookPlan:
+    audio_files(args.audio_dir)
     check_int("--k", args.k, minimum=1)
     check_int("--iterations", args.iterations, minimum=0)
     check_seed(args.seed)
@@ -477,116 +223,141 @@ def check_train_codebook(args: argparse.Namespace) -> None:
     if out_file.exists() and not args.overwrite:
         raise UsageError(f"{out_file} exists; pass --overwrite to replace it")
     check_creatable(out_file.parent)
-    check_device(args.device)
     check_writable(out_file.parent)
+    return CodebookPlan(args.audio_dir, out_file, args.k, args.features, args.iterations, args.seed, args.device,
+                        not args.quiet)  # fmt: skip
 
 
-def cmd_train_codebook(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from .codebooks import save_codebook, train_codebook
+def cmd_train_codebook(plan: CodebookPlan) -> int:
     from .features import feature_encoder
 
-    encoder = feature_encoder(args.features, device=args.device)
+    encoder = feature_encoder(plan.features, device=plan.device)
     _say_if_random(encoder)
-    features, failed = [], []
-    for path in tqdm(args.files, desc=f"{args.features} features", disable=args.quiet):
-        try:
-            wav, sr = _read_mono(path)
-            features.append(encoder(wav, sr))
-        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too short or long: skip it
-            failed.append(path)
-            tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
-    if not features:
-        raise ValueError(f"none of the {len(args.files)} audio files under {args.audio_dir} could be read")
-    frames = torch.cat(features)
-    codebook = train_codebook(frames, args.k, iterations=args.iterations, seed=args.seed)  # ValueError: k > frames
-    save_codebook(args.out_file, codebook, encoder.settings, k=args.k, seed=args.seed, iterations=args.iterations,
-                  frames=frames.shape[0], files=len(features))  # fmt: skip
-    print(f"{len(features)} files, {frames.shape[0] / encoder.frame_rate:.1f} s ({frames.shape[0]} frames) -> "
-          f"{args.k} centres of {args.features} features (D = {encoder.dim}): {args.out_file}")
-    return _report_failed(failed)
+    trained = codebook_of_folder(plan.audio_dir, encoder, plan.k, iterations=plan.iterations, seed=plan.seed,
+                                 progress=plan.progress)  # ValueError: no file could be read, k > frames
+    trained.save(plan.out_file)
+    frames = trained.details["frames"]
+    print(f"{trained.details['files']} files, {frames / encoder.frame_rate:.1f} s ({frames} frames) -> "
+          f"{plan.k} centres of {plan.features} features (D = {encoder.dim}): {plan.out_file}")
+    return _report_failed(trained.failed)
 
 
 # -- train-ulm, train-ellav -----------------------------------------------------------------------
 
 
-def _training_overrides(args: argparse.Namespace) -> dict:
-    from .training import PRESETS
+@dataclass(frozen=True)
+class TrainingPlan:
+    folders: tuple[str, ...]
+    """The data folders, then OUT_DIR: the positional arguments of ``train_ulm`` / ``train_ellav``."""
+    k: int
+    preset: str
+    val_dir: str | None
+    device: str | None
+    max_steps: int | None
+    overwrite: bool
+    progress: bool
+    overrides: tuple[tuple[str, Any], ...]
+    """``(setting, value)`` of each setting given (``--lr`` ...), over the preset's."""
 
-    names = PRESETS["ulm"]["tiny"].keys()
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None and name != "max_steps"}
+
+def check_training(args: argparse.Namespace) -> TrainingPlan:
+    from .training import PRESETS  # imported with the settings options already
+
+    check_int("--k", args.k, minimum=1)
+    if args.max_steps is not None:
+        check_int("--max-steps", args.max_steps, minimum=1)
+    data = [folder for folder in (args.units_dir, getattr(args, "codes_dir", None)) if folder is not None]
+    for folder in (*data, args.val_dir):
+        if folder is not None:
+            check_folder(folder)
+    check_creatable(Path(args.out_dir))
+    overrides = tuple((name, getattr(args, name)) for name in PRESETS["ulm"]["tiny"]
+                      if name != "max_steps" and getattr(args, name) is not None)  # fmt: skip
+    return TrainingPlan((*data, args.out_dir), args.k, args.preset, args.val_dir, args.device, args.max_steps,
+                        args.overwrite, not args.quiet, overrides)  # fmt: skip
 
 
-def _train(trainer, folders: list[str], args: argparse.Namespace) -> int:
-    """Run ``train_ulm`` / ``train_ellav`` on ``folders`` (the data folders, then OUT_DIR) with the command's settings.
+def _run_trainer(trainer, plan: TrainingPlan) -> int:
+    """Run ``train_ulm`` / ``train_ellav`` as planned.
 
     The trainers raise ValueError (settings, an OUT_DIR of other settings or in use, bad data, a state that
     cannot be resumed) only before the first step: refusals. A loss that is not finite stops the
     run with a RuntimeError (exit status 1).
     """
     try:
-        run = trainer(*folders, k=args.k, preset=args.preset, val_dir=args.val_dir, device=args.device,
-                      max_steps=args.max_steps, overwrite=args.overwrite, progress=not args.quiet,
-                      **_training_overrides(args))  # fmt: skip
+        run = trainer(*plan.folders, k=plan.k, preset=plan.preset, val_dir=plan.val_dir, device=plan.device,
+                      max_steps=plan.max_steps, overwrite=plan.overwrite, progress=plan.progress, **dict(plan.overrides))
     except ValueError as e:
         raise UsageError(str(e)) from e
     print(f"checkpoints: {run.best_checkpoint} (best), {run.last_checkpoint} (last)")
     return 0
 
 
-def check_training(args: argparse.Namespace) -> None:
-    check_int("--k", args.k, minimum=1)
-    if args.max_steps is not None:
-        check_int("--max-steps", args.max_steps, minimum=1)
-    for folder in (args.units_dir, getattr(args, "codes_dir", None), args.val_dir):
-        if folder is not None:
-            check_folder(folder)
-    check_creatable(Path(args.out_dir))
-
-
-def cmd_train_ulm(args: argparse.Namespace) -> int:
+def cmd_train_ulm(plan: TrainingPlan) -> int:
     from .training import train_ulm
 
-    return _train(train_ulm, [args.units_dir, args.out_dir], args)
+    return _run_trainer(train_ulm, plan)
 
 
-def cmd_train_ellav(args: argparse.Namespace) -> int:
+def cmd_train_ellav(plan: TrainingPlan) -> int:
     from .training import train_ellav
 
-    return _train(train_ellav, [args.units_dir, args.codes_dir, args.out_dir], args)
+    return _run_trainer(train_ellav, plan)
 
 
 # -- resynthesize, score --------------------------------------------------------------------------
 
 
-def check_resynthesize(args: argparse.Namespace) -> None:
-    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+@dataclass(frozen=True)
+class ResynthesizePlan:
+    wav: Tensor
+    """``[1, samples]``: the input, read and checked."""
+    sample_rate: int
+    out_prefix: str
+    k: int
+    lmbda: int
+    n: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    device: str | None
+
+
+def check_resynthesize(args: argparse.Namespace) -> ResynthesizePlan:
+    k, lmbda = registry.check_combination(args.k, args.lmbda)
     check_count("-n", args.n)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
     out_folder = Path(args.out_prefix).parent
     check_creatable(out_folder)
     check_file(args.input, "audio file")
-    args.wav, args.sr = check_input_audio(args.input)
+    wav, sr = check_input_audio(args.input)
     check_writable(out_folder)
+    return ResynthesizePlan(wav, sr, args.out_prefix, k, lmbda, args.n, args.temperature, args.top_p, args.seed, args.device)
 
 
-def cmd_resynthesize(args: argparse.Namespace) -> int:
+def cmd_resynthesize(plan: ResynthesizePlan) -> int:
     from .pipeline import DPSLM
 
-    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
+    model = DPSLM.from_pretrained(plan.k, plan.lmbda, device=plan.device)
     _say_if_random()
-    outputs = model.resynthesize(args.wav, args.sr, n=args.n, temperature=args.temperature, top_p=args.top_p,
-                                 seed=args.seed)
-    written = [write_speech(Path(f"{args.out_prefix}_{i}.wav"), out, model.vocoder.sample_rate, f"rendition {i}")
+    outputs = model.resynthesize(plan.wav, plan.sample_rate, n=plan.n, temperature=plan.temperature, top_p=plan.top_p,
+                                 seed=plan.seed)  # fmt: skip
+    written = [write_speech(Path(f"{plan.out_prefix}_{i}.wav"), out, model.vocoder.sample_rate, f"rendition {i}")
                for i, out in enumerate(outputs)]  # fmt: skip
     return 0 if all(written) else 1
 
 
-def check_score(args: argparse.Namespace) -> None:
-    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+@dataclass(frozen=True)
+class ScorePlan:
+    files: tuple[str, ...]
+    k: int
+    lmbda: int
+    device: str | None
+
+
+def check_score(args: argparse.Namespace) -> ScorePlan:
+    k, lmbda = registry.check_combination(args.k, args.lmbda)
     problems = []
     for name in args.files:
         try:
@@ -595,28 +366,35 @@ def check_score(args: argparse.Namespace) -> None:
             problems.append(str(e))
     if problems:
         raise UsageError("; ".join(problems))
+    return ScorePlan(tuple(args.files), k, lmbda, args.device)
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(plan: ScorePlan) -> int:
     from .pipeline import DPSLM
 
-    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
+    model = DPSLM.from_pretrained(plan.k, plan.lmbda, device=plan.device)
     _say_if_random()
-    failed = 0
-    for name in args.files:
-        try:
-            wav, sr = _read_mono(Path(name))
-            print(f"{model.loglikelihood(wav, sr):.4f}\t{name}")
-        except (ValueError, OSError, RuntimeError) as e:  # unreadable, too long, out of memory: skip it
-            failed += 1
-            print(f"skipped {name}: {e}", file=sys.stderr)
+    failed: list = []  # unreadable, too long, out of memory: reported and skipped
+    for name, score in each_audio(plan.files, model.loglikelihood, failed, desc="score", progress=False):
+        print(f"{score:.4f}\t{name}")
     return 1 if failed else 0
 
 
 # -- say, wer (phone toplines and resynthesis intelligibility) -------------------------------------
 
 
-def check_say(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class SayPlan:
+    chunks: list[list[str]]
+    """The phones to say, in chunks of at most ``phones.MAX_PHONES_PER_CHUNK``."""
+    out_wav: Path
+    temperature: float
+    top_p: float
+    seed: int | None
+    device: str | None
+
+
+def check_say(args: argparse.Namespace) -> SayPlan:
     from . import phones
 
     audio_format(args.out_wav)
@@ -626,24 +404,25 @@ def check_say(args: argparse.Namespace) -> None:
         if unknown:
             raise UsageError(f"--phones: {', '.join(map(repr, unknown))} not among the phones of the phone ELLA-V: "
                              f"{' '.join(registry.US_ARPA_PHONES)}")
-        args.chunks = phones.phone_chunks(sequence, phones.MAX_PHONES_PER_CHUNK)
+        chunks = phones.phone_chunks(sequence, phones.MAX_PHONES_PER_CHUNK)
     else:
-        args.chunks = phones.text_to_phone_chunks(args.text, phones.MAX_PHONES_PER_CHUNK)
+        chunks = phones.text_to_phone_chunks(args.text, phones.MAX_PHONES_PER_CHUNK)
     check_sampling(args.temperature, args.top_p)
     check_seed(args.seed)
     check_creatable(Path(args.out_wav).parent)
+    return SayPlan(chunks, Path(args.out_wav), args.temperature, args.top_p, args.seed, args.device)
 
 
-def cmd_say(args: argparse.Namespace) -> int:
+def cmd_say(plan: SayPlan) -> int:
     from .phones import MAX_PHONES_PER_CHUNK, PhoneTTS
 
-    tts = PhoneTTS.from_pretrained(device=args.device)
+    tts = PhoneTTS.from_pretrained(device=plan.device)
     _say_if_random()
-    if len(args.chunks) > 1:
-        print(f"{len(args.chunks)} chunks of at most {MAX_PHONES_PER_CHUNK} phones, spoken one after another:")
-    print(*(" ".join(chunk) for chunk in args.chunks), sep="\n")
-    wav = tts.speak(args.chunks, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    return 0 if write_speech(Path(args.out_wav), wav, tts.sample_rate, "the speech") else 1
+    if len(plan.chunks) > 1:
+        print(f"{len(plan.chunks)} chunks of at most {MAX_PHONES_PER_CHUNK} phones, spoken one after another:")
+    print(*(" ".join(chunk) for chunk in plan.chunks), sep="\n")
+    wav = tts.speak(plan.chunks, temperature=plan.temperature, top_p=plan.top_p, seed=plan.seed)
+    return 0 if write_speech(plan.out_wav, wav, tts.sample_rate, "the speech") else 1
 
 
 def _pairs(text: str) -> list[tuple[int, int]]:
@@ -655,7 +434,24 @@ def _pairs(text: str) -> list[tuple[int, int]]:
         raise argparse.ArgumentTypeError(f"expected K:LAMBDA pairs such as 500:4500,500:0 ({e})") from e
 
 
-def check_wer(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class WerPlan:
+    audio_dir: str
+    out_dir: Path
+    pairs: list[tuple[int, int]]
+    limit: int | None
+    references: bool
+    exact_search: bool
+    asr_model: str
+    temperature: float
+    top_p: float
+    seed: int
+    batch_size: int
+    save_audio: bool
+    device: str | None
+
+
+def check_wer(args: argparse.Namespace) -> WerPlan:
     from .wer import read_transcripts
 
     if not args.pairs and args.no_references:
@@ -667,20 +463,35 @@ def check_wer(args: argparse.Namespace) -> None:
     check_installed("whisper", "dpslm wer (its ASR, OpenAI Whisper)")
     read_transcripts(args.audio_dir, args.limit)
     check_creatable(Path(args.out_dir))
+    return WerPlan(args.audio_dir, Path(args.out_dir), args.pairs, args.limit, not args.no_references, args.exact_search,
+                   args.asr_model, args.temperature, args.top_p, args.seed, args.batch_size, args.save_audio, args.device)  # fmt: skip
 
 
-def cmd_wer(args: argparse.Namespace) -> int:
+def cmd_wer(plan: WerPlan) -> int:
     from . import wer
 
-    asr = wer.whisper_asr(args.asr_model, device=args.device)  # not installed or offline: one-line error
-    out_dir = Path(args.out_dir)
-    check_writable(out_dir)
+    asr = wer.whisper_asr(plan.asr_model, device=plan.device)  # not installed or offline: one-line error
+    _refuse_unless_writable(plan.out_dir)  # made only now that the ASR loaded
     rows = wer.resynthesis_wer(
-        args.audio_dir, args.pairs, asr=asr, limit=args.limit, references=not args.no_references,
-        exact_search=args.exact_search, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, save_audio=out_dir / "audio" if args.save_audio else None,
-        results_dir=out_dir / "systems",
+        plan.audio_dir, plan.pairs, asr=asr, limit=plan.limit, references=plan.references, exact_search=plan.exact_search,
+        temperature=plan.temperature, top_p=plan.top_p, seed=plan.seed, batch_size=plan.batch_size, device=plan.device,
+        save_audio=plan.out_dir / "audio" if plan.save_audio else None, results_dir=plan.out_dir / "systems",
     )  # fmt: skip
+    _print_wer_table(rows)
+    csv_path, json_path = wer.write_results(rows, plan.out_dir)
+    print(f"wrote {csv_path} and {json_path}")
+    _say_if_random()
+    return 0
+
+
+def _refuse_unless_writable(out_dir: Path) -> None:
+    try:
+        check_writable(out_dir)
+    except OSError as e:
+        raise UsageError(str(e)) from e
+
+
+def _print_wer_table(rows: list[dict]) -> None:
     print(f"\n{'system':>16} {'bits/s':>8} {'units/s':>8} {'WER %':>7} {'median %':>8}")
     for row in rows:
         name = row["system"] if row["k"] is None else f"k={row['k']} λ={row['lmbda']:g}"
@@ -688,155 +499,96 @@ def cmd_wer(args: argparse.Namespace) -> int:
         units = "" if row["units_per_second"] is None else f"{row['units_per_second']:.1f}"
         print(f"{name:>16} {bits:>8} {units:>8} {100 * row['wer']:>7.2f} {100 * row['median_wer']:>8.2f}")
     print("WER %: pooled over the utterances; median %: the median of their own WERs (the paper's Figure 4)")
-    csv_path, json_path = wer.write_results(rows, out_dir)
-    print(f"wrote {csv_path} and {json_path}")
-    _say_if_random()
-    return 0
 
 
-# -- demo -----------------------------------------------------------------------------------------
+# -- demo (dpslm_utils.demo) ----------------------------------------------------------------------
 
 
-def check_demo(args: argparse.Namespace) -> None:
-    args.k, args.lmbda = registry.check_combination(args.k, args.lmbda)
+@dataclass(frozen=True)
+class DemoPlan:
+    out: Path
+    k: int
+    lmbda: int
+    seed: int
+    weights: str
+    device: str | None
+
+
+def check_demo(args: argparse.Namespace) -> DemoPlan:
+    k, lmbda = registry.check_combination(args.k, args.lmbda)
     check_seed(args.seed)
     check_creatable(Path(args.out))
     check_writable(Path(args.out))
+    return DemoPlan(Path(args.out), k, lmbda, args.seed, args.weights, args.device)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .checkpoints import WEIGHTS_ENV, CheckpointError
+def cmd_demo(plan: DemoPlan) -> int:
+    from .demo import run_demo
 
-    if args.weights != "auto":
-        os.environ[WEIGHTS_ENV] = args.weights
-    try:
-        return _demo(args)
-    except CheckpointError as e:
-        if args.weights != "auto":
-            raise
-        print(f"\nThe official checkpoints could not be downloaded:\n{e}\n")
-        print("=> Running the demo with RANDOM TINY WEIGHTS instead: every step runs, but the units, "
-              "scores and audio are meaningless.\n")
-        os.environ[WEIGHTS_ENV] = "random-tiny"
-        return _demo(args)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import plots
-    from .audio import example_audio
-    from .pipeline import DPSLM
-
-    out = Path(args.out)
-    model = DPSLM.from_pretrained(args.k, args.lmbda, device=args.device)
-    print(model)
-    wav, sr = example_audio("librispeech")
-
-    encoded = model.encode(wav, sr)
-    seconds = wav.shape[-1] / sr
-    print(f"\n{seconds:.2f} s of speech -> {len(encoded.frame_units)} frames -> {len(encoded.units)} units "
-          f"({len(encoded.units) / seconds:.1f} units/s) with k={model.k}, lmbda={model.lmbda:g}:")
-    print(units_text(encoded.units))
-    (out / "units.txt").write_text(units_text(encoded.units) + "\n")
-
-    speech = model.synthesize(encoded.units, n=2, seed=args.seed)
-    for i, s in enumerate(speech):
-        save_audio(out / f"resynthesis_{i}.wav", s.wav, s.sample_rate)
-    save_audio(out / "original.wav", wav, sr)
-
-    word, nonword = (example_audio(name) for name in ("manufacture", "manufelture"))
-    scores = {name: model.loglikelihood(*audio) for name, audio in (("manufacture", word), ("manufelture", nonword))}
-    print("\nunit-LM log-likelihood (nats):", ", ".join(f"{n}: {v:.2f}" for n, v in scores.items()))
-
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8), constrained_layout=True)
-    plots.plot_segmentation(wav, sr, encoded.frame_units, ax=axes[0],
-                            title=f"original with DPDP units (k={model.k}, λ={model.lmbda:g})")
-    for ax, (i, s) in zip(axes[1:], enumerate(speech)):
-        plots.plot_spectrogram(s.wav, s.sample_rate, ax=ax, title=f"resynthesis {i} (ELLA-V + WavTokenizer)")
-    plots.mark_random_weights(fig)
-    fig.savefig(out / "demo.png", dpi=110)
-    plt.close(fig)
-    print(f"\nwrote {out}/units.txt, original.wav, resynthesis_0.wav, resynthesis_1.wav and demo.png")
-    _say_if_random()
-    if model.random_weights:
-        print("      units.txt, resynthesis_0.wav, resynthesis_1.wav, demo.png and the log-likelihoods come from these "
-              "random models: the resyntheses are noise.")
-        _weight_free_demo(out, wav, sr)
+    run_demo(plan.out, plan.k, plan.lmbda, device=plan.device, seed=plan.seed, weights=plan.weights)
     return 0
-
-
-DEMO_UNITS_PER_SECOND = (20.0, 10.0, 5.0)
-"""Rates of the offline demo's weight-free resyntheses: λ found on the example by lambda_for_rate (within 10 %)."""
-DEMO_LAMBDAS = (0.0, 100.0, 1000.0, 3000.0, 10000.0)
-"""λ of the offline demo's rate-distortion figure (log-mel λ: squared log-mel distance)."""
-
-
-def _weight_free_demo(out: Path, wav, sr: int) -> None:
-    """Units you can hear without any weights: log-mel features, DPDP on the shipped log-mel codebook,
-    each frame's centroid back in place, Griffin-Lim. Writes ``weightfree_*.wav`` and ``rate_distortion.png``."""
-    import matplotlib.pyplot as plt
-
-    from . import plots
-    from .codebooks import feature_codebook
-    from .features import feature_encoder, resynthesize_units
-    from .quantize import deduplicate, dpdp
-    from .rates import lambda_for_rate, rate_distortion
-
-    encoder, codebook = feature_encoder("fbank"), feature_codebook("fbank")
-    features = encoder(wav, sr)
-    lambdas = [lambda_for_rate(features, codebook, rate, rtol=0.1) for rate in DEMO_UNITS_PER_SECOND]
-    points = {p.lmbda: p for p in rate_distortion(features, codebook, sorted({*DEMO_LAMBDAS, *lambdas}))}
-    print("\nWEIGHT-FREE resynthesis: no model weights at all (80-band log-mel features, DPDP on the shipped "
-          "k=100 log-mel codebook, each frame's centroid put back, Griffin-Lim):")
-    save_audio(out / "weightfree_logmel.wav", encoder.invert(features), encoder.sample_rate)
-    print("  weightfree_logmel.wav: the log-mel spectrogram itself, inverted without units (Griffin-Lim alone)")
-    for lmbda in lambdas:
-        units, durations = deduplicate(dpdp(features, codebook, lmbda))
-        name = f"weightfree_lambda_{lmbda:.0f}.wav"
-        save_audio(out / name, resynthesize_units(units, durations, codebook, encoder), encoder.sample_rate)
-        point = points[lmbda]
-        print(f"  {name}: λ = {lmbda:.4g}, {point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s")
-    print("  It sounds robotic (no neural vocoder; Griffin-Lim guesses the phase), but it is real: the bigger λ, "
-          "the fewer and longer the units and the more the sounds smear.")
-    axes = plots.plot_rate_distortion(list(points.values()))
-    axes[0].figure.suptitle("weight-free units of the example: log-mel + DPDP, k = 100 (no model weights)")
-    axes[0].figure.savefig(out / "rate_distortion.png", dpi=110)
-    plt.close(axes[0].figure)
-    print(f"  rate_distortion.png: distortion against units/s and bits/s for these λ and {', '.join(f'{x:g}' for x in DEMO_LAMBDAS)}")
 
 
 # -- evaluate: zerospeech, abx, download -----------------------------------------------------------
 
 
-def _unit_encoder(args: argparse.Namespace):
-    from .pipeline import UnitEncoder
+@dataclass(frozen=True)
+class EncodingPlan:
+    """The units ``zerospeech`` and ``abx`` encode: the released codebook of k, λ, and the search."""
 
-    return UnitEncoder.from_pretrained(args.k, args.lmbda, args.device, args.num_neighbors)
+    k: int
+    lmbda: float
+    num_neighbors: int | None
+    device: str | None
+
+    def settings(self) -> dict:
+        from .checkpoints import using_random_weights
+
+        return {"k": self.k, "lmbda": self.lmbda, "num_neighbors": self.num_neighbors,
+                "random_weights": using_random_weights()}  # fmt: skip
+
+    def unit_encoder(self):
+        from .pipeline import UnitEncoder
+
+        return UnitEncoder.from_pretrained(self.k, self.lmbda, self.device, self.num_neighbors)
 
 
-def _encoding_settings(args: argparse.Namespace) -> dict:
-    from .checkpoints import using_random_weights
+def check_encoding(args: argparse.Namespace, command: str, partial: bool = False) -> EncodingPlan:
+    """The search and OUT_DIR of ``zerospeech``/``abx``: writable (nothing is created yet), and its
+    settings record (cached units/features fit only their settings).
 
-    return {"k": args.k, "lmbda": args.lmbda, "num_neighbors": args.num_neighbors, "random_weights": using_random_weights()}
+    The search: ``--num-neighbors N``, ``--exact-search``, or (default) the paper's ``PAPER_NUM_NEIGHBORS[k]``.
+    """
+    from .settings_record import check_settings
 
-
-def _resolve_search(args: argparse.Namespace) -> None:
-    """``--num-neighbors N``, ``--exact-search``, or (default) the paper's restricted search ``PAPER_NUM_NEIGHBORS[k]``."""
     if args.k not in registry.CODEBOOK_SIZES:
         raise UsageError(f"--k {args.k}: no released codebook; valid k are {list(registry.CODEBOOK_SIZES)}")
     if args.exact_search and args.num_neighbors is not None:
         raise UsageError("give --exact-search or --num-neighbors, not both")
     if args.num_neighbors is not None:
         check_int("--num-neighbors", args.num_neighbors, 1, args.k)
-    elif not args.exact_search:
-        args.num_neighbors = registry.PAPER_NUM_NEIGHBORS[args.k]
+    num_neighbors = args.num_neighbors if args.num_neighbors is not None or args.exact_search else registry.PAPER_NUM_NEIGHBORS[args.k]
+    check_can_create(Path(args.out_dir))
+    encoding = EncodingPlan(args.k, args.lmbda, num_neighbors, args.device)
+    check_settings(args.out_dir, command, encoding.settings(), write=False, partial=partial)  # SettingsMismatch: a refusal
+    return encoding
 
 
-def check_zerospeech(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class ZerospeechPlan:
+    dataset_dir: str
+    out_dir: Path
+    encoding: EncodingPlan
+    ulm: str | None
+    """A unit-LM checkpoint of the user's, or None: the released one of (k, λ, hours)."""
+    hours: str
+    splits: list[str]
+    reduction: str
+    batch_size: int
+    progress: bool
+
+
+def check_zerospeech(args: argparse.Namespace) -> ZerospeechPlan:
     from .evaluation import check_zerospeech_dataset
 
     check_folder(args.dataset_dir)
@@ -850,58 +602,21 @@ def check_zerospeech(args: argparse.Namespace) -> None:
     check_count("--batch-size", args.batch_size)
     check_zerospeech_dataset(args.dataset_dir, args.splits)  # layout, gold.csv, audio: before hours of encoding
     # evaluate_zerospeech records the encoder's full identity (its weights too); compare what is known before loading it
-    check_evaluation_output(args, "zerospeech", partial=True)
+    encoding = check_encoding(args, "zerospeech", partial=True)
+    return ZerospeechPlan(args.dataset_dir, Path(args.out_dir), encoding, args.ulm, args.hours, args.splits,
+                          args.reduction, args.batch_size, not args.quiet)  # fmt: skip
 
 
-def check_abx(args: argparse.Namespace) -> None:
-    from .evaluation import check_abx_triplets, check_distinct_stems, read_item_file
-
-    check_installed("zrc_abx2", "dpslm abx")
-    item_file = check_file(args.item_file, "item file")
-    tokens = read_item_file(item_file)
-    check_folder(args.audio_dir)
-    named = {token.file for token in tokens}
-    args.files = [f for f in find_audio(Path(args.audio_dir)) if f.stem in named]
-    if not args.files:
-        raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
-                         f"(it names files like {sorted(named)[:2]})")
-    missing = sorted(named - {f.stem for f in args.files})
-    if missing:
-        raise UsageError(f"{len(missing)} of the {len(named)} files that {item_file} names are not under "
-                         f"{args.audio_dir}, e.g. {missing[:3]}")
-    check_distinct_stems(args.files)  # features are named by the file's stem
-    check_abx_triplets(item_file, tokens, args.speaker_modes, args.context)
-    check_evaluation_output(args, "abx")
-
-
-def check_evaluation_output(args: argparse.Namespace, command: str, partial: bool = False) -> None:
-    """The search and OUT_DIR of ``zerospeech``/``abx``: writable (nothing is created yet), and its
-    settings record (cached units/features fit only their settings)."""
-    _resolve_search(args)
-    check_can_create(Path(args.out_dir))
-    from .settings_record import check_settings
-
-    settings = _encoding_settings(args)
-    check_settings(args.out_dir, command, settings, write=False, partial=partial)  # SettingsMismatch: a refusal
-
-
-def cmd_zerospeech(args: argparse.Namespace) -> int:
+def cmd_zerospeech(plan: ZerospeechPlan) -> int:
     from .evaluation import evaluate_zerospeech, results_table
     from .settings_record import SettingsMismatch
-    from .ulm import UnitLM
 
-    out_dir = Path(args.out_dir)
-    if args.ulm:
-        ulm = UnitLM.from_checkpoint(args.ulm, device=args.device)
-        if ulm.k != args.k:
-            raise UsageError(f"{args.ulm} is a unit LM for k={ulm.k}, but --k is {args.k}")
-    else:
-        ulm = UnitLM.from_pretrained(args.k, args.lmbda, hours=args.hours, device=args.device)
-    encoder = _unit_encoder(args)
+    ulm, out_dir = _unit_lm(plan), plan.out_dir
+    encoder = plan.encoding.unit_encoder()
     _say_if_random()
     try:
-        results = evaluate_zerospeech(args.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=args.splits,
-                                      reduction=args.reduction, batch_size=args.batch_size, progress=not args.quiet)
+        results = evaluate_zerospeech(plan.dataset_dir, out_dir, encoder=encoder, ulm=ulm, splits=plan.splits,
+                                      reduction=plan.reduction, batch_size=plan.batch_size, progress=plan.progress)
     except SettingsMismatch as e:  # the same k, λ and search, but other weights: refused before any work
         raise UsageError(str(e)) from e
     print(results_table(results))
@@ -910,36 +625,103 @@ def cmd_zerospeech(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_abx(args: argparse.Namespace) -> int:
+def _unit_lm(plan: ZerospeechPlan):
+    from .ulm import UnitLM
+
+    k = plan.encoding.k
+    if not plan.ulm:
+        return UnitLM.from_pretrained(k, plan.encoding.lmbda, hours=plan.hours, device=plan.encoding.device)
+    ulm = UnitLM.from_checkpoint(plan.ulm, device=plan.encoding.device)
+    if ulm.k != k:
+        raise UsageError(f"{plan.ulm} is a unit LM for k={ulm.k}, but --k is {k}")
+    return ulm
+
+
+@dataclass(frozen=True)
+class AbxPlan:
+    item_file: Path
+    files: list[Path]
+    """The audio files the item file names."""
+    out_dir: Path
+    encoding: EncodingPlan
+    representations: list[str]
+    distance: str
+    context: str
+    speaker_modes: list[str]
+    progress: bool
+
+
+def check_abx(args: argparse.Namespace) -> AbxPlan:
+    from .evaluation import check_abx_triplets, check_distinct_stems, read_item_file
+
+    check_installed("zrc_abx2", "dpslm abx")
+    item_file = check_file(args.item_file, "item file")
+    tokens = read_item_file(item_file)
+    check_folder(args.audio_dir)
+    named = {token.file for token in tokens}
+    files = [f for f in find_audio(args.audio_dir) if f.stem in named]
+    if not files:
+        raise UsageError(f"no audio file under {args.audio_dir} is named in {item_file} "
+                         f"(it names files like {sorted(named)[:2]})")
+    missing = sorted(named - {f.stem for f in files})
+    if missing:
+        raise UsageError(f"{len(missing)} of the {len(named)} files that {item_file} names are not under "
+                         f"{args.audio_dir}, e.g. {missing[:3]}")
+    check_distinct_stems(files)  # features are named by the file's stem
+    check_abx_triplets(item_file, tokens, args.speaker_modes, args.context)
+    encoding = check_encoding(args, "abx")
+    return AbxPlan(item_file, files, Path(args.out_dir), encoding, args.representations, args.distance, args.context,
+                   args.speaker_modes, not args.quiet)  # fmt: skip
+
+
+def cmd_abx(plan: AbxPlan) -> int:
     from .checkpoints import write_atomically
     from .evaluation import abx_error_rates, abx_representations
     from .settings_record import check_settings
 
-    item_file, out_dir, files = Path(args.item_file), Path(args.out_dir), args.files
-    encoder = _unit_encoder(args)
-    check_settings(out_dir, "abx", _encoding_settings(args))  # recorded once the settings proved loadable
+    encoder = plan.encoding.unit_encoder()
+    check_settings(plan.out_dir, "abx", plan.encoding.settings())  # recorded once the settings proved loadable
     _say_if_random()
-    folders = abx_representations(files, encoder, out_dir=out_dir / "features", progress=not args.quiet)
-    rates = abx_error_rates(item_file, {name: folders[name] for name in args.representations},
-                            frame_rate=encoder.encoder.frame_rate, distance=args.distance, speaker_modes=args.speaker_modes,
-                            context_mode=args.context, cuda=str(encoder.encoder.device).startswith("cuda"))
-    write_atomically(out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
-    search = "exact search" if args.num_neighbors is None else f"{args.num_neighbors} nearest codes"
-    print(f"ABX error rate (%), {args.context} context, k={args.k}, lmbda={args.lmbda:g} ({search}), {len(files)} files")
-    print(f"{'representation':<15} {'within':>7} {'across':>7}")
-    for name, rate in rates.items():
-        print(f"{name:<15} {rate.get('within', float('nan')):>7.2f} {rate.get('across', float('nan')):>7.2f}")
-    print(f"wrote {out_dir}/abx.json")
+    folders = abx_representations(plan.files, encoder, out_dir=plan.out_dir / "features", progress=plan.progress)
+    rates = abx_error_rates(plan.item_file, {name: folders[name] for name in plan.representations},
+                            frame_rate=encoder.encoder.frame_rate, distance=plan.distance, speaker_modes=plan.speaker_modes,
+                            context_mode=plan.context, cuda=str(encoder.encoder.device).startswith("cuda"))  # fmt: skip
+    write_atomically(plan.out_dir / "abx.json", lambda tmp: tmp.write_text(json.dumps(rates, indent=1) + "\n"))
+    _print_abx_table(plan, rates)
     _say_if_random()
     return 0
 
 
-def cmd_download(args: argparse.Namespace) -> int:
+def _print_abx_table(plan: AbxPlan, rates: dict[str, dict[str, float]]) -> None:
+    encoding = plan.encoding
+    search = "exact search" if encoding.num_neighbors is None else f"{encoding.num_neighbors} nearest codes"
+    print(f"ABX error rate (%), {plan.context} context, k={encoding.k}, lmbda={encoding.lmbda:g} ({search}), "
+          f"{len(plan.files)} files")
+    print(f"{'representation':<15} {'within':>7} {'across':>7}")
+    for name, rate in rates.items():
+        print(f"{name:<15} {rate.get('within', float('nan')):>7.2f} {rate.get('across', float('nan')):>7.2f}")
+    print(f"wrote {plan.out_dir}/abx.json")
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    corpus: str
+    folder: str | None
+    """Where to unpack it; None: ``$DPSLM_DATA``."""
+    extract: bool
+    progress: bool
+
+
+def check_download(args: argparse.Namespace) -> DownloadPlan:
+    return DownloadPlan(args.corpus, args.dir, not args.no_extract, not args.quiet)
+
+
+def cmd_download(plan: DownloadPlan) -> int:
     from .corpora import data_dir, download_corpus
 
-    folder = Path(args.dir) if args.dir else data_dir()
-    archive = download_corpus(args.corpus, folder, extract=not args.no_extract, progress=not args.quiet)  # DownloadError: exit 1
-    print(f"{args.corpus}: {archive}" + ("" if args.no_extract else f" (unpacked into {folder})"))
+    folder = Path(plan.folder) if plan.folder else data_dir()
+    archive = download_corpus(plan.corpus, folder, extract=plan.extract, progress=plan.progress)  # DownloadError: exit 1
+    print(f"{plan.corpus}: {archive}" + (f" (unpacked into {folder})" if plan.extract else ""))
     return 0
 
 
@@ -952,8 +734,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 
 
-def _add_training_args(p: argparse.ArgumentParser, settings_options: bool) -> None:
-
+def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, required=True, help="codebook size of the units")
     p.add_argument("--preset", choices=["tiny", "released"], default="tiny",
                    help="tiny: small model for a CPU; released: the original configuration")
@@ -962,9 +743,11 @@ def _add_training_args(p: argparse.ArgumentParser, settings_options: bool) -> No
     p.add_argument("--val-dir", default=None, help="validation units (default: hold out 2%% of the files)")
     p.add_argument("--overwrite", action="store_true", help="start over, deleting the run in OUT_DIR (else: resume it, or refuse other settings)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    if not settings_options:
-        return
-    from .training import PRESETS  # imports torch: see build_parser
+
+
+def _add_training_settings(p: argparse.ArgumentParser) -> None:
+    """``--lr``, ``--batch-size``, ...: every setting of the presets (added later: they come with the torch import)."""
+    from .training import PRESETS
 
     settings = p.add_argument_group("settings (default: the preset's)")
     for name, value in PRESETS["ulm"]["tiny"].items():
@@ -981,11 +764,28 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    "(default: the paper's 5%% of k)")
 
 
-def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
-    """The ``dpslm`` parser. ``all_options=False`` leaves out what comes with the torch import: the
-    per-setting options of the training commands (``--lr``, ...) and the evaluation commands. :func:`main`
-    does so unless one of :data:`TORCH_PARSED_COMMANDS` is asked for, so that other commands check their
-    arguments in a fraction of a second."""
+def _add_zerospeech_options(p: argparse.ArgumentParser) -> None:
+    """``zerospeech``'s options from ``--splits`` on (added later: the choices of :mod:`dpslm_utils.evaluation` come
+    with the torch import)."""
+    from .evaluation import REDUCTIONS, SPLITS
+
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=["dev"])
+    p.add_argument("--reduction", choices=REDUCTIONS, default="sum",
+                   help="sum: summed log-likelihood per file (the original); mean: per unit")
+    p.add_argument("--batch-size", type=int, default=8, help="files encoded per WavLM batch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_corpus_choices(p: argparse.ArgumentParser) -> None:
+    """The corpora of :mod:`dpslm_utils.corpora` (added later: it imports torch)."""
+    from .corpora import CORPORA
+
+    p.add_argument("corpus", choices=sorted(CORPORA))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dpslm`` parser. Building it imports no torch: the options that need it are added when their
+    command is parsed (see :class:`ArgumentParser`)."""
     parser = ArgumentParser(prog="dpslm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -1036,17 +836,19 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train_codebook, check=check_train_codebook)
 
-    p = sub.add_parser("train-ulm", help="train a unit LM on the units under UNITS_DIR (resumable)")
+    p = sub.add_parser("train-ulm", help="train a unit LM on the units under UNITS_DIR (resumable)",
+                       later=_add_training_settings)
     p.add_argument("units_dir")
     p.add_argument("out_dir")
-    _add_training_args(p, all_options)
+    _add_training_args(p)
     p.set_defaults(run=cmd_train_ulm, check=check_training)
 
-    p = sub.add_parser("train-ellav", help="train an ELLA-V on units + codec tokens (matched by relative path)")
+    p = sub.add_parser("train-ellav", help="train an ELLA-V on units + codec tokens (matched by relative path)",
+                       later=_add_training_settings)
     p.add_argument("units_dir")
     p.add_argument("codes_dir")
     p.add_argument("out_dir")
-    _add_training_args(p, all_options)
+    _add_training_args(p)
     p.set_defaults(run=cmd_train_ellav, check=check_training)
 
     p = sub.add_parser("resynthesize", help="speech -> units -> new speech (24 kHz wav files)")
@@ -1092,23 +894,15 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--save-audio", action="store_true", help="keep every resynthesis under OUT_DIR/audio/")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.set_defaults(run=cmd_wer, check=check_wer)
-    if not all_options:  # the evaluation commands' choices come with the torch import: see the docstring
-        return parser
-    from .corpora import CORPORA
-    from .evaluation import REDUCTIONS, SPLITS
 
-    p = sub.add_parser("zerospeech", help="ZeroSpeech 2021 lexical + syntactic: submission files and official metrics")
+    p = sub.add_parser("zerospeech", help="ZeroSpeech 2021 lexical + syntactic: submission files and official metrics",
+                       later=_add_zerospeech_options)
     p.add_argument("dataset_dir", help="the sLM21 dataset: lexical/dev/*.wav + gold.csv, syntactic/dev/...")
     p.add_argument("out_dir", help="submission files, cached units, results.json")
     _add_model_args(p)
     p.add_argument("--hours", choices=["1k", "60k"], default="1k", help="released unit LM trained on 1k or 60k hours")
     p.add_argument("--ulm", default=None, help="a unit-LM checkpoint of your own instead of the released one")
     _add_search_args(p)
-    p.add_argument("--splits", nargs="+", choices=SPLITS, default=["dev"])
-    p.add_argument("--reduction", choices=REDUCTIONS, default="sum",
-                   help="sum: summed log-likelihood per file (the original); mean: per unit")
-    p.add_argument("--batch-size", type=int, default=8, help="files encoded per WavLM batch")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_zerospeech, check=check_zerospeech)
 
     p = sub.add_parser("abx", help="phone ABX error rates of WavLM features, DPDP features and units")
@@ -1126,12 +920,12 @@ def build_parser(all_options: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_abx, check=check_abx)
 
-    p = sub.add_parser("download", help="fetch an evaluation corpus into $DPSLM_DATA (resumable, verified)")
-    p.add_argument("corpus", choices=sorted(CORPORA))
+    p = sub.add_parser("download", help="fetch an evaluation corpus into $DPSLM_DATA (resumable, verified)",
+                       later=_add_corpus_choices)
     p.add_argument("--dir", default=None, help="target folder (default: $DPSLM_DATA)")
     p.add_argument("--no-extract", action="store_true", help="keep the archive packed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=cmd_download)
+    p.set_defaults(run=cmd_download, check=check_download)
     return parser
 
 
@@ -1163,15 +957,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     try:
-        all_options = not argv or not TORCH_PARSED_COMMANDS.isdisjoint(argv) or not {"-h", "--help"}.isdisjoint(argv)
-        args = build_parser(all_options).parse_args(argv)
+        args = build_parser().parse_args(argv)
         try:
-            check_device(getattr(args, "device", None))  # first, for every command that takes --device
-            if hasattr(args, "check"):
-                args.check(args)  # every argument, input and output, before any model is loaded
+            check_device(getattr(args, "device", None), "--device")  # first, for every command that takes --device
+            plan = args.check(args)  # every argument, input and output, before any model is loaded
         except (ValueError, TypeError, OSError, MissingDependency) as e:
             raise UsageError(str(e)) from e
-        return args.run(args)
+        return args.run(plan)
     except UsageError as e:
         print(f"dpslm: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Training data for the unit LM and ELLA-V: unit and codec files, tokenization, chunks and batches.
+"""Training data files: read, check and write unit and codec files, find them and pair them.
 
 File formats the trainers read (matched by relative path without suffix):
 
@@ -15,27 +15,24 @@ value: files that are not ``.npy`` arrays or plain tensors (``.pt`` files load w
 beyond k, codes outside 0 .. 4095, durations below one frame or more than :data:`MAX_FRAMES` frames in
 one file, and a ``.txt`` that holds deduplicated units (:data:`DEDUPLICATED_CHECK_UNITS`).
 
-The unit LM's objective (Mistral-ULM): every utterance deduplicated and tokenized as BOS (0) then
-unit + 1; a training chunk starts at a random position inside one utterance and continues with the
-whole following utterances of the same chapter (parent folder), cut to ``chunk_size`` ids; the
-model reads ``ids[:-1]`` and predicts ``ids[1:]``, and the loss skips each chunk's first target.
-
-ELLA-V's (:func:`ellav_example`): the original ``encode_train`` interleaving of units, codec
-tokens and EOP, with its loss mask.
+What the models make of the files (tokens, training examples, loss masks) lives with each model
+family: :mod:`dpslm_utils.ulm` (the unit LM) and :mod:`dpslm_utils.ellav` (ELLA-V).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import random
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .checkpoints import CheckpointError, load_checkpoint, write_atomically
-from .ellav import NUM_CODEC_TYPES, UNIT_NAME
-from .ulm import BOS_ID, UNIT_OFFSET
+
+log = logging.getLogger(__name__)
 
 UNIT_SUFFIXES = (".npy", ".txt")  # in order of preference for one stem
 CODE_SUFFIXES = (".npy", ".pt")
@@ -43,6 +40,10 @@ MAX_K = 1 << 20
 """Largest codebook size (unit vocabulary) the trainers accept: unit ids are stored as int32."""
 MAX_FRAMES = 50 * 3600 * 10
 """Most 50 Hz frames one unit file may cover (10 hours): larger durations are taken for corruption."""
+UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
+"""A unit's name in the original ELLA-V's ``.txt`` files, and so its token in ELLA-V's vocabulary: ``u74``."""
+NUM_CODEC_TYPES = 4096
+"""Codec tokens are WavTokenizer codes ``0 .. 4095`` (the codec of every released ELLA-V)."""
 DEDUPLICATED_CHECK_UNITS = 50
 """A framewise ``.txt`` of this many units or more without one repeated unit is taken for ``dpslm
 encode``'s deduplicated ``.txt`` and refused (framewise 50 Hz units repeat: a unit lasts several frames)."""
@@ -208,155 +209,33 @@ def find_files(root: str | os.PathLike, suffixes: tuple[str, ...]) -> dict[str, 
     return dict(sorted(found.items()))
 
 
-# -- unit LM --------------------------------------------------------------------------------------
+def hold_out(files: dict, fraction: float, seed: int) -> tuple[dict, dict]:
+    """``(training, validation)`` files: a seeded ``fraction`` of ``files`` (at least one) held out for validation."""
+    if len(files) < 2:
+        raise ValueError(f"found {len(files)} usable file(s): need at least 2 to hold one out for validation "
+                         "(or give val_dir)")  # fmt: skip
+    keys = list(files)
+    held_out = set(random.Random(seed).sample(keys, max(1, round(fraction * len(keys)))))
+    return {k: v for k, v in files.items() if k not in held_out}, {k: v for k, v in files.items() if k in held_out}
 
 
-def tokenize_units(frame_units: torch.Tensor) -> torch.LongTensor:
-    """Deduplicate framewise units and encode them: ``[BOS (0), u_1 + 1, ..., u_n + 1]``."""
-    units = torch.unique_consecutive(torch.as_tensor(frame_units).long())
-    return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
+def unit_files(root: str | os.PathLike) -> dict[str, Path]:
+    """:func:`find_files` for unit files; ValueError if ``root`` holds none."""
+    files = find_files(root, UNIT_SUFFIXES)
+    if not files:
+        raise ValueError(f"no unit files (.npy, .txt) under {root}")
+    return files
 
 
-@dataclass
-class UnitCorpus:
-    """Tokenized utterances in file order, with their chapters (parent folders): one flat array."""
+def paired_files(unit_root: str | os.PathLike, code_root: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """Relative path without suffix -> ``(unit file, codec file)`` for the unit files that have a codec file.
 
-    ids: torch.Tensor  # [total] int16/int32 token ids of every utterance, one after the other
-    offsets: torch.Tensor  # [U + 1] utterance u is ids[offsets[u]:offsets[u + 1]]
-    chapters: list[str]  # [U]
-    frames: int  # total 50 Hz frames (before deduplication)
-
-    @classmethod
-    def from_utterances(cls, utterances: list[torch.Tensor], chapters: list[str], frames: int = 0) -> UnitCorpus:
-        lengths = torch.tensor([len(u) for u in utterances], dtype=torch.long)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-        ids = torch.cat(list(utterances)).int() if utterances else torch.zeros(0, dtype=torch.int)
-        return cls(ids, offsets, list(chapters), frames)
-
-    def __len__(self) -> int:
-        return len(self.chapters)
-
-    def utterance(self, index: int) -> torch.LongTensor:
-        return self.ids[self.offsets[index] : self.offsets[index + 1]].long()
-
-    def length(self, index: int) -> int:
-        return int(self.offsets[index + 1] - self.offsets[index])
-
-    def chunk(self, index: int, start: int, chunk_size: int) -> torch.LongTensor:
-        """Utterance ``index`` from ``start``, then whole following utterances of its chapter, cut to ``chunk_size`` ids."""
-        end = index + 1
-        total = self.length(index) - start
-        while total < chunk_size and end < len(self) and self.chapters[end] == self.chapters[index]:
-            total += self.length(end)
-            end += 1
-        first = int(self.offsets[index]) + start
-        return self.ids[first : min(first + chunk_size, int(self.offsets[end]))].long()
-
-
-def read_unit_corpus(files: list[Path], root: Path, k: int | None = None) -> UnitCorpus:
-    """Read (checking units against ``k``) and tokenize unit files; the chapter of a file is its parent folder relative to ``root``."""
-    utterances, chapters, frames = [], [], 0
-    for path in files:
-        frame_units = load_frame_units(path, k)
-        if len(frame_units) == 0:
-            continue
-        frames += len(frame_units)
-        utterances.append(tokenize_units(frame_units))
-        chapters.append(path.parent.relative_to(root).as_posix())
-    return UnitCorpus.from_utterances(utterances, chapters, frames)
-
-
-# -- ELLA-V ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ELLAVExample:
-    """One ELLA-V training sequence: ``ids [L]`` and ``loss_mask [L - 1]`` (which targets ``ids[1:]`` count)."""
-
-    ids: torch.LongTensor
-    loss_mask: torch.BoolTensor
-
-
-def ellav_example(frame_units, codes, tokenizer: dict) -> ELLAVExample:
-    """The original ``encode_train``: framewise units ``[T_u]`` (50 Hz) + codes ``[T_c]`` (40 Hz) -> ids, loss mask.
-
-    ``frame_units`` holds unit numbers (ints) or names (``"u74"``). The sequence is the deduplicated
-    units ("global advance"), BOS, then every unit (at its first frame), codec token (at its frame)
-    and EOP (at the end of each unit's run) sorted by time, at equal times EOP first, then the unit,
-    then codes; then EOS. Tokens outside the vocabulary become UNK (the trainer's loss ignores UNK
-    targets).
-
-    The loss mask is ``~user_input[1:]``, where the original marks as user input BOS and the ids
-    strictly *above* the first unit id and below the codec ids. So the unit with the lowest id (u0)
-    is not masked and is predicted by the loss like a codec token: a quirk of the released models'
-    training, reproduced here as it is.
+    Unit files without codes are left out (with a warning); ValueError if none has codes.
     """
-    vocab = tokenizer["token_to_id_dict"]
-    unit_rate, codec_rate = float(tokenizer["phone_token_rate"]), float(tokenizer["codec_token_rate"])
-    names = [u if isinstance(u, str) else f"u{int(u)}" for u in _as_list(frame_units)]
-    codes = _as_list(codes)
-    skip = set(tokenizer.get("tokens_not_to_sandwich", []))
-
-    runs = []  # (name, first frame, last frame + 1)
-    for i, name in enumerate(names):
-        if runs and runs[-1][0] == name:
-            runs[-1][2] = i + 1
-        else:
-            runs.append([name, i, i + 1])
-    runs = [r for r in runs if r[0] not in skip]
-    # (time in seconds, priority, token): EOP 0, unit 1, codec 2; times as the original computes them
-    events = [(end / unit_rate, 0, "EOP") for _, _, end in runs]
-    events += [(start / unit_rate, 1, name) for name, start, _ in runs]
-    events += [(i / codec_rate, 2, str(c)) for i, c in enumerate(codes)]
-    events.sort(key=lambda e: (e[0], e[1]))
-    tokens = [name for name, _, _ in runs] + ["BOS"] + [e[2] for e in events] + ["EOS"]
-
-    unk = vocab["UNK"]
-    ids = torch.tensor([vocab.get(t, unk) for t in tokens], dtype=torch.long)
-    specials, unit_types = int(tokenizer["num_special_types"]), int(tokenizer["num_phone_types"])
-    user_input = ((ids > specials) & (ids < specials + unit_types)) | (ids == vocab["BOS"])
-    return ELLAVExample(ids, ~user_input[1:])
-
-
-def _as_list(values) -> list:
-    return values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else list(values)
-
-
-def durations_match(num_units: int, num_codes: int, tokenizer: dict, tolerance: float = 0.1) -> bool:
-    """The original's strict check: unit and codec durations differ by at most ``tolerance`` seconds."""
-    return abs(num_units / tokenizer["phone_token_rate"] - num_codes / tokenizer["codec_token_rate"]) <= tolerance
-
-
-# -- batches --------------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedBatch:
-    """Sequences packed end to end, as the originals' collate: every array ``[N]``, ``sum(seqlens) == N``."""
-
-    src_ids: torch.Tensor
-    tgt_ids: torch.Tensor
-    loss_mask: torch.Tensor
-    seqlens: list[int]
-
-    @classmethod
-    def pack(cls, sequences: list[torch.Tensor], loss_masks: list[torch.Tensor]) -> PackedBatch:
-        """Each sequence ``ids [L]`` becomes input ``ids[:-1]`` and targets ``ids[1:]`` with its mask ``[L - 1]``."""
-        return cls(
-            src_ids=torch.cat([s[:-1] for s in sequences]),
-            tgt_ids=torch.cat([s[1:] for s in sequences]),
-            loss_mask=torch.cat(list(loss_masks)),
-            seqlens=[len(s) - 1 for s in sequences],
-        )
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.src_ids)
-
-    def to(self, device: torch.device) -> PackedBatch:
-        return PackedBatch(self.src_ids.to(device), self.tgt_ids.to(device), self.loss_mask.to(device), self.seqlens)
-
-
-def chunk_loss_mask(length: int) -> torch.BoolTensor:
-    """The unit LM's loss mask for a chunk of ``length`` ids: every target but the first."""
-    return torch.arange(length - 1) > 0
+    units, codes = find_files(unit_root, UNIT_SUFFIXES), find_files(code_root, CODE_SUFFIXES)
+    matched = {key: (path, codes[key]) for key, path in units.items() if key in codes}
+    if not matched:
+        raise ValueError(f"no unit file under {unit_root} has a codec file of the same relative path under {code_root}")
+    if len(matched) < len(units):
+        log.warning("%d unit file(s) without codes are left out", len(units) - len(matched))
+    return matched

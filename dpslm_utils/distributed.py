@@ -9,10 +9,14 @@ a machine uses ``cuda:LOCAL_RANK`` (NCCL), on CPU every rank uses the CPU (gloo)
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,36 @@ def gather_lists(dist: Distributed, items: list) -> list:
 def barrier(dist: Distributed) -> None:
     if dist.enabled:
         torch.distributed.barrier()
+
+
+def on_main(dist: Distributed, work: Callable[..., T], *args) -> T | None:
+    """``work(*args)`` on rank 0 alone (writing shared files), then every rank learns whether it succeeded.
+
+    If it raised, every rank raises rank 0's exception (the same type and message), instead of running
+    ahead into a collective operation that rank 0 never reaches and waiting there for ever (NCCL), or
+    failing with a lost connection that does not say why (gloo). Returns ``work``'s result on rank 0,
+    None on the other ranks.
+    """
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = work(*args)
+        except Exception as e:  # noqa: BLE001 (shared with every rank, then raised)
+            error = e
+    if dist.enabled:
+        shared = [_picklable(error)]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if not dist.is_main:
+            error = shared[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def _picklable(error: Exception | None) -> Exception | None:
+    """``error``, or a RuntimeError with its type and message if it cannot be sent to the other ranks."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}")

@@ -18,6 +18,11 @@ its API (``max_codec_tokens_per_phone``, ``num_phone_types``, EOP). A "phone" he
 per-unit cap has this one name everywhere in the package, :meth:`DPSLM.synthesize
 <dpslm_utils.pipeline.DPSLM.synthesize>` included.
 
+Training (:class:`ELLAVTask`) reads the original ``encode_train`` sequence (:func:`ellav_example`): the
+deduplicated units, BOS, then units, codec tokens and EOPs interleaved in time, then EOS. The inference
+prompt (:func:`inference_prompt`) is its beginning, ``[p_1 .. p_n, BOS, p_1]``, and the forcing above
+follows the rest: a model that predicts an example's tokens generates that example up to its last EOP.
+
 Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"token_to_id_dict",
 "num_phone_types", "phone_token_rate", "num_codec_types", "codec_token_rate", ...}, "model_state":
 {...}}`` — the unit LM's decoder with a bias on the output projection.
@@ -26,9 +31,9 @@ Checkpoint format: ``{"model_args": {..., "max_batch_size"}, "tokenizer": {"toke
 from __future__ import annotations
 
 import functools
+import logging
 import numbers
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,9 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoints, registry
+from . import checkpoints, datasets, registry
+from .batches import PackedBatch, data_fingerprint
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
-from .fast import make_fast
+from .datasets import NUM_CODEC_TYPES, UNIT_NAME  # the data files' unit names and codes: ELLA-V's vocabulary
+from .fast import kv_cache_dtype, make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -49,11 +56,12 @@ from .transformer import (
     steps,
 )
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_KEYS = ("model_args", "tokenizer", "model_state")
 SPECIAL_TOKENS = ("UNK", "BOS", "EOP", "EOS")
-UNIT_NAME = re.compile(r"u(0|[1-9][0-9]*)")
 
-NUM_CODEC_TYPES, CODEC_RATE, UNIT_RATE, PHONE_RATE = 4096, 40.0, 50.0, 100.0
+CODEC_RATE, UNIT_RATE, PHONE_RATE = 40.0, 50.0, 100.0
 MAX_CODEC_TOKENS_PER_PHONE = 10
 """The original's default cap on codec tokens per unit (the first unit may get 2 more, later ones 1 more)."""
 
@@ -75,6 +83,73 @@ def unit_tokenizer(k: int, phones: tuple[str, ...] | None = None) -> dict:
         **{f"{name}_token": name for name in SPECIAL_TOKENS},
         **{f"{name}_id": i for i, name in enumerate(SPECIAL_TOKENS)},
     }  # fmt: skip
+
+
+# -- the sequence format: the training example and, beside it, the inference prompt -------------------
+
+
+@dataclass(frozen=True)
+class ELLAVExample:
+    """One ELLA-V training sequence: ``ids [L]`` and ``loss_mask [L - 1]`` (which targets ``ids[1:]`` count)."""
+
+    ids: torch.LongTensor
+    loss_mask: torch.BoolTensor
+
+
+def ellav_example(frame_units, codes, tokenizer: dict) -> ELLAVExample:
+    """The original ``encode_train``: framewise units ``[T_u]`` (50 Hz) + codes ``[T_c]`` (40 Hz) -> ids, loss mask.
+
+    ``frame_units`` holds unit numbers (ints) or names (``"u74"``). The sequence is the deduplicated
+    units ("global advance"), BOS, then every unit (at its first frame), codec token (at its frame)
+    and EOP (at the end of each unit's run) sorted by time, at equal times EOP first, then the unit,
+    then codes; then EOS. Tokens outside the vocabulary become UNK (the trainer's loss ignores UNK
+    targets). Its first ``n + 2`` ids are the :func:`inference_prompt` of the n deduplicated units.
+
+    The loss mask is ``~user_input[1:]``, where the original marks as user input BOS and the ids
+    strictly *above* the first unit id and below the codec ids. So the unit with the lowest id (u0)
+    is not masked and is predicted by the loss like a codec token: a quirk of the released models'
+    training, reproduced here as it is.
+    """
+    vocab = tokenizer["token_to_id_dict"]
+    unit_rate, codec_rate = float(tokenizer["phone_token_rate"]), float(tokenizer["codec_token_rate"])
+    names = [u if isinstance(u, str) else f"u{int(u)}" for u in _as_list(frame_units)]
+    codes = _as_list(codes)
+    skip = set(tokenizer.get("tokens_not_to_sandwich", []))
+
+    runs = []  # (name, first frame, last frame + 1)
+    for i, name in enumerate(names):
+        if runs and runs[-1][0] == name:
+            runs[-1][2] = i + 1
+        else:
+            runs.append([name, i, i + 1])
+    runs = [r for r in runs if r[0] not in skip]
+    # (time in seconds, priority, token): EOP 0, unit 1, codec 2; times as the original computes them
+    events = [(end / unit_rate, 0, "EOP") for _, _, end in runs]
+    events += [(start / unit_rate, 1, name) for name, start, _ in runs]
+    events += [(i / codec_rate, 2, str(c)) for i, c in enumerate(codes)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    tokens = [name for name, _, _ in runs] + ["BOS"] + [e[2] for e in events] + ["EOS"]
+
+    unk = vocab["UNK"]
+    ids = torch.tensor([vocab.get(t, unk) for t in tokens], dtype=torch.long)
+    specials, unit_types = int(tokenizer["num_special_types"]), int(tokenizer["num_phone_types"])
+    user_input = ((ids > specials) & (ids < specials + unit_types)) | (ids == vocab["BOS"])
+    return ELLAVExample(ids, ~user_input[1:])
+
+
+def inference_prompt(unit_ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """The prompt ``[p_1 .. p_n, BOS, p_1]`` for the token ids ``unit_ids [n]`` of deduplicated units: the
+    beginning of their :func:`ellav_example`, whose rest generation writes."""
+    return torch.cat([unit_ids, torch.tensor([bos_id]), unit_ids[:1]])
+
+
+def _as_list(values) -> list:
+    return values.tolist() if isinstance(values, (torch.Tensor, np.ndarray)) else list(values)
+
+
+def durations_match(num_units: int, num_codes: int, tokenizer: dict, tolerance: float = 0.1) -> bool:
+    """The original's strict check: unit and codec durations differ by at most ``tolerance`` seconds."""
+    return abs(num_units / tokenizer["phone_token_rate"] - num_codes / tokenizer["codec_token_rate"]) <= tolerance
 
 
 def official_checkpoint(transformer: Transformer, tokenizer: dict) -> dict:
@@ -200,8 +275,7 @@ class ELLAV(nn.Module):
 
     def encode(self, units) -> torch.Tensor:
         """The inference prompt ``[p_1 .. p_n, BOS, p_1]`` of token ids for deduplicated units p."""
-        tokens = self.unit_token_ids.cpu()[self.deduplicated_units(units)]
-        return torch.cat([tokens, torch.tensor([self.bos_id]), tokens[:1]])
+        return inference_prompt(self.unit_token_ids.cpu()[self.deduplicated_units(units)], self.bos_id)
 
     @torch.inference_mode()
     def generate_tokens(
@@ -228,7 +302,7 @@ class ELLAV(nn.Module):
         encoded = [self.encode(units) for units in _prompt_list(prompts)]
 
         generator = new_generator(seed, self.transformer.device)
-        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size)
+        cache, logits, position = prefill(self.transformer, encoded, max_tokens, chunk_size, kv_cache_dtype(self.fast))
         phone_tokens, num_phones = pad_right([prompt[:-2] for prompt in encoded], self.transformer.device)
         since_eop = torch.zeros_like(num_phones)
         phone_index = torch.zeros_like(num_phones)
@@ -261,9 +335,9 @@ class ELLAV(nn.Module):
         max_codec_tokens_per_phone: int = MAX_CODEC_TOKENS_PER_PHONE,
         temperature: float = 1.0,
         top_p: float = 0.8,
-        progress: bool = False,
         seed: int | None = None,
         chunk_size: int | None = None,
+        progress: bool = False,
     ) -> Generation:
         """Codec tokens for a batch of unit prompts: a :class:`Generation` ``(codes, finished, alignments)``.
 
@@ -277,7 +351,8 @@ class ELLAV(nn.Module):
         """
         prompts = _prompt_list(prompts)
         tokens, finished = self.generate_tokens(
-            prompts, max_tokens, max_codec_tokens_per_phone, temperature, top_p, seed, chunk_size, progress
+            prompts, max_tokens=max_tokens, max_codec_tokens_per_phone=max_codec_tokens_per_phone,
+            temperature=temperature, top_p=top_p, seed=seed, chunk_size=chunk_size, progress=progress,
         )
         if not finished.all():
             warnings.warn(
@@ -305,3 +380,74 @@ def _prompt_list(prompts) -> list:
     if isinstance(prompts, (list, tuple, torch.Tensor, np.ndarray)) and len(prompts) > 0:
         return list(prompts)
     raise ValueError(f"prompts must be a unit sequence or a non-empty list of unit sequences, got {prompts!r}")
+
+
+# -- training: units paired with their codes, the training task -------------------------------------
+
+
+class ELLAVTask:
+    """ELLA-V's training task (a :class:`dpslm_utils.training.Task`): whole utterances, each one
+    :func:`ellav_example`; checkpoints in ELLA-V's layout with the tokenizer of :func:`unit_tokenizer`."""
+
+    output_bias = True
+
+    def __init__(self, config: dict, train: list, val: list):
+        """``train``, ``val``: ``(framewise units [T_u], codes [T_c])`` of each utterance."""
+        self.config, self.train, self.val = config, train, val
+        self.tokenizer = unit_tokenizer(config["k"])
+        self.vocab_size = len(self.tokenizer["token_to_id_dict"])
+        self.ignore_index = self.tokenizer["UNK_id"]
+        frames = sum(len(u) for u, _ in train)
+        units = sum(len(torch.unique_consecutive(u)) for u, _ in train)
+        self.summary = {"train_files": len(train), "val_files": len(val), "train_hours": round(frames / 50 / 3600, 4),
+                        "train_codes": sum(len(c) for _, c in train),
+                        "units_per_second": round(units / max(frames / 50, 1e-9), 2)}  # fmt: skip
+
+    @classmethod
+    def from_folders(cls, config: dict, units_dir, codes_dir, val_dir=None) -> ELLAVTask:
+        """Unit files under ``units_dir`` (validation: ``val_dir``'s, or a held-out fraction) with the codec file of the
+        same relative path under ``codes_dir``; files whose durations differ by more than 0.1 s are reported and skipped."""
+        tokenizer = unit_tokenizer(config["k"])
+
+        def pairs(unit_root) -> dict:
+            result, mismatched = {}, []
+            for key, (unit_file, code_file) in datasets.paired_files(unit_root, codes_dir).items():
+                frame_units, frame_codes = datasets.load_frame_units(unit_file, config["k"]), datasets.load_codes(code_file)
+                if durations_match(len(frame_units), len(frame_codes), tokenizer) and len(frame_units):
+                    result[key] = (frame_units.int(), frame_codes.int())
+                else:
+                    mismatched.append(f"{key} ({len(frame_units) / 50:.2f} s of units, {len(frame_codes) / 40:.2f} s of codes)")
+            if mismatched:
+                shown = "".join(f"\n  {name}" for name in [*mismatched[:10], *(["..."] if len(mismatched) > 10 else [])])
+                log.warning("skipped %d file(s) whose unit and codec durations differ by more than 0.1 s:%s", len(mismatched), shown)
+            return result
+
+        found = pairs(units_dir)
+        if val_dir is not None:
+            train, val = found, pairs(val_dir)
+        else:
+            train, val = datasets.hold_out(found, config["val_fraction"], config["seed"])
+        if not train or not val:
+            raise ValueError("no training or no validation utterances left")
+        return cls(config, list(train.values()), list(val.values()))
+
+    def num_items(self) -> int:
+        return len(self.train)
+
+    def fingerprint(self) -> str:
+        return data_fingerprint(tensor for pairs in (self.train, self.val) for pair in pairs for tensor in pair)
+
+    def _pack(self, pairs: list) -> PackedBatch:
+        examples = [ellav_example(units, codes, self.tokenizer) for units, codes in pairs]
+        return PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+
+    def batch(self, epoch: int, items: torch.Tensor) -> PackedBatch:
+        return self._pack([self.train[int(i)] for i in items])
+
+    def val_batches(self, rank: int, world_size: int):
+        pairs = self.val[rank::world_size]
+        for begin in range(0, len(pairs), self.config["batch_size"]):
+            yield self._pack(pairs[begin : begin + self.config["batch_size"]])
+
+    def checkpoint(self, model: Transformer) -> dict:
+        return official_checkpoint(model, self.tokenizer)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import load_audio, to_mono
+from .audio import load_mono
 from .checks import AUDIO_SUFFIXES, import_optional
 from .checkpoints import using_random_weights, write_atomically
 from .datasets import save_array
@@ -364,11 +364,6 @@ def pair_accuracy(ulm, pairs: Sequence[tuple], reduction: str = "sum", batch_siz
     return PairAccuracy(sum(per_pair) / len(per_pair), per_pair, [g - b for g, b in zip(good, bad)])
 
 
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
-    wav, sample_rate = load_audio(path)
-    return to_mono(wav), sample_rate
-
-
 def encoder_identity(encoder) -> dict:
     """What determines an encoder's units, as JSON values: the key of every unit and feature cache.
 
@@ -428,7 +423,7 @@ def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int
     with tqdm(total=len(todo), desc="encode", unit="file", disable=not progress or not todo) as bar:
         for begin in range(0, len(todo), batch_size):
             chunk = todo[begin : begin + batch_size]
-            audio = [_read_mono(p) for p in chunk]
+            audio = [load_mono(p) for p in chunk]
             rates = {sr for _, sr in audio}
             groups = [[i for i, (_, sr) in enumerate(audio) if sr == rate] for rate in rates]
             for group in groups:
@@ -811,7 +806,7 @@ def abx_representations(paths: Sequence[str | os.PathLike], encoder, out_dir: st
             key = cache.key(path)
             if cache.holds(path.stem, key, [folders[n] / f"{path.stem}.npy" for n in names]):
                 continue
-        wav, sample_rate = _read_mono(path)
+        wav, sample_rate = load_mono(path)
         features = encoder.encoder(wav, sample_rate, layer=FEATURE_LAYER).float()
         _, units = encoder.quantizer(features)
         values = {"wavlm": features.cpu(), "dpdp": encoder.quantizer.codebook[units].float().cpu(), "units": units.cpu()}

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .audio import example_audio, load_audio, to_mono
+from .audio import example_audio, load_mono, to_mono
 from .checkpoints import using_random_weights
 
 _MISSING = object()
@@ -113,9 +113,9 @@ def your_recording(path: str | Path, example: str) -> tuple[torch.Tensor, int]:
     """Mono audio ``([1, samples], sample_rate)`` from the learner's file ``path``, or, while there is none, the
     package's example recording ``example`` (``"librispeech"``, ``"manufacture"``, ``"manufelture"``); says which."""
     if Path(path).is_file():
-        wav, sample_rate = load_audio(path)
+        wav, sample_rate = load_mono(path)
         print(f"your recording {path}: {wav.shape[-1] / sample_rate:.2f} s at {sample_rate} Hz")
-        return to_mono(wav), sample_rate
+        return wav, sample_rate
     print(f"{path} not found: using the example recording {example!r} instead (record yours, then run this again)")
     wav, sample_rate = example_audio(example)
     return to_mono(wav), sample_rate

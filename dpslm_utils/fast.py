@@ -9,17 +9,24 @@ Two kinds of work, two formats (figures and agreement with float32: ``benchmarks
   steps (a few rows) run FBGEMM's kernel; prompts and scoring (:data:`MANY_ROWS` rows or more) run
   oneDNN's, which uses AMX where the CPU has it, so a prefill runs about 4x faster than in float32
   rather than 2x. Each layer holds its int8 weights three times (the two kernels' layouts and a plain
-  copy): about 590 MiB for a released LM, against 770 MiB of float32 weights. The layers are compiled
-  with TorchScript (:func:`int8_linear`), which saves about 15 µs of Python overhead per call. The
-  decoder's KV cache is bfloat16 (:data:`KV_CACHE_DTYPE`): attention reads half the bytes, and
-  agreement with float32 is unchanged (set ``transformer.cache_dtype = torch.float32`` to keep it
-  float32). Weight-only int8 and int4 kernels were slower or less accurate on this path.
+  copy): about 590 MiB for a released LM, against 770 MiB of float32 weights. The products are compiled
+  with TorchScript (:class:`Int8Kernel`), which saves about 15 µs of Python overhead per call. The
+  decoder's stacked projections (``wqkv``, ``w13``) become one int8 product each. Generation makes a
+  bfloat16 KV cache (:func:`kv_cache_dtype`): attention reads half the bytes, and agreement with float32
+  is unchanged (your own loop chooses: ``prefill(..., cache_dtype=torch.float32)``). Weight-only int8 and
+  int4 kernels were slower or less accurate on this path.
 * WavLM runs hundreds of frames through each weight, so it is bound by arithmetic. ``"bfloat16"``
   runs the network in bfloat16 (WavLM's positional convolution stays float32), which CPUs with
   AVX512-BF16 or AMX multiply several times faster than float32.
 
 ``fast=True`` picks per model: ``"int8"`` for the language models, ``"bfloat16"`` for WavLM where
 the CPU has native bfloat16 (``"int8"`` otherwise). On a GPU it means ``"bfloat16"``.
+
+A converted model stays an ordinary module. Its ``state_dict`` has the official keys and float weights
+(int8 ones dequantized to float32, bfloat16 ones as they are), so ``ulm.official_checkpoint`` and
+``ellav.official_checkpoint`` write files that ``from_checkpoint`` loads back; ``fast="int8"`` on such a
+file gives the same int8 model again. It pickles whole (``torch.save(model)``, ``copy.deepcopy``); the
+int8 layers pack their weights again when unpickled.
 """
 
 from __future__ import annotations
@@ -65,7 +72,15 @@ def choose_format(fast: bool | str, device: torch.device | str | None, weight_bo
 
 
 KV_CACHE_DTYPE = torch.bfloat16
-"""The int8 decoder's KV cache (and attention over it): half the bytes of float32 to read per step."""
+"""The KV cache of int8 decoders when they generate (:func:`kv_cache_dtype`): half the bytes of float32
+to read per step."""
+
+
+def kv_cache_dtype(precision: str | None) -> torch.dtype | None:
+    """The KV cache dtype to generate with a decoder in ``precision`` (what :func:`make_fast` returned):
+    :data:`KV_CACHE_DTYPE` for int8, None (the weights' dtype) otherwise."""
+    return KV_CACHE_DTYPE if precision == "int8" else None
+
 
 MANY_ROWS = 32
 """From this many input rows on (prefill, scoring), :class:`Int8Linear` runs oneDNN's int8 kernel, which
@@ -89,6 +104,21 @@ def int8_values(quantized: torch.Tensor) -> torch.Tensor:
     return values.set_(quantized.untyped_storage(), quantized.storage_offset(), quantized.shape, quantized.stride())
 
 
+class Int8Kernel(nn.Module):
+    """The product of :class:`Int8Linear`, compiled with TorchScript: called from Python, the int8 kernel
+    converts its packed-weights argument on every call (about 23 µs per call instead of 8 µs compiled,
+    and a decoding step makes 49 calls)."""
+
+    def __init__(self, packed, packed_for_many_rows, many_rows_numel: int):
+        super().__init__()
+        self.packed, self.packed_for_many_rows = packed, packed_for_many_rows
+        self.many_rows_numel, self.reduce_range = many_rows_numel, REDUCE_RANGE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.packed_for_many_rows if x.numel() >= self.many_rows_numel else self.packed
+        return torch.ops.quantized.linear_dynamic(x, packed, self.reduce_range)
+
+
 class Int8Linear(nn.Module):
     """An ``nn.Linear`` with int8 weights (one scale per output row) and dynamically quantized inputs.
 
@@ -96,17 +126,30 @@ class Int8Linear(nn.Module):
     weights are packed twice, for the kernel of few rows and for that of many (:data:`MANY_ROWS`);
     both compute the same int32 sums from the same quantized input. ``weight`` (int8 ``[out, in]``) is
     the plain copy that the second pack keeps anyway: three copies of the int8 weights in memory in all.
-    The models hold it compiled by :func:`int8_linear`.
+
+    Its ``forward`` is the compiled :class:`Int8Kernel`'s own, so no Python frame stands between the
+    caller and the kernel (about 2 µs a call). It stands in for the ``nn.Linear`` it was made from: its
+    state dict is that layer's, with the dequantized weights (``weight · scale[:, None]``, float32), and
+    loading one quantizes it again. It pickles (``torch.save(model)``, ``copy.deepcopy``) as its int8
+    weights and scales, and packs them again when unpickled.
     """
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach().float().cpu()
-        scales = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+        self.register_buffer("scale", None)
+        self._quantize(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+
+    def _quantize(self, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None = None) -> None:
+        """Hold ``weight [out, in]`` in int8, one scale per row (``max|w_row| / 127`` unless given), and pack it."""
+        weight = weight.detach().float().cpu()
+        if scale is None:
+            scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        int8_weight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
-        bias = None if linear.bias is None else linear.bias.detach().float().cpu()
+        int8_weight = torch.quantize_per_channel(weight, scale.double(), zero_points, 0, torch.qint8)
+        bias = None if bias is None else bias.detach().float().cpu()
         self.packed = torch.ops.quantized.linear_prepack(int8_weight, bias)  # the kernel's own layout
         self.packed_for_many_rows = self.packed
         if "onednn" in torch.backends.quantized.supported_engines:
@@ -114,61 +157,41 @@ class Int8Linear(nn.Module):
                 self.packed_for_many_rows = torch.ops.quantized.linear_prepack(int8_weight, bias)
         # the same weights, for inspection (and parameter counts): w ≈ weight · scale[:, None]
         self.weight = nn.Parameter(int8_values(int8_weight), requires_grad=False)
-        self.register_buffer("scale", scales)
+        self.scale = scale
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        self.many_rows_numel, self.reduce_range = MANY_ROWS * self.in_features, REDUCE_RANGE  # for TorchScript
+        kernel = Int8Kernel(self.packed, self.packed_for_many_rows, MANY_ROWS * self.in_features)
+        self.__dict__["forward"] = torch.jit.script(kernel).forward  # not a submodule: pickled as the weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self.packed_for_many_rows if x.numel() >= self.many_rows_numel else self.packed
-        return torch.ops.quantized.linear_dynamic(x, packed, self.reduce_range)
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        destination[prefix + "weight"] = self.weight.float() * self.scale[:, None]
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors):
+        """Check the entries as ``nn.Linear`` does (same messages), then quantize them."""
+        linear = nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None)
+        problems = len(missing_keys) + len(errors)
+        linear._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors)
+        if len(missing_keys) + len(errors) == problems:
+            self._quantize(linear.weight, linear.bias)
+
+    def __getstate__(self) -> dict:
+        packed = ("packed", "packed_for_many_rows", "forward")  # packed again by __setstate__
+        return {name: value for name, value in self.__dict__.items() if name not in packed}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._quantize(self.weight.float() * self.scale[:, None], self.bias, self.scale)  # the same int8 values
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def int8_linear(linear: nn.Linear) -> torch.jit.ScriptModule:
-    """``linear`` as an :class:`Int8Linear` compiled with TorchScript (``original_name == "Int8Linear"``).
-
-    Called from Python, the int8 kernel converts its packed-weights argument on every call: about 23 µs
-    per call instead of 8 µs compiled, and a decoding step makes 49 calls. Its ``state_dict`` is the
-    eager module's, but a model holding it cannot be pickled whole (``torch.save(model)``).
-    """
-    return torch.jit.script(Int8Linear(linear))
-
-
-def stacked_int8_linear(*linears: nn.Linear) -> torch.jit.ScriptModule:
-    """Linear layers that read the same input as one :func:`int8_linear` over their stacked rows:
-    ``[..., in_features]`` -> ``[..., sum of out_features]``, the layers' outputs side by side.
-
-    The rows keep their own scales, so each slice of the result equals that layer's separate int8
-    result; one activation quantization and one kernel call replace several.
-    """
-    with torch.device("meta"):  # no initialisation: the weights are assigned next
-        stacked = nn.Linear(linears[0].in_features, sum(linear.out_features for linear in linears), bias=False)
-    stacked.weight = nn.Parameter(torch.cat([linear.weight.detach() for linear in linears]), requires_grad=False)
-    return int8_linear(stacked)
-
-
-def fuse_projections(model: nn.Module) -> nn.Module:
-    """In every decoder block of ``model`` (float32, CPU), replace wq, wk, wv by one int8 ``wqkv`` and
-    w1, w3 by one int8 ``w13``, in place."""
-    from .transformer import Attention, FeedForward  # here: WavLM (an earlier stage) imports this file
-
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.wqkv = stacked_int8_linear(module.wq, module.wk, module.wv)
-            del module.wq, module.wk, module.wv
-        elif isinstance(module, FeedForward):
-            module.w13 = stacked_int8_linear(module.w1, module.w3)
-            del module.w1, module.w3
-    return model
-
-
 def quantize_linears(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` inside ``module`` (float32, on the CPU) by an :func:`int8_linear`, in place."""
+    """Replace every ``nn.Linear`` inside ``module`` (float32, on the CPU) by an :class:`Int8Linear`, in place."""
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, int8_linear(child))
+            setattr(module, name, Int8Linear(child))
         else:
             quantize_linears(child)
     return module
@@ -177,8 +200,8 @@ def quantize_linears(module: nn.Module) -> nn.Module:
 def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float32: tuple[str, ...] = ()) -> str | None:
     """Convert a loaded float32 ``model`` in place to the format :func:`choose_format` picks; return it.
 
-    int8 replaces the ``nn.Linear`` layers (only the float32 weights that they hold are quantized), and
-    fuses the decoder's projections that share an input (:func:`fuse_projections`);
+    int8 replaces the ``nn.Linear`` layers (only the float32 weights that they hold are quantized; the
+    decoder's stacked projections, ``wqkv`` and ``w13``, become one int8 product each);
     bfloat16 casts every parameter and buffer except those of the submodules named in ``keep_float32``
     (the caller casts their inputs back to float32).
     """
@@ -189,11 +212,7 @@ def make_fast(model: nn.Module, fast: bool | str, weight_bound: bool, keep_float
             f"fast={fast!r} converts float32 weights; this model holds {parameter.dtype} (leave dtype unset)"
         )
     if precision == "int8":
-        quantize_linears(fuse_projections(model))
-        from .transformer import Transformer
-
-        if isinstance(model, Transformer):
-            model.cache_dtype = KV_CACHE_DTYPE
+        quantize_linears(model)
     elif precision == "bfloat16":
         model.to(torch.bfloat16)
         for name in keep_float32:

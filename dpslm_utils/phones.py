@@ -172,6 +172,13 @@ def as_phones(phones: str | list[str] | tuple[str, ...]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def official_tokenizer(phones: tuple[str, ...]) -> dict:
+    """The phone LM's tokenizer JSON (``us_arpa_tokenizer.json``, what :func:`read_phone_tokenizer` reads) for ``phones``:
+    BOS 0, UNK 1, then the phones in order."""
+    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *phones])}
+    return {"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": PhoneLM.BOS_ID, "UNK_id": PhoneLM.UNK_ID}
+
+
 def read_phone_tokenizer(path: str | os.PathLike) -> dict[str, int]:
     """``phoneme_to_id`` of a Mistral-ULM phone tokenizer JSON, checked (one-to-one, BOS = 0, UNK = 1)."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from .checkpoints import RANDOM_WEIGHTS_MESSAGE, using_random_weights
 
@@ -80,6 +81,15 @@ def plot_segmentation(wav: torch.Tensor, sample_rate: int, units: torch.Tensor, 
     return ax
 
 
+def mark_span(ax: plt.Axes, start: float, end: float, color: str = "cyan") -> plt.Axes:
+    """Highlight the time span ``start``..``end`` (s) of ``ax``: a shaded band with solid edges and a
+    triangle on the top edge, so that even a 20 ms span of a spectrogram can be found."""
+    ax.axvspan(start, end, facecolor=color, alpha=0.4, edgecolor=color, lw=1.5)
+    ax.plot([(start + end) / 2], [1.0], marker="v", ms=11, color=color, mec="black", clip_on=False,
+            transform=ax.get_xaxis_transform())
+    return ax
+
+
 def plot_durations(durations: torch.Tensor, frame_rate: float = 50.0, ax: plt.Axes | None = None,
                    label: str | None = None) -> plt.Axes:
     """Histogram of segment durations in milliseconds (one frame = 1000 / frame_rate ms)."""
@@ -88,6 +98,7 @@ def plot_durations(durations: torch.Tensor, frame_rate: float = 50.0, ax: plt.Ax
     bins = np.arange(0, max(ms.max(), 100) + 40, 20) - 10
     ax.hist(ms, bins=bins, alpha=0.6, label=label)
     ax.set(xlabel="segment duration (ms)", ylabel="segments")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 2.5 segments
     return ax
 
 

@@ -2,9 +2,12 @@
 
 Offline (CI, a first look, no network) every loader still runs its real loading code: instead of
 downloading a release, :func:`checkpoints.load_pretrained <dpslm_utils.checkpoints.load_pretrained>`
-asks :func:`write` for a checkpoint of the same *family* and reads that file with the family's own
-``from_checkpoint``. Each writer builds the released architecture at a tiny size from a fixed seed,
-so every run gives the same models and the same numbers.
+asks the writer of the same *family* for a checkpoint and reads that file with the family's own
+``from_checkpoint``. Importing this module registers its :data:`WRITERS` with the loader
+(:func:`checkpoints.register_random_writers <dpslm_utils.checkpoints.register_random_writers>`); the
+loader imports it through its entry point (``pyproject.toml``), never by name. Each writer builds the
+released architecture at a tiny size from a fixed seed, so every run gives the same models and the same
+numbers.
 
 Random weights alone make a pipeline that runs but whose stages do not fit together (features in a
 narrow cone, one unit per utterance, codec tokens that never end a unit). So each writer also shapes
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoints, ellav, ulm
+from . import checkpoints, ellav, phones, ulm
 from .audio import BUNDLED_EXAMPLES, bundled_example
 from .registry import US_ARPA_PHONES
 from .transformer import ModelArgs, Transformer
@@ -59,18 +62,18 @@ def random_transformer(args: ModelArgs, output_bias: bool, seed: int) -> Transfo
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         model = Transformer(args, output_bias)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("norm.weight"):
-                param.copy_(1 + 0.1 * noise)
-            elif name == "output.bias":
-                param.copy_(0.02 * noise)
-            elif name == "tok_embeddings.weight":
-                param.copy_(noise)
-            else:
-                param.copy_(noise / math.sqrt(param.shape[1]))
+    state = {}
+    for name, param in model.state_dict().items():  # the checkpoints' tensors, in their order
+        noise = torch.randn(param.shape, generator=generator)
+        if name.endswith("norm.weight"):
+            state[name] = 1 + 0.1 * noise
+        elif name == "output.bias":
+            state[name] = 0.02 * noise
+        elif name == "tok_embeddings.weight":
+            state[name] = noise
+        else:
+            state[name] = noise / math.sqrt(param.shape[1])
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
@@ -115,8 +118,7 @@ def write_phone_lm(path: Path) -> None:
 
 def write_phone_lm_tokenizer(path: Path) -> None:
     """The phone LM's tokenizer JSON (``us_arpa_tokenizer.json`` format): BOS 0, UNK 1, then the phones."""
-    vocab = {name: i for i, name in enumerate(["BOS", "UNK", *US_ARPA_PHONES])}
-    text = json.dumps({"phoneme_to_id": vocab, "delimiter": " ", "BOS_id": 0, "UNK_id": 1}, indent=4)
+    text = json.dumps(phones.official_tokenizer(US_ARPA_PHONES), indent=4)
     checkpoints.write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
@@ -240,9 +242,9 @@ WRITERS: dict[str, Callable[..., None]] = {
 }
 """Checkpoint family -> ``writer(path, **arguments)``."""
 
+checkpoints.register_random_writers(WRITERS)
+
 
 def write(family: str, path: Path, **arguments: Any) -> None:
     """Write the random-tiny checkpoint of ``family`` (a key of :data:`WRITERS`) to ``path``."""
-    if family not in WRITERS:
-        raise ValueError(f"no random-tiny writer for checkpoint family {family!r}; known: {sorted(WRITERS)}")
-    WRITERS[family](path, **arguments)
+    checkpoints.random_writer(family)(path, **arguments)

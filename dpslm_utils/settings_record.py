@@ -5,6 +5,7 @@ Two mechanisms, one idea (a result is reused only while everything that determin
 - :func:`check_settings`: ``encode`` with λ = 600 into a folder that holds λ = 3000 units would
   otherwise keep the old files (they already exist) and mix both. Every command that fills a folder
   resumably calls it first: the first run writes ``dpslm_settings.json``, later runs must match it.
+  A training run's ``config.json`` is checked the same way (:func:`recorded_settings`).
 - :class:`FileCache`: files made one per input file (units, ABX features) are keyed by the input's
   size and modification time and by the settings (the model's identity included, see
   :func:`model_identity`); a changed input or other settings make the file again.
@@ -48,21 +49,35 @@ def check_settings(out_dir: str | os.PathLike, command: str, settings: dict, wri
     out_dir = Path(out_dir)
     record = {"command": command, **settings, "package_version": package_version()}
     path = out_dir / RECORD_NAME
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise SettingsMismatch(f"{path} is unreadable ({e}); delete it or choose another output folder") from e
-        differences = [f"{key}: {previous.get(key)!r} there, {record.get(key)!r} now"
-                       for key in sorted(set(record) if partial else set(previous) | set(record))
-                       if key not in INFORMATIONAL and previous.get(key) != record.get(key)]  # fmt: skip
-        if differences:
-            raise SettingsMismatch(f"{out_dir} holds the output of other settings ({'; '.join(differences)}). "
-                                   "Choose another output folder, or delete that one to start over")
-        return
-    if write:
+    previous = recorded_settings(path, record, "the output of other settings",
+                                 "choose another output folder, or delete that one to start over", INFORMATIONAL, partial)  # fmt: skip
+    if previous is None and write:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def recorded_settings(path: Path, settings: dict, other: str, remedy: str, may_change=(), partial: bool = False) -> dict | None:
+    """The settings recorded in the JSON file ``path`` (None if there is none), which must equal ``settings``.
+
+    Raises :class:`SettingsMismatch` if the file is unreadable, or naming each differing setting
+    (``"{folder} holds {other} (k: 100 there, 200 now): {remedy}"``). Settings in ``may_change`` may
+    differ; ``partial=True`` compares only the settings given. The one check behind :func:`check_settings`
+    and a training run's ``config.json`` (:class:`dpslm_utils.training.TrainingRun`).
+    """
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+        if not isinstance(previous, dict):
+            raise ValueError(f"a JSON {type(previous).__name__}, not an object")
+    except (OSError, ValueError) as e:
+        raise SettingsMismatch(f"{path} is unreadable ({e}): {remedy}") from e
+    differences = [f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now"
+                   for key in sorted(set(settings) if partial else set(previous) | set(settings))
+                   if key not in may_change and previous.get(key) != settings.get(key)]  # fmt: skip
+    if differences:
+        raise SettingsMismatch(f"{path.parent} holds {other} ({'; '.join(differences)}): {remedy}")
+    return previous
 
 
 # -- caches keyed by what determines their content --------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import load_audio, to_mono
+from .audio import load_mono
 from .codebooks import train_codebook
 from .datasets import save_units
 from .evaluation import (TASKS, bootstrap_interval, lexical_accuracy, paired_bootstrap_interval,
@@ -203,7 +203,7 @@ def encode_corpus(corpus: ToyLanguage, encoder, splits: tuple[str, ...] = CORPUS
         encoded = {}
         for begin in range(0, len(paths), batch_size):
             batch = paths[begin:begin + batch_size]
-            wavs = [to_mono(load_audio(p)[0]) for p in batch]
+            wavs = [load_mono(p)[0] for p in batch]
             encoded.update({p.stem: f for p, f in zip(batch, encoder.batch(wavs, 16000))})
         features[split] = {p.stem: encoded[p.stem] for p in files[split]}
     return features

@@ -27,36 +27,43 @@ A training or validation loss that is not finite stops the run (:class:`Training
 
 Under ``torchrun --nproc-per-node N`` every rank computes ``grad_accum`` micro-batches per step and
 DDP averages the gradients: a step sees ``N x grad_accum x batch_size`` sequences, exactly the
-micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file. The data
-order is a function of ``seed`` and the step (a seeded shuffle per epoch, seeded chunk starts), so a
-resumed run sees the batches the uninterrupted one would have seen.
+micro-batches one process with ``N x grad_accum`` would see. Rank 0 writes every file, and every rank
+waits for each of its writes (:func:`~dpslm_utils.distributed.on_main`): if one fails, every rank
+raises rank 0's error. The data order is a function of ``seed`` and the step (a seeded shuffle per
+epoch, seeded chunk starts), so a resumed run sees the batches the uninterrupted one would have seen.
+
+The code: a model family gives the loop a :class:`Task` (data, loss, checkpoint layout:
+:class:`~dpslm_utils.ulm.UnitLMTask`, :class:`~dpslm_utils.ellav.ELLAVTask`); :class:`TrainingRun`
+owns OUT_DIR (settings, lock, state, metrics, saves); ``_train`` is the loop: restore, then
+``_train_step`` to ``max_steps``, logging, evaluating and saving on the way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import datasets, ellav, ulm
+from . import ellav, ulm
+from .batches import PackedBatch, derived_seed
 from .checkpoints import CheckpointError, leftover_temporaries, load_checkpoint, save_atomically, write_atomically
 from .checks import MAX_SEED, check_device, check_int, check_real
-from .distributed import Distributed, barrier, setup, teardown
-from .ellav import unit_tokenizer
-from .transformer import ModelArgs, Transformer
+from .datasets import MAX_K
+from .distributed import Distributed, on_main, setup, teardown
+from .settings_record import SettingsMismatch, recorded_settings
+from .transformer import RELEASED_DIMS, ModelArgs, Transformer
 
 try:
     import fcntl  # the folder lock (POSIX)
@@ -64,14 +71,12 @@ except ImportError:  # Windows
     fcntl = None
 
 # fmt: off
-_RELEASED_MODEL = dict(dim=1024, n_layers=12, head_dim=64, hidden_dim=4096, n_heads=16, n_kv_heads=16,
-                       norm_eps=1e-6, rope_theta=10000.0)
 _TINY_MODEL = dict(dim=96, n_layers=2, head_dim=24, hidden_dim=256, n_heads=4, n_kv_heads=4,
                    norm_eps=1e-6, rope_theta=10000.0)
 _SHARED = dict(lr_init=1e-7, lr_final=1e-5, beta1=0.9, beta2=0.999, grad_clip=1.0, val_fraction=0.02, seed=0)
 PRESETS: dict[str, dict[str, dict]] = {
     "ulm": {
-        "released": dict(_RELEASED_MODEL, dropout=0.15, batch_size=12, grad_accum=8, chunk_size=1024, lr=5e-4,
+        "released": dict(RELEASED_DIMS, dropout=0.15, batch_size=12, grad_accum=8, chunk_size=1024, lr=5e-4,
                          warmup_steps=2000, decay_steps=8000, max_steps=10000, weight_decay=0.05, eps=1e-8,
                          eval_interval=1000, log_interval=10, **_SHARED),
         "tiny": dict(_TINY_MODEL, dropout=0.1, batch_size=16, grad_accum=1, chunk_size=128, lr=3e-3,
@@ -79,7 +84,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                      eval_interval=50, log_interval=10, **dict(_SHARED, lr_final=1e-4)),
     },
     "ellav": {
-        "released": dict(_RELEASED_MODEL, dropout=0.0, batch_size=8, grad_accum=8, chunk_size=0, lr=5e-4,
+        "released": dict(RELEASED_DIMS, dropout=0.0, batch_size=8, grad_accum=8, chunk_size=0, lr=5e-4,
                          warmup_steps=1000, decay_steps=9000, max_steps=10000, weight_decay=0.01, eps=1e-9,
                          eval_interval=1000, log_interval=10, **_SHARED),
         "tiny": dict(_TINY_MODEL, dropout=0.0, batch_size=8, grad_accum=1, chunk_size=0, lr=3e-3,
@@ -119,9 +124,38 @@ class TrainingDiverged(RuntimeError):
     """The training or validation loss is not finite: the run stopped (nothing of that step was saved)."""
 
 
+class Task(Protocol):
+    """What a model family gives the loop: :class:`~dpslm_utils.ulm.UnitLMTask`, :class:`~dpslm_utils.ellav.ELLAVTask`."""
+
+    vocab_size: int
+    output_bias: bool  # ELLA-V's output projection has a bias, the unit LM's none
+    ignore_index: int  # targets the loss never counts
+    summary: dict  # the data, as config.json records it
+
+    def num_items(self) -> int:
+        """Training items (utterances) in one epoch."""
+
+    def fingerprint(self) -> str:
+        """A hash of the training and validation data: a resume refuses other data."""
+
+    def batch(self, epoch: int, items: torch.Tensor) -> PackedBatch:
+        """The micro-batch of training items ``items [B]`` (indices) in ``epoch``."""
+
+    def val_batches(self, rank: int, world_size: int) -> Iterator[PackedBatch]:
+        """Rank ``rank``'s share of the validation set."""
+
+    def checkpoint(self, model: Transformer) -> dict:
+        """``model`` in the family's official checkpoint layout."""
+
+
 @dataclass
 class TrainingRun:
-    """A training output folder: its settings, metrics and checkpoints."""
+    """A training output folder: its settings, metrics and checkpoints.
+
+    Training writes it through the methods below, from rank 0: :meth:`check_settings`, :meth:`lock` and
+    :meth:`prepare`, then :meth:`read_state` and :meth:`resume` (every rank reads), :meth:`record` and
+    :meth:`save` (one commit point per save).
+    """
 
     out_dir: Path
 
@@ -132,7 +166,7 @@ class TrainingRun:
     @property
     def metrics(self) -> list[dict]:
         """The lines of ``metrics.jsonl``: ``step``, ``tokens``, ``train_loss``, ``lr``, ``tokens_per_s`` (+ ``val_loss``)."""
-        return [record for _, record in _metric_lines(self.out_dir / "metrics.jsonl")]
+        return [record for _, record in self._metric_lines()]
 
     @property
     def best_checkpoint(self) -> Path:
@@ -151,6 +185,133 @@ class TrainingRun:
         metrics = [m for m in self.metrics if m.get("val_loss") is not None]
         best = f", best val_loss {min(m['val_loss'] for m in metrics):.4f}" if metrics else ""
         return f"TrainingRun({str(self.out_dir)!r}, {self.config.get('task')}, step {self.config.get('steps_done', 0)}{best})"
+
+    # -- writing, from the training loop ----------------------------------------------------------
+
+    def check_settings(self, config: dict, overwrite: bool) -> bool:
+        """Whether the folder holds a run (``config.json``); a run of other settings is refused unless ``overwrite``."""
+        try:
+            return recorded_settings(self.out_dir / "config.json", config, "a training run with other settings",
+                                     "use another folder, or overwrite=True (--overwrite) to start over there",
+                                     (*RESUMABLE_CHANGES, "data", "steps_done")) is not None  # fmt: skip
+        except SettingsMismatch:  # other settings, or a config.json edited by hand or not ours
+            if overwrite:
+                return True
+            raise
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold ``OUT_DIR/train.lock`` (creating OUT_DIR) while a run writes there; ValueError if another run holds it.
+
+        The lock is the operating system's (``flock``): it ends with the process, however the process ends, so
+        a lock file that a killed run left holds nothing and the next run simply takes it.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / LOCK_NAME, "a+") as lock:
+            try:
+                if fcntl is None:
+                    raise OSError("no flock on this system")
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise ValueError(f"another training run ({holder}) is writing to {self.out_dir}: wait for it to end, "
+                                 "or use another folder") from None  # fmt: skip
+            except OSError as e:  # Windows, or a file system without locks
+                log.warning("could not lock %s (%s): do not start a second run into this folder", self.out_dir, e)
+            lock.truncate(0)
+            lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+            yield
+
+    def prepare(self, config: dict, overwrite: bool) -> None:
+        """Under the lock: keep a run to resume (same settings and a saved state), else clear the way for a new one."""
+        holds_run = self.check_settings(config, overwrite)
+        for name in RUN_FILES:  # what a killed save left; no one else writes here while we hold the lock
+            for tmp in leftover_temporaries(self.out_dir / name):
+                tmp.unlink(missing_ok=True)
+        if holds_run and not overwrite and self.state_file.exists():
+            return
+        for name in RUN_FILES if overwrite else ("metrics.jsonl", STATE_NAME):
+            (self.out_dir / name).unlink(missing_ok=True)
+
+    def read_state(self, world_size: int, fingerprint: str) -> dict | None:
+        """The committed state to resume from (None for a new run); ValueError if it is unreadable, or was saved
+        on another number of processes or from other data than ``fingerprint``'s."""
+        path = self.state_file
+        if not path.exists():
+            return None
+        try:
+            state = load_checkpoint(path)  # weights_only=True: nothing in it runs
+        except CheckpointError as e:
+            raise ValueError(f"{e}. It cannot be resumed from: start over with overwrite=True (--overwrite)") from e
+        missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
+        if missing:
+            raise ValueError(f"{path} lacks {missing}: not a training state of this version of dpslm-utils. "
+                             "Start over with overwrite=True (--overwrite)")  # fmt: skip
+        if state["world_size"] != world_size:
+            raise ValueError(f"{path} was saved by a run on {state['world_size']} process(es), this one has {world_size}: "
+                             "the batches of a step depend on it. Resume with as many (torchrun --nproc-per-node "
+                             f"{state['world_size']}), or start over with overwrite=True (--overwrite)")  # fmt: skip
+        if state["data_fingerprint"] != fingerprint:
+            raise ValueError(f"the training data changed since {path} was saved (data fingerprint {state['data_fingerprint'][:12]} "
+                             f"then, {fingerprint[:12]} now): resuming would mix two data sets. Restore the data, or start "
+                             "over with overwrite=True (--overwrite) or in another folder")  # fmt: skip
+        return state
+
+    def resume(self, state: dict, checkpoint: dict) -> None:
+        """Go on from the committed ``state``: drop the metrics logged after it (they will be logged again) and export
+        its weights ``checkpoint`` again (a kill after the commit may have cut the export short)."""
+        log.info("resuming %s from step %d (best validation loss so far %.4f)", self.out_dir, state["step"], state["best_val_loss"])
+        lines = [line for line, record in self._metric_lines() if record["step"] <= state["step"]]
+        path = self.out_dir / "metrics.jsonl"
+        if path.exists():
+            write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
+        self._export(checkpoint, best=state["best_step"] == state["step"])
+
+    def record(self, record: dict) -> None:
+        """Append one line to ``metrics.jsonl``."""
+        with (self.out_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
+
+    def save(self, state: dict, checkpoint: dict, config: dict) -> None:
+        """Commit ``state`` (:data:`STATE_KEYS`) to ``train_state.pt``, the rename that commits a save and the one file a
+        resume reads; then export its weights ``checkpoint`` and record the step in ``config.json``."""
+        save_atomically(state, self.state_file)
+        self._export(checkpoint, best=state["best_step"] == state["step"])
+        self.write_config(config, state["step"])
+
+    def write_config(self, config: dict, steps_done: int) -> None:
+        text = json.dumps({**config, "steps_done": steps_done}, indent=2) + "\n"
+        write_atomically(self.out_dir / "config.json", lambda tmp: tmp.write_text(text))
+
+    def _export(self, checkpoint: dict, best: bool) -> None:
+        """The committed weights as ``last.pt`` (and ``best.pt`` if they are the best so far), in the official layout."""
+        for path in (self.best_checkpoint, self.last_checkpoint) if best else (self.last_checkpoint,):
+            save_atomically(checkpoint, path)
+
+    def _metric_lines(self) -> list[tuple[str, dict]]:
+        """``(line, record)`` of every line of ``metrics.jsonl``, leaving out a last line that a kill cut short.
+
+        Raises ValueError naming the file and line for any other line that is not a record with a ``step``.
+        """
+        path = self.out_dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        *lines, unfinished = path.read_text().split("\n")  # every complete line ends with "\n"
+        if unfinished:
+            log.warning("%s: left out its last line, which a killed run cut short: %r", path, unfinished[:80])
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line else None
+            except ValueError as e:
+                raise ValueError(f"{path}, line {number}: not a metrics record ({e})") from e
+            if line and (not isinstance(record, dict) or "step" not in record):
+                raise ValueError(f"{path}, line {number}: not a metrics record (it has no step)")
+            if line:
+                records.append((line, record))
+        return records
 
 
 def learning_rate(step: int, config: dict) -> float:
@@ -173,7 +334,7 @@ def resolve_config(task: str, preset: str, k: int, overrides: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(config)}")
     config.update({name: value for name, value in overrides.items() if value is not None})
-    k = check_int("k (the codebook size)", k, 1, datasets.MAX_K)
+    k = check_int("k (the codebook size)", k, 1, MAX_K)
     config = {name: _checked_setting(name, value) for name, value in config.items()}
     if task == "ulm" and config["chunk_size"] < 2:
         raise ValueError(f"chunk_size must be at least 2 tokens, got {config['chunk_size']!r}")
@@ -191,82 +352,213 @@ def _checked_setting(name: str, value):
 
 
 def _model_sizes(config: dict) -> dict:
-    return {name: config[name] for name in _TINY_MODEL}
+    return {name: config[name] for name in RELEASED_DIMS}
 
 
-# -- the two tasks: data, loss, checkpoint --------------------------------------------------------
+# -- the entry points -----------------------------------------------------------------------------
 
 
-class _UnitLMTask:
-    """Chunks of the unit corpus; whole utterances for validation."""
+def train_ulm(units_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None, max_steps=None,
+              overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
+    """Train a unit LM on the unit files under ``units_dir`` (see :mod:`dpslm_utils.datasets`) into ``out_dir``.
 
-    ignore_index = -100
-    output_bias = False
-
-    def __init__(self, config: dict, train: datasets.UnitCorpus, val: datasets.UnitCorpus):
-        self.config, self.train, self.val = config, train, val
-        self.vocab_size = config["k"] + datasets.UNIT_OFFSET
-        self._plan: tuple[int, torch.Tensor] | None = None
-        self.lengths = train.offsets.diff()
-
-    def num_items(self) -> int:
-        return len(self.train)
-
-    def fingerprint(self) -> str:
-        return _fingerprint(part for corpus in (self.train, self.val)
-                            for part in (corpus.ids, corpus.offsets, "\n".join(corpus.chapters)))  # fmt: skip
-
-    def batch(self, epoch: int, items: torch.Tensor) -> datasets.PackedBatch:
-        if self._plan is None or self._plan[0] != epoch:  # the epoch's random chunk starts
-            generator = torch.Generator().manual_seed(_seed(self.config["seed"], epoch, 1))
-            self._plan = (epoch, (torch.rand(len(self.train), generator=generator, dtype=torch.float64)
-                                  * self.lengths).long())  # fmt: skip
-        chunks = [self.train.chunk(int(i), int(self._plan[1][i]), self.config["chunk_size"]) for i in items]
-        chunks = [c for c in chunks if len(c) >= 2]
-        return datasets.PackedBatch.pack(chunks, [datasets.chunk_loss_mask(len(c)) for c in chunks])
-
-    def val_batches(self, rank: int, world_size: int):
-        utterances = [self.val.utterance(i) for i in range(rank, len(self.val), world_size)]
-        utterances = [u for u in utterances if len(u) >= 2]
-        for begin in range(0, len(utterances), self.config["batch_size"]):
-            group = utterances[begin : begin + self.config["batch_size"]]
-            yield datasets.PackedBatch.pack(group, [datasets.chunk_loss_mask(len(u)) for u in group])
-
-    def checkpoint(self, model: Transformer) -> dict:
-        return ulm.official_checkpoint(model, dropout=self.config["dropout"])
+    ``k``: codebook size (vocabulary k + 1). ``overrides``: any setting of :data:`PRESETS` (``lr``,
+    ``batch_size``, ``grad_accum``, ``chunk_size``, ``dim``, ``n_layers``, ...). Returns the run;
+    ``run.best_checkpoint`` loads with ``UnitLM.from_checkpoint``.
+    """
+    config = resolve_config("ulm", preset, k, {**overrides, "max_steps": max_steps})
+    config |= {"units_dir": str(Path(units_dir).resolve()), "val_dir": _resolved(val_dir)}
+    return _run(config, out_dir, lambda: ulm.UnitLMTask.from_folders(config, units_dir, val_dir), device, overwrite, progress)
 
 
-class _ELLAVTask:
-    """Whole utterances, each one ``encode_train`` example."""
+def train_ellav(units_dir, codes_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None,
+                max_steps=None, overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
+    """Train an ELLA-V (units -> WavTokenizer codes) on unit and codec files matched by relative path.
 
-    output_bias = True
+    ``val_dir`` holds validation unit files (their codes are looked up in ``codes_dir``). Files whose
+    unit and codec durations differ by more than 0.1 s are reported and skipped. Returns the run;
+    ``run.best_checkpoint`` loads with ``ELLAV.from_checkpoint``.
+    """
+    config = resolve_config("ellav", preset, k, {**overrides, "max_steps": max_steps})
+    config |= {"units_dir": str(Path(units_dir).resolve()), "codes_dir": str(Path(codes_dir).resolve()),
+               "val_dir": _resolved(val_dir)}  # fmt: skip
+    read_task = lambda: ellav.ELLAVTask.from_folders(config, units_dir, codes_dir, val_dir)  # noqa: E731
+    return _run(config, out_dir, read_task, device, overwrite, progress)
 
-    def __init__(self, config: dict, train: list, val: list):
-        self.config, self.train, self.val = config, train, val
-        self.tokenizer = unit_tokenizer(config["k"])
-        self.vocab_size = len(self.tokenizer["token_to_id_dict"])
-        self.ignore_index = self.tokenizer["UNK_id"]
 
-    def num_items(self) -> int:
-        return len(self.train)
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
-    def fingerprint(self) -> str:
-        return _fingerprint(tensor for pairs in (self.train, self.val) for pair in pairs for tensor in pair)
 
-    def _pack(self, pairs: list) -> datasets.PackedBatch:
-        examples = [datasets.ellav_example(units, codes, self.tokenizer) for units, codes in pairs]
-        return datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+def _run(config: dict, out_dir, read_task: Callable[[], Task], device, overwrite: bool, progress: bool) -> TrainingRun:
+    """Check the settings and read the data (every rank), then let rank 0 prepare ``out_dir`` and train into it."""
+    check_device(device)
+    dist = setup(device)
+    run = TrainingRun(Path(out_dir))
+    try:
+        run.check_settings(config, overwrite)  # every rank, before any work: other settings are refused
+        task = read_task()  # bad data is refused before OUT_DIR is made
+        config["data"] = task.summary
+        with contextlib.ExitStack() as lock:
+            def prepare() -> None:  # rank 0 holds the lock until training ends; every rank learns if this failed
+                lock.enter_context(run.lock())
+                run.prepare(config, overwrite)
 
-    def batch(self, epoch: int, items: torch.Tensor) -> datasets.PackedBatch:
-        return self._pack([self.train[int(i)] for i in items])
+            on_main(dist, prepare)
+            _train(config, run, task, dist, progress)
+    finally:
+        teardown(dist)
+    return run
 
-    def val_batches(self, rank: int, world_size: int):
-        pairs = self.val[rank::world_size]
-        for begin in range(0, len(pairs), self.config["batch_size"]):
-            yield self._pack(pairs[begin : begin + self.config["batch_size"]])
 
-    def checkpoint(self, model: Transformer) -> dict:
-        return ellav.official_checkpoint(model, self.tokenizer)
+# -- the loop -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Where training stands (what a save commits besides weights, optimizer and random states)."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    saved_step: int | None = None  # the step train_state.pt holds
+
+
+def _train(config: dict, run: TrainingRun, task: Task, dist: Distributed, progress: bool) -> None:
+    """Train from the state committed in ``run`` (if there is one) to ``max_steps``, saving at every evaluation."""
+    fingerprint = task.fingerprint()
+    state = run.read_state(dist.world_size, fingerprint)  # every rank; None for a new run
+    model, loss_fn, optimizer = _build(config, task, dist)
+    at = _restore(state, model, optimizer, dist)
+    on_main(dist, _begin, run, config, state, task, model, dist)
+    batches, window = _Batches(task, config), _Window()
+    bar = _progress_bar(progress and dist.is_main, at.step, config["max_steps"], config["task"])
+    while at.step < config["max_steps"]:
+        lr = learning_rate(at.step, config)
+        loss, tokens = _train_step(model, loss_fn, optimizer, batches, at.step, lr, config, dist)
+        at.step, at.tokens = at.step + 1, at.tokens + tokens
+        window.add(loss, tokens)
+        _stop_unless_finite("training loss", loss, at, run)  # every rank sees the same sum
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{window.tokens_per_s():.0f}")
+
+        evaluate = at.step % config["eval_interval"] == 0 or at.step == config["max_steps"]
+        if at.step % config["log_interval"] == 0 or evaluate:
+            record, snapshot = window.record(at, lr), None
+            if evaluate:
+                record["val_loss"] = validation_loss(model, task, dist)
+                _stop_unless_finite("validation loss", record["val_loss"], at, run)
+                if record["val_loss"] < at.best_val_loss:
+                    at.best_val_loss, at.best_step = record["val_loss"], at.step
+                snapshot = _state(at, dist, fingerprint, model, optimizer)  # what the save commits
+            on_main(dist, _log_and_save, run, record, snapshot, task, model, config, bar)
+            at.saved_step = at.step if evaluate else at.saved_step
+            window = _Window()
+    if bar is not None:
+        bar.close()
+
+
+def _train_step(model: Transformer, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, batches: _Batches,
+                step: int, lr: float, config: dict, dist: Distributed) -> tuple[float, int]:  # fmt: skip
+    """One optimizer step, ``grad_accum`` micro-batches per rank: ``(mean loss, tokens)`` over every rank."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    accum, world = config["grad_accum"], dist.world_size
+    step_loss, step_tokens = torch.zeros((), device=dist.device), 0
+    for micro in range(accum):
+        batch = batches[(step * accum + micro) * world + dist.rank].to(dist.device)
+        sync = contextlib.nullcontext() if not dist.enabled or micro == accum - 1 else loss_fn.no_sync()
+        with sync:  # DDP averages the gradients across ranks at the last micro-batch only
+            with _autocast(dist.device):
+                loss, _ = loss_fn(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+            (loss / accum).backward()
+        step_loss += loss.detach() / accum
+        step_tokens += batch.num_tokens
+    if config["grad_clip"]:
+        nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    summed = _all_reduce(dist, torch.stack([step_loss.float(), torch.tensor(float(step_tokens), device=dist.device)]))
+    return float(summed[0]) / world, int(summed[1])
+
+
+def _build(config: dict, task: Task, dist: Distributed) -> tuple[Transformer, nn.Module, torch.optim.AdamW]:
+    """The model (PyTorch's default initialisation, as the originals), its loss (under DDP with torchrun) and AdamW."""
+    torch.manual_seed(derived_seed(config["seed"], 0, 2))
+    args = ModelArgs(**_model_sizes(config), vocab_size=task.vocab_size)
+    model = Transformer(args, output_bias=task.output_bias, dropout=config["dropout"]).to(dist.device)
+    torch.manual_seed(derived_seed(config["seed"], dist.rank, 3))  # each rank its own dropout masks
+    loss_fn: nn.Module = _PackedLoss(model, task.ignore_index)
+    if dist.enabled:
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=[dist.device] if dist.device.type == "cuda" else None)  # fmt: skip
+    return model, loss_fn, _optimizer(model, config, dist.device)
+
+
+def _restore(state: dict | None, model: Transformer, optimizer: torch.optim.Optimizer, dist: Distributed) -> _Progress:
+    """The committed ``state`` loaded into ``model``, ``optimizer`` and this rank's random generators."""
+    if state is None:
+        return _Progress()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    _set_rng(state["rng"][dist.rank])
+    return _Progress(state["step"], state["tokens"], state["best_val_loss"], state["best_step"], saved_step=state["step"])
+
+
+def _begin(run: TrainingRun, config: dict, state: dict | None, task: Task, model: Transformer, dist: Distributed) -> None:
+    """Rank 0, before the first step: resume the folder's bookkeeping, record the settings, say what trains."""
+    if state is not None:
+        run.resume(state, _on_cpu(task.checkpoint(model)))
+    run.write_config(config, state["step"] if state is not None else 0)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("%s (%s): %.2fM parameters on %s%s; data %s", config["task"], config["preset"], params / 1e6, dist.device,
+             f" x {dist.world_size} processes" if dist.enabled else "", config["data"])  # fmt: skip
+
+
+def _log_and_save(run: TrainingRun, record: dict, state: dict | None, task: Task, model: Transformer, config: dict,
+                  bar) -> None:  # fmt: skip
+    """Rank 0, at a log step: the metrics line, then (at an evaluation) the save."""
+    run.record(record)
+    if state is not None:
+        run.save(state, _on_cpu(task.checkpoint(model)), config)
+        if bar is not None:
+            bar.write(f"step {record['step']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
+
+
+def _state(at: _Progress, dist: Distributed, fingerprint: str, model: Transformer, optimizer) -> dict:
+    """What ``train_state.pt`` commits (:data:`STATE_KEYS`); gathers every rank's random state (a collective)."""
+    return {"step": at.step, "tokens": at.tokens, "best_val_loss": at.best_val_loss, "best_step": at.best_step,
+            "world_size": dist.world_size, "data_fingerprint": fingerprint, "rng": _gather_rng(dist),
+            "model": _on_cpu(model.state_dict()), "optimizer": optimizer.state_dict()}  # fmt: skip
+
+
+class _Window:
+    """The training losses and tokens since the last metrics line."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.tokens, self.start = 0, time.perf_counter()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / (time.perf_counter() - self.start)
+
+    def record(self, at: _Progress, lr: float) -> dict:
+        return {"step": at.step, "tokens": at.tokens, "train_loss": sum(self.losses) / len(self.losses), "lr": lr,
+                "tokens_per_s": self.tokens_per_s()}  # fmt: skip
+
+
+def _stop_unless_finite(what: str, value: float, at: _Progress, run: TrainingRun) -> None:
+    if math.isfinite(value):
+        return
+    kept = f"{run.state_file} still holds step {at.saved_step}" if at.saved_step is not None else "nothing was saved"
+    raise TrainingDiverged(f"the {what} is {value} at step {at.step}, so training stopped ({kept}). Lower lr (--lr) or "
+                           "lengthen warmup_steps (--warmup-steps), and start over (--overwrite) or in another folder")  # fmt: skip
 
 
 def _on_cpu(value):
@@ -276,32 +568,18 @@ def _on_cpu(value):
     return {key: _on_cpu(item) for key, item in value.items()} if isinstance(value, dict) else value
 
 
-def _fingerprint(parts) -> str:
-    """SHA-256 of tensors and strings in order, each prefixed by its size: what a resume compares to the saved data."""
-    digest = hashlib.sha256()
-    for part in parts:
-        data = memoryview(part.encode() if isinstance(part, str) else part.contiguous().numpy()).cast("B")
-        digest.update(f"{len(data)}:".encode())
-        digest.update(data)
-    return digest.hexdigest()
-
-
-def _seed(seed: int, epoch: int, purpose: int) -> int:
-    return (seed * 1_000_003 + epoch * 101 + purpose) % (2**63)
-
-
 class _Batches:
     """Micro-batch ``g`` of the endless stream: epoch ``g // per_epoch``, each epoch a seeded shuffle."""
 
-    def __init__(self, task, config: dict):
+    def __init__(self, task: Task, config: dict):
         self.task, self.config = task, config
         self.per_epoch = math.ceil(task.num_items() / config["batch_size"])
         self._order: tuple[int, torch.Tensor] | None = None
 
-    def __getitem__(self, index: int) -> datasets.PackedBatch:
+    def __getitem__(self, index: int) -> PackedBatch:
         epoch, position = divmod(index, self.per_epoch)
         if self._order is None or self._order[0] != epoch:
-            generator = torch.Generator().manual_seed(_seed(self.config["seed"], epoch, 0))
+            generator = torch.Generator().manual_seed(derived_seed(self.config["seed"], epoch, 0))
             self._order = (epoch, torch.randperm(self.task.num_items(), generator=generator))
         size = self.config["batch_size"]
         return self.task.batch(epoch, self._order[1][position * size : (position + 1) * size])
@@ -323,326 +601,6 @@ class _PackedLoss(nn.Module):
         return nll / count.clamp(min=1), count
 
 
-# -- reading the data -----------------------------------------------------------------------------
-
-
-def _split(files: dict, val_dir, config: dict, read_val) -> tuple[dict, dict]:
-    """Training and validation files: ``val_dir``'s, or a seeded held-out fraction (at least one file)."""
-    if val_dir is not None:
-        return files, read_val(val_dir)
-    if len(files) < 2:
-        raise ValueError(f"found {len(files)} usable file(s): need at least 2 to hold one out for validation "
-                         "(or give val_dir)")  # fmt: skip
-    keys = list(files)
-    count = max(1, round(config["val_fraction"] * len(keys)))
-    held_out = set(random.Random(config["seed"]).sample(keys, count))
-    return {k: v for k, v in files.items() if k not in held_out}, {k: v for k, v in files.items() if k in held_out}
-
-
-def _unit_data(units_dir, val_dir, config: dict) -> tuple[_UnitLMTask, dict]:
-    def find(root):
-        files = datasets.find_files(root, datasets.UNIT_SUFFIXES)
-        if not files:
-            raise ValueError(f"no unit files (.npy, .txt) under {root}")
-        return files
-
-    train_files, val_files = _split(find(units_dir), val_dir, config, find)
-    train = datasets.read_unit_corpus(list(train_files.values()), Path(units_dir), config["k"])
-    val = datasets.read_unit_corpus(list(val_files.values()), Path(val_dir or units_dir), config["k"])
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError("no training or no validation utterances (are the unit files empty?)")
-    if int((val.offsets.diff() - 2).clamp(min=0).sum()) == 0:  # BOS, then a first unit the loss skips
-        raise ValueError(f"no validation utterance has 2 or more units (the loss skips each one's first unit), so "
-                         f"there is nothing to validate on: give longer or more validation files "
-                         f"({'in ' + str(val_dir) if val_dir is not None else 'or val_dir'})")  # fmt: skip
-    summary = {"train_files": len(train), "val_files": len(val), "train_tokens": len(train.ids),
-               "val_tokens": len(val.ids), "train_hours": round(train.frames / 50 / 3600, 4),
-               "units_per_second": round((len(train.ids) - len(train)) / max(train.frames / 50, 1e-9), 2)}  # fmt: skip
-    return _UnitLMTask(config, train, val), summary
-
-
-def _ellav_data(units_dir, codes_dir, val_dir, config: dict) -> tuple[_ELLAVTask, dict]:
-    tokenizer = unit_tokenizer(config["k"])
-
-    def pairs(unit_root, code_root):
-        units = datasets.find_files(unit_root, datasets.UNIT_SUFFIXES)
-        codes = datasets.find_files(code_root, datasets.CODE_SUFFIXES)
-        matched = [key for key in units if key in codes]
-        if not matched:
-            raise ValueError(f"no unit file under {unit_root} has a codec file of the same relative path under {code_root}")
-        if len(matched) < len(units):
-            log.warning("%d unit file(s) without codes are left out", len(units) - len(matched))
-        result, mismatched = {}, []
-        for key in matched:
-            frame_units, frame_codes = datasets.load_frame_units(units[key], config["k"]), datasets.load_codes(codes[key])
-            if datasets.durations_match(len(frame_units), len(frame_codes), tokenizer) and len(frame_units):
-                result[key] = (frame_units.int(), frame_codes.int())
-            else:
-                mismatched.append(f"{key} ({len(frame_units) / 50:.2f} s of units, {len(frame_codes) / 40:.2f} s of codes)")
-        if mismatched:
-            shown = "".join(f"\n  {name}" for name in [*mismatched[:10], *(["..."] if len(mismatched) > 10 else [])])
-            log.warning("skipped %d file(s) whose unit and codec durations differ by more than 0.1 s:%s", len(mismatched), shown)
-        return result
-
-    train, val = _split(pairs(units_dir, codes_dir), val_dir, config, lambda d: pairs(d, codes_dir))
-    if not train or not val:
-        raise ValueError("no training or no validation utterances left")
-    frames = sum(len(u) for u, _ in train.values())
-    units = sum(len(torch.unique_consecutive(u)) for u, _ in train.values())
-    summary = {"train_files": len(train), "val_files": len(val), "train_hours": round(frames / 50 / 3600, 4),
-               "train_codes": sum(len(c) for _, c in train.values()),
-               "units_per_second": round(units / max(frames / 50, 1e-9), 2)}  # fmt: skip
-    return _ELLAVTask(config, list(train.values()), list(val.values())), summary
-
-
-# -- the loop -------------------------------------------------------------------------------------
-
-
-def train_ulm(units_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None, max_steps=None,
-              overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
-    """Train a unit LM on the unit files under ``units_dir`` (see :mod:`dpslm_utils.datasets`) into ``out_dir``.
-
-    ``k``: codebook size (vocabulary k + 1). ``overrides``: any setting of :data:`PRESETS` (``lr``,
-    ``batch_size``, ``grad_accum``, ``chunk_size``, ``dim``, ``n_layers``, ...). Returns the run;
-    ``run.best_checkpoint`` loads with ``UnitLM.from_checkpoint``.
-    """
-    config = resolve_config("ulm", preset, k, {**overrides, "max_steps": max_steps})
-    config |= {"units_dir": str(Path(units_dir).resolve()), "val_dir": _resolved(val_dir)}
-    return _run(config, out_dir, lambda: _unit_data(units_dir, val_dir, config), device, overwrite, progress)
-
-
-def train_ellav(units_dir, codes_dir, out_dir, *, k: int, preset: str = "tiny", val_dir=None, device=None,
-                max_steps=None, overwrite: bool = False, progress: bool = True, **overrides) -> TrainingRun:  # fmt: skip
-    """Train an ELLA-V (units -> WavTokenizer codes) on unit and codec files matched by relative path.
-
-    ``val_dir`` holds validation unit files (their codes are looked up in ``codes_dir``). Files whose
-    unit and codec durations differ by more than 0.1 s are reported and skipped. Returns the run;
-    ``run.best_checkpoint`` loads with ``ELLAV.from_checkpoint``.
-    """
-    config = resolve_config("ellav", preset, k, {**overrides, "max_steps": max_steps})
-    config |= {"units_dir": str(Path(units_dir).resolve()), "codes_dir": str(Path(codes_dir).resolve()),
-               "val_dir": _resolved(val_dir)}  # fmt: skip
-    return _run(config, out_dir, lambda: _ellav_data(units_dir, codes_dir, val_dir, config), device, overwrite, progress)
-
-
-def _resolved(path) -> str | None:
-    return None if path is None else str(Path(path).resolve())
-
-
-def _saved_config(out_dir: Path, config: dict, overwrite: bool) -> dict | None:
-    """The settings of the run in ``out_dir`` (None if there is none); other settings are refused unless ``overwrite``."""
-    config_path = out_dir / "config.json"
-    if not config_path.exists():
-        return None
-    try:
-        saved = json.loads(config_path.read_text())
-    except ValueError as e:  # edited by hand, or not ours
-        if overwrite:
-            return {}
-        raise ValueError(f"{config_path} is unreadable ({e}): use another folder, or overwrite=True (--overwrite) "
-                         "to start over there") from e  # fmt: skip
-    differences = [f"{name}: {saved.get(name)!r} there, {config.get(name)!r} now" for name in sorted(set(saved) | set(config))
-                   if name not in (*RESUMABLE_CHANGES, "data", "steps_done") and saved.get(name) != config.get(name)]  # fmt: skip
-    if differences and not overwrite:
-        raise ValueError(f"{out_dir} holds a training run with other settings ({'; '.join(differences)}). "
-                         "Use another folder, or overwrite=True (--overwrite) to start over there")  # fmt: skip
-    return saved
-
-
-def _prepare_out_dir(out_dir: Path, config: dict, overwrite: bool) -> None:
-    """Under the folder lock: keep a run to resume (same settings and a saved state), else clear the way for a new one."""
-    saved = _saved_config(out_dir, config, overwrite)
-    for name in RUN_FILES:  # what a killed save left; no one else writes here while we hold the lock
-        for tmp in leftover_temporaries(out_dir / name):
-            tmp.unlink(missing_ok=True)
-    if saved is not None and not overwrite and (out_dir / STATE_NAME).exists():
-        return
-    for name in RUN_FILES if overwrite else ("metrics.jsonl", STATE_NAME):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _folder_lock(out_dir: Path):
-    """Hold ``OUT_DIR/train.lock`` (creating OUT_DIR) while a run writes there; ValueError if another run holds it.
-
-    The lock is the operating system's (``flock``): it ends with the process, however the process ends, so
-    a lock file that a killed run left holds nothing and the next run simply takes it.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / LOCK_NAME, "a+") as lock:
-        try:
-            if fcntl is None:
-                raise OSError("no flock on this system")
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise ValueError(f"another training run ({holder}) is writing to {out_dir}: wait for it to end, "
-                             "or use another folder") from None  # fmt: skip
-        except OSError as e:  # Windows, or a file system without locks
-            log.warning("could not lock %s (%s): do not start a second run into this folder", out_dir, e)
-        lock.truncate(0)
-        lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        lock.flush()
-        yield
-
-
-def _run(config: dict, out_dir, read_data, device, overwrite: bool, progress: bool) -> TrainingRun:
-    check_device(device)
-    dist = setup(device)
-    try:
-        return _train(config, Path(out_dir), read_data, dist, overwrite, progress)
-    finally:
-        teardown(dist)
-
-
-def _train(config: dict, out_dir: Path, read_data, dist: Distributed, overwrite: bool, progress: bool) -> TrainingRun:
-    _saved_config(out_dir, config, overwrite)  # every rank, before any work: other settings are refused
-    task, config["data"] = read_data()  # bad data is refused before OUT_DIR is made
-    run = TrainingRun(out_dir)
-    with _folder_lock(out_dir) if dist.is_main else contextlib.nullcontext():
-        if dist.is_main:
-            _prepare_out_dir(out_dir, config, overwrite)
-        barrier(dist)
-        _fit(config, run, task, dist, progress)
-    return run
-
-
-def _fit(config: dict, run: TrainingRun, task, dist: Distributed, progress: bool) -> None:
-    """Train from the state in ``run`` (if there is one) to ``max_steps``, committing a state at every evaluation."""
-    fingerprint = task.fingerprint()
-    state = _read_state(run.state_file, dist, fingerprint) if run.state_file.exists() else None
-
-    torch.manual_seed(_seed(config["seed"], 0, 2))  # PyTorch's default initialisation, as the originals
-    args = ModelArgs(**_model_sizes(config), vocab_size=task.vocab_size)
-    model = Transformer(args, output_bias=task.output_bias, dropout=config["dropout"]).to(dist.device)
-    torch.manual_seed(_seed(config["seed"], dist.rank, 3))  # each rank its own dropout masks
-    loss_module: nn.Module = _PackedLoss(model, task.ignore_index)
-    if dist.enabled:
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[dist.device] if dist.device.type == "cuda" else None)  # fmt: skip
-    optimizer = _optimizer(model, config, dist.device)
-    step, tokens_seen, best_val, best_step, saved_step = 0, 0, float("inf"), 0, None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, tokens_seen, best_val, best_step = state["step"], state["tokens"], state["best_val_loss"], state["best_step"]
-        saved_step = step
-        _set_rng(state["rng"][dist.rank])
-        if dist.is_main:
-            log.info("resuming %s from step %d (best validation loss so far %.4f)", run.out_dir, step, best_val)
-            _truncate_metrics(run.out_dir / "metrics.jsonl", step)
-            _export(task, model, run, best=best_step == step)  # a kill after the commit may have cut the export short
-    if dist.is_main:
-        _write_config(run.out_dir, config, step)
-        params = sum(p.numel() for p in model.parameters())
-        log.info("%s (%s): %.2fM parameters on %s%s; data %s", config["task"], config["preset"], params / 1e6, dist.device,
-                 f" x {dist.world_size} processes" if dist.enabled else "", config["data"])  # fmt: skip
-
-    batches = _Batches(task, config)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda"
-                else contextlib.nullcontext())  # fmt: skip
-    accum, world = config["grad_accum"], dist.world_size
-    bar = _progress(progress and dist.is_main, step, config["max_steps"], config["task"])
-    window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-    while step < config["max_steps"]:
-        lr = learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        step_loss, step_tokens = torch.zeros((), device=dist.device), 0
-        for micro in range(accum):
-            batch = batches[(step * accum + micro) * world + dist.rank].to(dist.device)
-            sync = contextlib.nullcontext() if not dist.enabled or micro == accum - 1 else loss_module.no_sync()
-            with sync:  # DDP averages the gradients across ranks at the last micro-batch only
-                with autocast:
-                    loss, _ = loss_module(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
-                (loss / accum).backward()
-            step_loss += loss.detach() / accum
-            step_tokens += batch.num_tokens
-        if config["grad_clip"]:
-            nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        summed = _all_reduce(dist, torch.stack([step_loss.float(), torch.tensor(float(step_tokens), device=dist.device)]))
-        tokens_seen += int(summed[1])
-        window_loss.append(float(summed[0]) / world)
-        window_tokens += int(summed[1])
-        _stop_unless_finite("training loss", window_loss[-1], step, run, saved_step)  # every rank sees the same sum
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{window_loss[-1]:.3f}", tok_s=f"{window_tokens / (time.perf_counter() - window_start):.0f}")
-
-        evaluate = step % config["eval_interval"] == 0 or step == config["max_steps"]
-        if step % config["log_interval"] == 0 or evaluate:
-            record = {"step": step, "tokens": tokens_seen, "train_loss": sum(window_loss) / len(window_loss),
-                      "lr": lr, "tokens_per_s": window_tokens / (time.perf_counter() - window_start)}  # fmt: skip
-            if evaluate:
-                record["val_loss"] = validation_loss(model, task, dist)
-                _stop_unless_finite("validation loss", record["val_loss"], step, run, saved_step)
-            if dist.is_main:
-                _append_metrics(run.out_dir / "metrics.jsonl", record)
-            if evaluate:
-                if record["val_loss"] < best_val:
-                    best_val, best_step = record["val_loss"], step
-                rng = _gather_rng(dist)
-                if dist.is_main:
-                    _commit(run, {"step": step, "tokens": tokens_seen, "best_val_loss": best_val, "best_step": best_step,
-                                  "world_size": dist.world_size, "data_fingerprint": fingerprint, "rng": rng,
-                                  "model": _on_cpu(model.state_dict()), "optimizer": optimizer.state_dict()})  # fmt: skip
-                    _export(task, model, run, best=best_step == step)
-                    _write_config(run.out_dir, config, step)
-                    if bar is not None:
-                        bar.write(f"step {step}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
-                saved_step = step
-            window_loss, window_tokens, window_start = [], 0, time.perf_counter()
-    if bar is not None:
-        bar.close()
-    barrier(dist)
-
-
-def _stop_unless_finite(what: str, value: float, step: int, run: TrainingRun, saved_step: int | None) -> None:
-    if math.isfinite(value):
-        return
-    kept = f"{run.state_file} still holds step {saved_step}" if saved_step is not None else "nothing was saved"
-    raise TrainingDiverged(f"the {what} is {value} at step {step}, so training stopped ({kept}). Lower lr (--lr) or "
-                           "lengthen warmup_steps (--warmup-steps), and start over (--overwrite) or in another folder")  # fmt: skip
-
-
-def _commit(run: TrainingRun, state: dict) -> None:
-    """Save ``state`` (:data:`STATE_KEYS`) to ``train_state.pt``: the rename that commits a save, the one file a resume reads."""
-    save_atomically(state, run.state_file)
-
-
-def _export(task, model: Transformer, run: TrainingRun, best: bool) -> None:
-    """Write the committed weights as ``last.pt`` (and ``best.pt`` if they are the best so far) in the official layout."""
-    checkpoint = _on_cpu(task.checkpoint(model))
-    for path in (run.best_checkpoint, run.last_checkpoint) if best else (run.last_checkpoint,):
-        save_atomically(checkpoint, path)
-
-
-def _read_state(path: Path, dist: Distributed, fingerprint: str) -> dict:
-    """The committed state to resume from; ValueError if it is unreadable, or was saved on another number of
-    processes or from other data than ``fingerprint``'s."""
-    try:
-        state = load_checkpoint(path)  # weights_only=True: nothing in it runs
-    except CheckpointError as e:
-        raise ValueError(f"{e}. It cannot be resumed from: start over with overwrite=True (--overwrite)") from e
-    missing = [key for key in STATE_KEYS if key not in state] if isinstance(state, dict) else list(STATE_KEYS)
-    if missing:
-        raise ValueError(f"{path} lacks {missing}: not a training state of this version of dpslm-utils. "
-                         "Start over with overwrite=True (--overwrite)")  # fmt: skip
-    if state["world_size"] != dist.world_size:
-        raise ValueError(f"{path} was saved by a run on {state['world_size']} process(es), this one has {dist.world_size}: "
-                         "the batches of a step depend on it. Resume with as many (torchrun --nproc-per-node "
-                         f"{state['world_size']}), or start over with overwrite=True (--overwrite)")  # fmt: skip
-    if state["data_fingerprint"] != fingerprint:
-        raise ValueError(f"the training data changed since {path} was saved (data fingerprint {state['data_fingerprint'][:12]} "
-                         f"then, {fingerprint[:12]} now): resuming would mix two data sets. Restore the data, or start "
-                         "over with overwrite=True (--overwrite) or in another folder")  # fmt: skip
-    return state
-
-
 def _optimizer(model: Transformer, config: dict, device: torch.device) -> torch.optim.AdamW:
     """AdamW on every parameter, as the originals (weight decay on all of them)."""
     return torch.optim.AdamW(model.parameters(), lr=config["lr"], betas=(config["beta1"], config["beta2"]),
@@ -650,15 +608,20 @@ def _optimizer(model: Transformer, config: dict, device: torch.device) -> torch.
                              fused=device.type == "cuda")  # fmt: skip
 
 
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA, float32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.no_grad()
-def validation_loss(model: Transformer, task, dist: Distributed) -> float:
+def validation_loss(model: Transformer, task: Task, dist: Distributed) -> float:
     """Mean cross-entropy over every counted validation target (all ranks together)."""
     model.eval()
     loss_fn = _PackedLoss(model, task.ignore_index)
     totals = torch.zeros(2, device=dist.device, dtype=torch.float64)
     for batch in task.val_batches(dist.rank, dist.world_size):
         batch = batch.to(dist.device)
-        with (torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else contextlib.nullcontext()):
+        with _autocast(dist.device):
             loss, count = loss_fn(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
         totals += torch.stack([loss.double() * count, count.double()])
     totals = _all_reduce(dist, totals)
@@ -690,47 +653,7 @@ def _set_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _write_config(out_dir: Path, config: dict, steps_done: int) -> None:
-    text = json.dumps({**config, "steps_done": steps_done}, indent=2) + "\n"
-    write_atomically(out_dir / "config.json", lambda tmp: tmp.write_text(text))
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}) + "\n")
-
-
-def _metric_lines(path: Path) -> list[tuple[str, dict]]:
-    """``(line, record)`` of every line of ``metrics.jsonl``, leaving out a last line that a kill cut short.
-
-    Raises ValueError naming the file and line for any other line that is not a record with a ``step``.
-    """
-    if not path.exists():
-        return []
-    *lines, unfinished = path.read_text().split("\n")  # every complete line ends with "\n"
-    if unfinished:
-        log.warning("%s: left out its last line, which a killed run cut short: %r", path, unfinished[:80])
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line) if line else None
-        except ValueError as e:
-            raise ValueError(f"{path}, line {number}: not a metrics record ({e})") from e
-        if line and (not isinstance(record, dict) or "step" not in record):
-            raise ValueError(f"{path}, line {number}: not a metrics record (it has no step)")
-        if line:
-            records.append((line, record))
-    return records
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the saved step (they will be logged again), and a last line a kill cut short."""
-    lines = [line for line, record in _metric_lines(path) if record["step"] <= step]
-    if path.exists():
-        write_atomically(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)))
-
-
-def _progress(enabled: bool, initial: int, total: int, description: str):
+def _progress_bar(enabled: bool, initial: int, total: int, description: str):
     if not enabled:
         return None
     from tqdm.auto import tqdm

@@ -2,8 +2,10 @@
 
 The unit LM (Mistral-ULM) and ELLA-V are the same network: token embedding -> ``n_layers`` pre-norm
 blocks (RMSNorm -> grouped-query attention with rotary positions, RMSNorm -> SwiGLU) -> RMSNorm ->
-output projection (ELLA-V's has a bias). Parameter names equal the checkpoints' keys, so both
-official formats load with a plain ``load_state_dict(strict=True)``.
+output projection (ELLA-V's has a bias). The projections that read the same input are held stacked
+(``wqkv`` = wq | wk | wv, ``w13`` = w1 | w3, as in gpt-fast), but the state dict has the checkpoints'
+keys both ways, so both official formats load with a plain ``load_state_dict(strict=True)`` and
+``state_dict()`` writes them.
 
 Conventions that must match the released weights:
 
@@ -23,6 +25,7 @@ token later overwrites them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -148,16 +151,67 @@ def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask:
     return out.transpose(1, 2)
 
 
+class StackedLinear(nn.Linear):
+    """Bias-free linear layers that read the same input, held as one: ``weight`` stacks their rows.
+
+    ``[..., in_features] -> [..., out_features]``: the layers' outputs side by side. ``parts`` maps
+    each layer's name to its number of rows, in order. Each layer's rows are multiplied on their own,
+    so every output is rounded as that layer's alone (the originals'), float32 or bfloat16; a Linear
+    swap such as :class:`dpslm_utils.fast.Int8Linear` multiplies the whole stack in one product.
+    Built from the layers themselves, so a fresh model draws its initial weights as the originals do.
+    """
+
+    def __init__(self, **layers: nn.Linear):
+        if any(layer.bias is not None for layer in layers.values()):
+            raise ValueError(f"StackedLinear stacks bias-free layers; {list(layers)} include one with a bias")
+        parts = {name: layer.out_features for name, layer in layers.items()}
+        with torch.device("meta"):  # no initialisation: the layers' weights are taken next
+            super().__init__(next(iter(layers.values())).in_features, sum(parts.values()), bias=False)
+        self.weight = nn.Parameter(torch.cat([layer.weight.detach() for layer in layers.values()]))
+        self.parts = parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.linear(x, rows) for rows in self.weight.split(list(self.parts.values()))], dim=-1)
+
+
+def keep_original_names(module: nn.Module, order: tuple[str, ...]) -> None:
+    """Make ``module``'s state dict that of the originals: each :class:`StackedLinear` child is saved as
+    its layers (``wqkv.weight`` -> ``wq.weight``, ``wk.weight``, ``wv.weight``, copies), all of the
+    module's entries in the originals' layer ``order``, and loaded from them (concatenated)."""
+    stacks = {name: child.parts for name, child in module.named_children() if isinstance(child, StackedLinear)}
+    module.register_state_dict_post_hook(functools.partial(_save_layers, stacks=stacks, order=order))
+    module.register_load_state_dict_pre_hook(functools.partial(_load_layers, stacks=stacks))
+
+
+def _save_layers(module, state_dict, prefix, local_metadata, stacks: dict, order: tuple[str, ...]) -> None:
+    own = {key[len(prefix) :]: state_dict.pop(key) for key in [key for key in state_dict if key.startswith(prefix)]}
+    for stack, parts in stacks.items():
+        weights = own.pop(f"{stack}.weight").split(list(parts.values()))
+        own |= {f"{name}.weight": weight.clone() for name, weight in zip(parts, weights)}
+    for key in sorted(own, key=lambda key: order.index(key.split(".")[0])):
+        state_dict[prefix + key] = own[key]
+
+
+def _load_layers(module, state_dict, prefix, *_, stacks: dict) -> None:
+    for stack, parts in stacks.items():
+        keys = [f"{prefix}{name}.weight" for name in parts]
+        if all(key in state_dict for key in keys):
+            state_dict[f"{prefix}{stack}.weight"] = torch.cat([state_dict.pop(key) for key in keys])
+
+
 class Attention(nn.Module):
+    """Grouped-query attention. ``wqkv`` stacks the originals' ``wq``, ``wk``, ``wv`` (x -> [q | k | v]);
+    the state dict holds the three (:func:`keep_original_names`)."""
+
     def __init__(self, args: ModelArgs, dropout: float = 0.0):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wqkv = StackedLinear(wq=nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False),
+                                  wk=nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False),
+                                  wv=nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False))  # fmt: skip
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.wqkv = None  # fast.py's int8 fusion of wq|wk|wv (x -> [q | k | v]) in place of the three
         self.dropout = nn.Dropout(dropout)
+        keep_original_names(self, order=("wq", "wk", "wv", "wo"))
 
     def forward(self, x, cos, sin, positions, mask, cache: KVCache | None, layer: int, kv_len: int) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -171,11 +225,6 @@ class Attention(nn.Module):
 
     def rotated_projections(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q ``[B, T, n_heads, D]`` and k ``[B, T, n_kv_heads, D]`` rotated to their positions, v like k."""
-        if self.wqkv is None:
-            q, k, v = self.wq(x), self.wk(x), self.wv(x)
-            q = apply_rotary(q.unflatten(-1, (self.n_heads, self.head_dim)), cos, sin)
-            k = apply_rotary(k.unflatten(-1, (self.n_kv_heads, self.head_dim)), cos, sin)
-            return q, k, v.unflatten(-1, (self.n_kv_heads, self.head_dim))
         q_and_k, v = self.wqkv(x).unflatten(-1, (-1, self.head_dim)).split(
             (self.n_heads + self.n_kv_heads, self.n_kv_heads), dim=2
         )
@@ -184,16 +233,19 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    """SwiGLU. ``w13`` stacks the originals' ``w1`` and ``w3`` (x -> [gate | up]); the state dict holds
+    ``w1``, ``w2``, ``w3`` (:func:`keep_original_names`)."""
+
     def __init__(self, args: ModelArgs, dropout: float = 0.0):
         super().__init__()
-        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)
+        w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # made in the originals' order: w1, w2, w3
         self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)
-        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)
-        self.w13 = None  # fast.py's int8 fusion of w1|w3 (x -> [gate | up]) in place of the two
+        self.w13 = StackedLinear(w1=w1, w3=nn.Linear(args.dim, args.hidden_dim, bias=False))
         self.dropout = nn.Dropout(dropout)
+        keep_original_names(self, order=("w1", "w2", "w3"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, dim=-1) if self.w13 is not None else (self.w1(x), self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
         return self.dropout(self.w2(F.silu(gate) * up))
 
 
@@ -221,7 +273,6 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args, dropout) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=output_bias)
-        self.cache_dtype: torch.dtype | None = None  # the KV cache's dtype; None: the weights' (fast.py sets it)
 
     @property
     def device(self) -> torch.device:
@@ -231,8 +282,9 @@ class Transformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.tok_embeddings.weight.dtype
 
-    def new_cache(self, batch_size: int, max_seq_len: int) -> KVCache:
-        return KVCache(self.args, batch_size, max_seq_len, self.device, self.cache_dtype or self.dtype)
+    def new_cache(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty :class:`KVCache` in ``dtype`` (None: the weights' dtype)."""
+        return KVCache(self.args, batch_size, max_seq_len, self.device, dtype or self.dtype)
 
     def forward(
         self, tokens: torch.Tensor, start: torch.Tensor | None = None, cache: KVCache | None = None
@@ -322,17 +374,22 @@ def sequence_logprobs(model: Transformer, sequences: list[torch.Tensor], batch_s
 
 
 def prefill(
-    model: Transformer, prompts: list[torch.Tensor], max_new_tokens: int, chunk_size: int | None = None
+    model: Transformer,
+    prompts: list[torch.Tensor],
+    max_new_tokens: int,
+    chunk_size: int | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
     """Run the prompts (1-D LongTensors) through the model into a fresh cache.
 
     Returns ``(cache, logits [B, vocab] at each prompt's last token, lengths [B])``; the cache has room
-    for ``max_new_tokens`` more tokens per row. ``chunk_size`` splits the prompts into pieces of at most
-    that many positions (bounds memory for long prompts; the result is the same).
+    for ``max_new_tokens`` more tokens per row and holds ``cache_dtype`` (None: the weights' dtype).
+    ``chunk_size`` splits the prompts into pieces of at most that many positions (bounds memory for
+    long prompts; the result is the same).
     """
     tokens, lengths = pad_right(prompts, model.device)
     batch, longest = tokens.shape
-    cache = model.new_cache(batch, longest + max_new_tokens)
+    cache = model.new_cache(batch, longest + max_new_tokens, cache_dtype)
     chunk_size = chunk_size or longest
     last = lengths - 1
     last_logits = torch.empty(batch, model.args.vocab_size, device=model.device)

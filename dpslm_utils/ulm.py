@@ -4,6 +4,12 @@ Token ids are the units shifted by one: ``[0 (BOS)] + [u + 1 for u in units]``, 
 token ``u + 1`` and the vocabulary has ``k + 1`` entries. There is no end-of-sequence token.
 All log-probabilities are natural logarithms (nats).
 
+Training (Mistral-ULM's objective, :class:`UnitLMTask`): every utterance deduplicated and tokenized as
+above (:func:`tokenize_units`); a training chunk starts at a random position inside one utterance and
+continues with the whole following utterances of the same chapter (parent folder), cut to
+``chunk_size`` ids; the model reads ``ids[:-1]`` and predicts ``ids[1:]``, and the loss skips each
+chunk's first target (:func:`chunk_loss_mask`).
+
 Checkpoint format (Mistral-ULM ``save_pretrained_checkpoint``):
 ``{"model_args": {dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, dropout, norm_eps,
 vocab_size, rope_theta}, "model_state_dict": {...}}`` (no output bias).
@@ -13,13 +19,16 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import checkpoints, registry
+from . import checkpoints, datasets, registry
+from .batches import PackedBatch, data_fingerprint, derived_seed
 from .checks import MAX_NEW_TOKENS, as_units, check_count, check_sampling
-from .fast import make_fast
+from .fast import kv_cache_dtype, make_fast
 from .transformer import (
     Transformer,
     new_generator,
@@ -46,6 +55,17 @@ def official_checkpoint(transformer: Transformer, dropout: float = 0.0) -> dict:
 
 def _with_bos(units: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.tensor([BOS_ID]), units + UNIT_OFFSET])
+
+
+def tokenize_units(frame_units) -> torch.LongTensor:
+    """A training utterance: framewise units deduplicated and encoded as the model reads them,
+    ``[BOS (0), u_1 + 1, ..., u_n + 1]`` (what :meth:`UnitLM.tokenize` gives for the deduplicated units)."""
+    return _with_bos(torch.unique_consecutive(torch.as_tensor(frame_units).long()))
+
+
+def chunk_loss_mask(length: int) -> torch.BoolTensor:
+    """The loss mask of a training chunk of ``length`` ids: every target but the first."""
+    return torch.arange(length - 1) > 0
 
 
 def load_transformer(path: str | os.PathLike, family: str) -> Transformer:
@@ -155,7 +175,7 @@ class UnitLM(nn.Module):
         check_sampling(temperature, top_p, top_k)
 
         generator = new_generator(seed, self.transformer.device)
-        cache, logits, position = prefill(self.transformer, [prompt] * n, max_new_units)
+        cache, logits, position = prefill(self.transformer, [prompt] * n, max_new_units, None, kv_cache_dtype(self.fast))
         new_tokens = []
         for step in steps(max_new_units, progress, "unit LM"):
             logits[:, BOS_ID] = float("-inf")
@@ -166,3 +186,116 @@ class UnitLM(nn.Module):
                 position = position + 1
         units = (torch.stack(new_tokens, dim=1) - UNIT_OFFSET).cpu()
         return list(units)
+
+
+# -- training: the tokenized corpus, its chunks and the training task ------------------------------
+
+
+@dataclass
+class UnitCorpus:
+    """Tokenized utterances in file order, with their chapters (parent folders): one flat array."""
+
+    ids: torch.Tensor  # [total] int16/int32 token ids of every utterance, one after the other
+    offsets: torch.Tensor  # [U + 1] utterance u is ids[offsets[u]:offsets[u + 1]]
+    chapters: list[str]  # [U]
+    frames: int  # total 50 Hz frames (before deduplication)
+
+    @classmethod
+    def from_utterances(cls, utterances: list[torch.Tensor], chapters: list[str], frames: int = 0) -> UnitCorpus:
+        lengths = torch.tensor([len(u) for u in utterances], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        ids = torch.cat(list(utterances)).int() if utterances else torch.zeros(0, dtype=torch.int)
+        return cls(ids, offsets, list(chapters), frames)
+
+    @classmethod
+    def from_files(cls, files: list[Path], root: Path, k: int | None = None) -> UnitCorpus:
+        """Read (checking units against ``k``) and tokenize unit files; the chapter of a file is its parent folder relative to ``root``."""
+        utterances, chapters, frames = [], [], 0
+        for path in files:
+            frame_units = datasets.load_frame_units(path, k)
+            if len(frame_units) == 0:
+                continue
+            frames += len(frame_units)
+            utterances.append(tokenize_units(frame_units))
+            chapters.append(path.parent.relative_to(root).as_posix())
+        return cls.from_utterances(utterances, chapters, frames)
+
+    def __len__(self) -> int:
+        return len(self.chapters)
+
+    def utterance(self, index: int) -> torch.LongTensor:
+        return self.ids[self.offsets[index] : self.offsets[index + 1]].long()
+
+    def length(self, index: int) -> int:
+        return int(self.offsets[index + 1] - self.offsets[index])
+
+    def chunk(self, index: int, start: int, chunk_size: int) -> torch.LongTensor:
+        """Utterance ``index`` from ``start``, then whole following utterances of its chapter, cut to ``chunk_size`` ids."""
+        end = index + 1
+        total = self.length(index) - start
+        while total < chunk_size and end < len(self) and self.chapters[end] == self.chapters[index]:
+            total += self.length(end)
+            end += 1
+        first = int(self.offsets[index]) + start
+        return self.ids[first : min(first + chunk_size, int(self.offsets[end]))].long()
+
+
+class UnitLMTask:
+    """The unit LM's training task (a :class:`dpslm_utils.training.Task`): chunks of the unit corpus; whole
+    utterances for validation; checkpoints in the Mistral-ULM layout."""
+
+    ignore_index = -100
+    output_bias = False
+
+    def __init__(self, config: dict, train: UnitCorpus, val: UnitCorpus):
+        self.config, self.train, self.val = config, train, val
+        self.vocab_size = config["k"] + UNIT_OFFSET
+        self._plan: tuple[int, torch.Tensor] | None = None
+        self.lengths = train.offsets.diff()
+        self.summary = {"train_files": len(train), "val_files": len(val), "train_tokens": len(train.ids),
+                        "val_tokens": len(val.ids), "train_hours": round(train.frames / 50 / 3600, 4),
+                        "units_per_second": round((len(train.ids) - len(train)) / max(train.frames / 50, 1e-9), 2)}  # fmt: skip
+
+    @classmethod
+    def from_folders(cls, config: dict, units_dir, val_dir=None) -> UnitLMTask:
+        """The unit files under ``units_dir`` (validation: ``val_dir``'s, or a held-out fraction), read and checked."""
+        found = datasets.unit_files(units_dir)
+        if val_dir is not None:
+            train_files, val_files = found, datasets.unit_files(val_dir)
+        else:
+            train_files, val_files = datasets.hold_out(found, config["val_fraction"], config["seed"])
+        train = UnitCorpus.from_files(list(train_files.values()), Path(units_dir), config["k"])
+        val = UnitCorpus.from_files(list(val_files.values()), Path(val_dir or units_dir), config["k"])
+        if len(train) == 0 or len(val) == 0:
+            raise ValueError("no training or no validation utterances (are the unit files empty?)")
+        if int((val.offsets.diff() - 2).clamp(min=0).sum()) == 0:  # BOS, then a first unit the loss skips
+            raise ValueError(f"no validation utterance has 2 or more units (the loss skips each one's first unit), so "
+                             f"there is nothing to validate on: give longer or more validation files "
+                             f"({'in ' + str(val_dir) if val_dir is not None else 'or val_dir'})")  # fmt: skip
+        return cls(config, train, val)
+
+    def num_items(self) -> int:
+        return len(self.train)
+
+    def fingerprint(self) -> str:
+        return data_fingerprint(part for corpus in (self.train, self.val)
+                                for part in (corpus.ids, corpus.offsets, "\n".join(corpus.chapters)))  # fmt: skip
+
+    def batch(self, epoch: int, items: torch.Tensor) -> PackedBatch:
+        if self._plan is None or self._plan[0] != epoch:  # the epoch's random chunk starts
+            generator = torch.Generator().manual_seed(derived_seed(self.config["seed"], epoch, 1))
+            self._plan = (epoch, (torch.rand(len(self.train), generator=generator, dtype=torch.float64)
+                                  * self.lengths).long())  # fmt: skip
+        chunks = [self.train.chunk(int(i), int(self._plan[1][i]), self.config["chunk_size"]) for i in items]
+        chunks = [c for c in chunks if len(c) >= 2]
+        return PackedBatch.pack(chunks, [chunk_loss_mask(len(c)) for c in chunks])
+
+    def val_batches(self, rank: int, world_size: int):
+        utterances = [self.val.utterance(i) for i in range(rank, len(self.val), world_size)]
+        utterances = [u for u in utterances if len(u) >= 2]
+        for begin in range(0, len(utterances), self.config["batch_size"]):
+            group = utterances[begin : begin + self.config["batch_size"]]
+            yield PackedBatch.pack(group, [chunk_loss_mask(len(u)) for u in group])
+
+    def checkpoint(self, model: Transformer) -> dict:
+        return official_checkpoint(model, dropout=self.config["dropout"])

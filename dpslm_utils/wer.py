@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoints, registry
-from .audio import load_audio, resample, save_wav, to_mono
+from .audio import load_mono, resample, save_wav, to_mono
 from .checks import MissingDependency, check_count, import_optional
 from .ellav import ELLAV
 from .pipeline import UnitEncoder, shared_vocoder, resolve_device, synthesize_batch
@@ -48,7 +48,9 @@ from .settings_record import digest, file_state
 ASR = Callable[[torch.Tensor, int], str]
 """A speech recogniser: ``asr(wav FloatTensor [samples], sample_rate) -> text``."""
 
-AUDIO_SUFFIXES = (".flac", ".wav")
+LIBRISPEECH_AUDIO_SUFFIXES = (".flac", ".wav")
+"""An utterance's audio beside its transcript, in order of preference: ``ID.flac`` (LibriSpeech's), else ``ID.wav``."""
+
 RESULT_COLUMNS = ("system", "k", "lmbda", "num_neighbors", "units_per_second", "entropy_bits", "bits_per_second",
                   "wer", "median_wer", "substitutions", "deletions", "insertions", "reference_words",
                   "utterances")  # fmt: skip
@@ -90,7 +92,7 @@ def read_transcripts(root: str | os.PathLike, limit: int | None = None) -> list[
             uid, _, text = line.strip().partition(" ")
             if not text.strip():
                 raise ValueError(f"{transcript}:{number}: expected '<utterance id> <text>', got {line!r}")
-            paths = [transcript.parent / f"{uid}{suffix}" for suffix in AUDIO_SUFFIXES]
+            paths = [transcript.parent / f"{uid}{suffix}" for suffix in LIBRISPEECH_AUDIO_SUFFIXES]
             audio = next((p for p in paths if p.is_file()), None)
             if audio is None:
                 raise ValueError(f"{transcript}:{number}: no audio for {uid} (looked for {', '.join(map(str, paths))})")
@@ -381,7 +383,7 @@ def resynthesis_wer(
                 "utterances": len(utterances), "hypotheses": hypotheses}  # fmt: skip
 
     def original(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
-        return [_read_mono(u.path) for u in batch]
+        return [(wav[0], sr) for wav, sr in (load_mono(u.path) for u in batch)]
 
     def copy_synthesis(batch: list[Utterance]) -> list[tuple[torch.Tensor, int]]:
         return [(vocoder.decode(vocoder.encode(wav, sr)[None])[0].cpu(), vocoder.sample_rate) for wav, sr in original(batch)]
@@ -429,11 +431,6 @@ def _kept(folder: str | os.PathLike | None, name: str, settings: dict, compute: 
     row = compute()
     checkpoints.write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"settings": settings, "row": row})))
     return row
-
-
-def _read_mono(path: Path) -> tuple[torch.Tensor, int]:
-    wav, sr = load_audio(path)
-    return to_mono(wav)[0], sr
 
 
 def write_results(rows: list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:

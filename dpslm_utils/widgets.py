@@ -9,6 +9,7 @@ rendered to PNG here, without pyplot, so no backend ever shows them a second tim
 from __future__ import annotations
 
 import io
+import math
 from collections import OrderedDict
 
 import ipywidgets as widgets
@@ -19,12 +20,20 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .checkpoints import weights_mode
-from .codebooks import load_codebook
+from .codebooks import feature_codebook, load_codebook
 from .ellav import ELLAV
+from .features import feature_encoder, resynthesize_units
 from .pipeline import DPSLM, shared_vocoder, resolve_device
 from .quantize import bitrate, deduplicate, dpdp
+from .rates import RatePoint, rate_distortion
 from .registry import CODEBOOK_SIZES, PAPER_NUM_NEIGHBORS, VALID_LAMBDAS
 from .ulm import UnitLM
+
+
+FIGURE_WIDTH = 8.0
+"""Inches (800 px at the PNG's 100 dpi). JupyterLab shrinks a wider picture to its output area, about
+580 px in a 1024 px window with the file browser open: at this width tick labels stay about 10 px
+tall (the 14-inch figure of notebook 02's explorer shrank them to 6 px)."""
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -32,6 +41,108 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return buffer.getvalue()
+
+
+def audible(clip: torch.Tensor, sample_rate: int, seconds: float = 1.0, gap: float = 0.25) -> tuple[torch.Tensor, int]:
+    """``clip [n]`` repeated, ``gap`` seconds of silence apart, until it lasts at least ``seconds``;
+    returns the samples ``[m]`` and how many times the clip is in them.
+
+    A 40 ms unit played once is a click, and the browser's player shows a sub-second clip as
+    "0:00 / 0:00"; a few repetitions can be heard, and the player shows a length.
+    """
+    clip = clip.reshape(-1)
+    if clip.numel() >= seconds * sample_rate:
+        return clip, 1
+    silence = clip.new_zeros(round(gap * sample_rate))
+    repeats = math.ceil((seconds * sample_rate + silence.numel()) / (clip.numel() + silence.numel()))
+    return torch.cat([clip, silence] * (repeats - 1) + [clip]), repeats
+
+
+def _row(*children) -> widgets.HBox:
+    """Controls side by side; in a narrow window they wrap onto the next line instead of shrinking."""
+    return widgets.HBox(list(children), layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+
+def _slider_layout() -> widgets.Layout:
+    """A slider that takes the room its row leaves, but at least 320 px for label, track and readout
+    (squeezed into a row it had kept a 45 px track)."""
+    return widgets.Layout(flex="1 1 320px", min_width="320px", max_width="560px")
+
+
+def _button(description: str, tooltip: str, **options) -> widgets.Button:
+    """A button as wide as its text (the default width cuts "score word / non-word")."""
+    return widgets.Button(description=description, tooltip=tooltip, layout=widgets.Layout(width="auto"), **options)
+
+
+WHOLE_LABEL = {"description_width": "initial"}
+"""Widget style: the description gets the width it needs (the default cuts "temperature" to "temperat…")."""
+
+
+PLAYER_WIDTH_PX = 260
+"""Width of a :func:`player`: two side by side fit the output area of a 1024 px JupyterLab window (about
+580 px with the file browser open); at the browser's default 300 px every player took a row of its own."""
+
+
+def player(wav: torch.Tensor, sample_rate: int, label: str) -> str:
+    """HTML: an audio player for ``wav [samples]`` with ``label`` (HTML) above it, for :func:`players`."""
+    audio = Audio(torch.as_tensor(wav).reshape(-1).numpy(), rate=sample_rate)._repr_html_()
+    audio = audio.replace("<audio ", f"<audio style='width:{PLAYER_WIDTH_PX}px' ", 1)
+    return f"<div style='text-align:center'>{label}<br>{audio}</div>"
+
+
+def players(cells: list[str]) -> str:
+    """HTML: :func:`player` cells side by side, wrapping onto the next line in a narrow window."""
+    return "<div style='display:flex; flex-wrap:wrap; gap:4px 16px'>" + "".join(cells) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hearing units without weights (notebooks 02 and 07)
+# ---------------------------------------------------------------------------------------------
+
+WEIGHT_FREE_LAMBDAS = (0.0, *np.geomspace(1.0, 1e5, 61).tolist())
+"""Log-mel λ at which :class:`WeightFreeVoice` measures rate and distortion: 0 (k-means units), then 1 to
+100 000 in steps of about 21 %, from every frame its nearest centroid to one unit per utterance."""
+
+
+class WeightFreeVoice:
+    """DPDP units of one utterance that can be heard without any model weights.
+
+    The utterance's log-mel features ``[T, 80]`` (``feature_encoder("fbank")``) are quantized by DPDP
+    on the shipped log-mel codebook (``feature_codebook("fbank")``, k = 100); each frame gets its
+    unit's centroid spectrum back, and Griffin-Lim turns that into audio
+    (:func:`~dpslm_utils.resynthesize_units`). ``points`` holds the rate and distortion of every
+    λ in ``lambdas`` (:func:`~dpslm_utils.rate_distortion`): :meth:`at_share` picks the λ whose units
+    keep a given share of the k-means (λ = 0) rate, which is how other units (WavLM at some λ, a
+    released pair's bitrate) are matched: a log-mel codebook of 100 entries cannot reach their
+    absolute rates, but it can be as much coarser than its own k-means units as they are than theirs.
+    """
+
+    def __init__(self, wav: torch.Tensor, sample_rate: int, lambdas=WEIGHT_FREE_LAMBDAS):
+        self.encoder, self.codebook = feature_encoder("fbank"), feature_codebook("fbank")
+        self.sample_rate = self.encoder.sample_rate
+        self.features = self.encoder(wav, sample_rate)
+        lambdas = sorted({0.0, *map(float, lambdas)})  # λ = 0 first: the k-means rate every share refers to
+        self.points: list[RatePoint] = rate_distortion(self.features, self.codebook, lambdas)
+        self._audio: dict[float, torch.Tensor] = {}
+
+    def at_share(self, share: float, rate: str = "units_per_second") -> RatePoint:
+        """The measured point whose ``rate`` ("units_per_second" or "bits_per_second") is nearest to
+        ``share`` × the rate at λ = 0 (of equally near ones, the smallest λ)."""
+        if rate not in ("units_per_second", "bits_per_second"):
+            raise ValueError(f"rate must be 'units_per_second' or 'bits_per_second', got {rate!r}")
+        target = share * getattr(self.points[0], rate)
+        return min(self.points, key=lambda p: (abs(getattr(p, rate) - target), p.lmbda))
+
+    def units(self, lmbda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deduplicated log-mel units ``[N]`` and their durations ``[N]`` (frames) at ``lmbda``."""
+        return deduplicate(dpdp(self.features, self.codebook, lmbda))
+
+    def speak(self, lmbda: float) -> torch.Tensor:
+        """The utterance rebuilt from its units at ``lmbda``: ``[320 T]`` samples at :attr:`sample_rate`
+        (computed once per λ)."""
+        if lmbda not in self._audio:
+            self._audio[lmbda] = resynthesize_units(*self.units(lmbda), self.codebook, self.encoder)
+        return self._audio[lmbda]
 
 
 class _Codebooks:
@@ -60,12 +171,17 @@ class DPDPExplorer:
     segment. Each change reruns DPDP and redraws the segmentation (the chosen segment shaded), the
     duration histogram and the units/s-vs-λ curve of this k and search with the current point
     marked, the summary line, and an audio player with the chosen segment's samples.
-    :meth:`show` puts it in the notebook; :func:`dpdp_explorer` builds and shows one.
+
+    With ``weight_free`` (the default) a second player speaks the whole utterance without any
+    weights (:class:`WeightFreeVoice`): log-mel units that keep the same share of their k-means rate
+    as the current units keep of theirs, so the sound coarsens as λ grows. With random weights it is
+    the only real sound; with the released weights, a comparison. :meth:`show` puts it in the
+    notebook; :func:`dpdp_explorer` builds and shows one.
     """
 
     def __init__(self, wav: torch.Tensor, sample_rate: int, encoder, k: int = 500, lmbda: int = 4500,
                  ks: tuple[int, ...] = CODEBOOK_SIZES, max_lmbda: int = 10000, step: int = 100,
-                 restricted: bool = False, layer: int = 11, curve_points: int = 11):
+                 restricted: bool = False, layer: int = 11, curve_points: int = 11, weight_free: bool = True):
         if k not in ks:
             raise ValueError(f"k={k} is not one of the choices ks={list(ks)}")
         if not 0 <= lmbda <= max_lmbda:
@@ -73,19 +189,26 @@ class DPDPExplorer:
         self.wav, self.sample_rate = wav, sample_rate
         self.features = encoder(wav, sample_rate, layer=layer)
         self.frame_rate = float(getattr(encoder, "frame_rate", 50.0))
+        self.random_weights = bool(getattr(encoder, "random_weights", False))
+        self.voice = WeightFreeVoice(wav, sample_rate) if weight_free else None
+        self.weight_free_point: RatePoint | None = None  # the log-mel units the weight-free player speaks
+        self.weight_free_label = ""
         self.codebooks = _Codebooks(layer, self.features.device)
         self.curve_lmbdas = np.linspace(0, max_lmbda, curve_points).round().astype(int)
         self._curves: dict[tuple[int, bool], np.ndarray] = {}  # (k, restricted) -> units/s at curve_lmbdas
-        self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k")
+        self.k_dropdown = widgets.Dropdown(options=list(ks), value=k, description="k", style=WHOLE_LABEL,
+                                           layout=widgets.Layout(width="130px"))
         self.lmbda_slider = widgets.IntSlider(value=int(lmbda), min=0, max=int(max_lmbda), step=int(step),
-                                              description="λ", continuous_update=False,
-                                              layout=widgets.Layout(width="50%"))
-        self.search_toggle = widgets.ToggleButtons(options=[("exact", False), ("paper: 5 % nearest", True)],
-                                                   value=bool(restricted), description="search")
-        self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment",
-                                                continuous_update=False, layout=widgets.Layout(width="50%"))
-        self.controls = widgets.VBox([widgets.HBox([self.k_dropdown, self.lmbda_slider]),
-                                      widgets.HBox([self.search_toggle, self.segment_slider])])
+                                              description="λ", continuous_update=False, style=WHOLE_LABEL,
+                                              layout=_slider_layout())
+        self.search_toggle = widgets.ToggleButtons(
+            options=[("exact", False), ("paper: 5 % nearest", True)], value=bool(restricted), description="search",
+            style={**WHOLE_LABEL, "button_width": "auto"},  # the label beside the buttons, side by side
+            layout=widgets.Layout(display="flex", flex="0 0 auto", align_items="center"))
+        self.segment_slider = widgets.IntSlider(value=0, min=0, max=0, description="segment", style=WHOLE_LABEL,
+                                                continuous_update=False, layout=_slider_layout())
+        self.controls = widgets.VBox([_row(self.k_dropdown, self.lmbda_slider),
+                                      _row(self.search_toggle, self.segment_slider)])
         self.units: torch.Tensor | None = None
         self.summary = ""
         self.figure: Figure | None = None
@@ -125,6 +248,11 @@ class DPDPExplorer:
                                           for lmbda in self.curve_lmbdas])
         return self._curves[key]
 
+    def weight_free_audio(self) -> torch.Tensor:
+        """The weight-free resynthesis ``[samples]`` at ``voice.sample_rate`` of the whole utterance
+        (log-mel units at :attr:`weight_free_point`)."""
+        return self.voice.speak(self.weight_free_point.lmbda)
+
     def segment_audio(self) -> torch.Tensor:
         """The samples ``[1, n]`` of the chosen segment (its frames at ``sample_rate``)."""
         start, end = self._segment_frames()
@@ -158,22 +286,38 @@ class DPDPExplorer:
                         f"mean duration {1000 * durations.float().mean() / self.frame_rate:.0f} ms, entropy "
                         f"{rate.entropy_bits:.2f} bits/unit → **{rate.bits_per_second:.0f} bits/s** "
                         f"(one utterance: the entropy is underestimated). {released}.")
+        if self.voice is not None:
+            self._match_weight_free(rate.units_per_second)
         self._draw_and_play()
+
+    def _match_weight_free(self, units_per_second: float) -> None:
+        """Choose the log-mel units with the current units' share of their k-means rate, and say what they are."""
+        share = units_per_second / self.curve()[0]  # curve_lmbdas[0] == 0: the k-means rate of this k and search
+        point = self.weight_free_point = self.voice.at_share(share)
+        why = ("no weights at all (the units above are random)" if self.random_weights else
+               "for comparison, no model weights")
+        self.weight_free_label = (
+            f"**weight-free resynthesis**, {why}: the whole utterance as log-mel units (k = 100) that keep "
+            f"{share:.0%} of their k-means rate, as the units of k = {self.k}, λ = {self.lmbda} keep of theirs: "
+            f"{point.units_per_second:.1f} units/s, {point.bits_per_second:.0f} bits/s "
+            f"(log-mel λ = {point.lmbda:.0f}), "
+            f"mean squared log-mel error {point.distortion:.2f}. Each frame is its unit's centroid spectrum; "
+            "it sounds robotic: no neural vocoder, Griffin-Lim guesses the phase.")
 
     def _draw_and_play(self) -> None:
         """Draw the figure for the current units and segment, then update what is shown."""
         units, durations = deduplicate(self.units)
         rate = bitrate(self.units, self.frame_rate)
-        fig = Figure(figsize=(14, 3.4))
-        grid = fig.add_gridspec(1, 3, width_ratios=(3.2, 1, 1.2), wspace=0.3, bottom=0.2)
-        ax = fig.add_subplot(grid[0])
-        plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=ax,
-                                title=f"k = {self.k}, λ = {self.lmbda}: {rate.units_per_second:.1f} units/s, "
-                                      f"{rate.bits_per_second:.0f} bits/s")
+        fig = Figure(figsize=(FIGURE_WIDTH, 5.6))
+        grid = fig.add_gridspec(2, 2, height_ratios=(1.2, 1), hspace=0.55, wspace=0.3)
+        ax = fig.add_subplot(grid[0, :])
+        plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=ax)
+        ax.set_title(f"k = {self.k}, λ = {self.lmbda}: {rate.units_per_second:.1f} units/s, "
+                     f"{rate.bits_per_second:.0f} bits/s", pad=12)  # room for the segment's triangle
         start, end = self._segment_frames()
-        ax.axvspan(start / self.frame_rate, end / self.frame_rate, color="cyan", alpha=0.25, lw=0)
-        plots.plot_durations(durations, self.frame_rate, ax=fig.add_subplot(grid[1]))
-        curve_ax = fig.add_subplot(grid[2])
+        plots.mark_span(ax, start / self.frame_rate, end / self.frame_rate)
+        plots.plot_durations(durations, self.frame_rate, ax=fig.add_subplot(grid[1, 0]))
+        curve_ax = fig.add_subplot(grid[1, 1])
         curve_ax.plot(self.curve_lmbdas, self.curve(), "o-", ms=3, color="C0")
         curve_ax.plot([self.lmbda], [rate.units_per_second], "*", ms=14, color="C3", mec="black")
         curve_ax.set(xlabel="λ", ylabel="units per second", title=f"k = {self.k}: units/s vs λ")
@@ -191,9 +335,14 @@ class DPDPExplorer:
         i = self.segment_slider.value
         self._update("figure", Image(figure_png(self.figure)))
         self._update("summary", Markdown(self.summary))
+        heard, repeats = audible(self.segment_audio()[0], self.sample_rate)
         self._update("segment", Markdown(f"hear segment {i} (unit u{int(units[i])}, "
-                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms):"))
-        self._update("audio", Audio(self.segment_audio()[0].numpy(), rate=self.sample_rate))
+                                         f"{1000 * (end - start) / self.frame_rate:.0f} ms"
+                                         f"{f', played {repeats}×' if repeats > 1 else ''}):"))
+        self._update("audio", Audio(heard.numpy(), rate=self.sample_rate))
+        if self.voice is not None:
+            self._update("weight_free", Markdown(self.weight_free_label))
+            self._update("weight_free_audio", Audio(self.weight_free_audio().numpy(), rate=self.voice.sample_rate))
 
     def _changed(self, change) -> None:
         self.redraw()
@@ -207,9 +356,13 @@ class DPDPExplorer:
             self._handles[name].update(content)
 
     def show(self) -> DPDPExplorer:
-        """Display the controls, the figure, the summary and the segment audio (drawn right away)."""
+        """Display the controls, the figure, the summary, the segment audio and the weight-free
+        resynthesis (drawn right away)."""
         display(self.controls)
-        for name in ("figure", "summary", "segment", "audio"):
+        names = ["figure", "summary", "segment", "audio"]
+        if self.voice is not None:
+            names += ["weight_free", "weight_free_audio"]
+        for name in names:
             self._handles[name] = DisplayHandle()
             self._handles[name].display(Markdown(""))
         self._publish()
@@ -287,23 +440,25 @@ class KLambdaExplorer:
         self.margins: dict[tuple[int, int], float] = {}
         self.a: tuple[tuple[int, int], object] | None = None  # (pair, synthesis) pinned for A/B
         self.codebooks = _Codebooks(11, features.device)
-        self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k")
-        self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ")
+        self.k_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS), value=k, description="k", style=WHOLE_LABEL,
+                                           layout=widgets.Layout(width="130px"))
+        self.lmbda_dropdown = widgets.Dropdown(options=list(VALID_LAMBDAS[k]), value=lmbda, description="λ",
+                                               style=WHOLE_LABEL, layout=widgets.Layout(width="130px"))
         self.temperature_slider = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05,
-                                                      description="temperature", continuous_update=False)
+                                                      description="temperature", continuous_update=False,
+                                                      style=WHOLE_LABEL, layout=_slider_layout())
         self.top_p_slider = widgets.FloatSlider(value=top_p, min=0.0, max=1.0, step=0.05, description="top-p",
-                                                continuous_update=False)
-        self.seed_box = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
-        self.button = widgets.Button(description="resynthesize", icon="volume-up",
-                                     tooltip="load this pair's ELLA-V (once) and speak the units")
-        self.pin_button = widgets.Button(description="keep as A", tooltip="pin this rendition for A/B")
-        self.score_button = widgets.Button(description="score word / non-word",
-                                           tooltip="load this pair's unit LM, score the pair, free it",
-                                           disabled=word_features is None or nonword_features is None)
+                                                continuous_update=False, style=WHOLE_LABEL, layout=_slider_layout())
+        self.seed_box = widgets.IntText(value=seed, description="seed", style=WHOLE_LABEL,
+                                        layout=widgets.Layout(width="130px"))
+        self.button = _button("resynthesize", "load this pair's ELLA-V (once) and speak the units", icon="volume-up")
+        self.pin_button = _button("keep as A", "pin this rendition for A/B")
+        self.score_button = _button("score word / non-word", "load this pair's unit LM, score the pair, free it",
+                                    disabled=word_features is None or nonword_features is None)
         self.controls = widgets.VBox([
-            widgets.HBox([self.k_dropdown, self.lmbda_dropdown]),
-            widgets.HBox([self.temperature_slider, self.top_p_slider, self.seed_box]),
-            widgets.HBox([self.button, self.pin_button, self.score_button]),
+            _row(self.k_dropdown, self.lmbda_dropdown, self.seed_box),
+            _row(self.temperature_slider, self.top_p_slider),
+            _row(self.button, self.pin_button, self.score_button),
         ])
         self.units: torch.Tensor | None = None
         self.summary = ""
@@ -347,7 +502,7 @@ class KLambdaExplorer:
                         f"{1000 * seconds / len(units):.0f} ms, {rate.entropy_bits:.2f} bits/unit "
                         f"→ **{rate.bits_per_second:.0f} bits/s** (one utterance: entropy underestimated)"
                         f"{scored}  \n`{shown}{more}`")
-        self.figure = Figure(figsize=(12, 3))
+        self.figure = Figure(figsize=(FIGURE_WIDTH, 2.8))
         plots.plot_segmentation(self.wav, self.sample_rate, self.units, self.frame_rate, ax=self.figure.add_subplot(),
                                 title=f"DPDP units, k = {k}, λ = {lmbda}")
         plots.mark_random_weights(self.figure)
@@ -402,9 +557,10 @@ class KLambdaExplorer:
             self.synthesis_figure = None
             self._set_status(f"*Press **resynthesize** to hear these units (loads the ELLA-V of k = {self.pair[0]}, "
                              f"λ = {self.pair[1]} the first time).*")
+            self._update("audio", Markdown(""))  # not the previous pair's rendition under this pair's hint
             self._update("synthesis", Markdown(""))
             return
-        fig = Figure(figsize=(12, 3))
+        fig = Figure(figsize=(FIGURE_WIDTH, 2.8))
         alignment = synthesis.alignment
         plots.plot_segmentation(synthesis.wav, synthesis.sample_rate, alignment.frame_units(), alignment.codec_rate,
                                 ax=fig.add_subplot(),

@@ -91,7 +91,8 @@ def test_weights_mode(monkeypatch):
         checkpoints.weights_mode()
 
 
-def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, caplog):
+def test_pretrained_path_in_random_tiny_mode_writes_then_removes(random_tiny, caplog, monkeypatch):
+    monkeypatch.setattr(checkpoints, "_random_weights_announced", False)  # as in a new process
     remote = RemoteFile("https://unreachable.invalid/model-abcdef12.pt", "abcdef12")
     seen = []
 
@@ -206,14 +207,14 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
         checkpoints.load_checkpoint(tmp_path)
 
 
-def test_random_weights_notice_is_shown_by_default_and_can_be_silenced():
-    script = (
-        "import logging, dpslm_utils as dp\n"
-        "dp.UnitLM.from_pretrained(100, 600)\n"
-        "logging.getLogger('dpslm_utils').setLevel(logging.ERROR)\n"
-        "dp.UnitLM.from_pretrained(100, 600)\n"
-    )
+def test_random_weights_notice_is_one_line_once_per_process_and_can_be_silenced():
+    load_three = "dp.UnitLM.from_pretrained(100, 600); dp.ELLAV.from_pretrained(100, 600); dp.load_codebook(100)\n"
     env = {**os.environ, "DPSLM_WEIGHTS": "random-tiny", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.count(checkpoints.RANDOM_WEIGHTS_MESSAGE) == 1 and result.stdout == ""
+    shown, silenced = (
+        subprocess.run([sys.executable, "-c", "import logging, dpslm_utils as dp\n" + setup + load_three + load_three],
+                       env=env, capture_output=True, text=True, timeout=180)
+        for setup in ("", "logging.getLogger('dpslm_utils').setLevel(logging.ERROR)\n"))
+    assert shown.returncode == silenced.returncode == 0, shown.stderr + silenced.stderr
+    notices = [line for line in shown.stderr.splitlines() if "RANDOM" in line]
+    assert len(notices) == 1 and checkpoints.RANDOM_WEIGHTS_MESSAGE in notices[0] and shown.stdout == ""
+    assert "RANDOM" not in silenced.stderr

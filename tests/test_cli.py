@@ -14,7 +14,7 @@ import soundfile
 import torch
 
 import dpslm_utils
-from dpslm_utils import checks, cli
+from dpslm_utils import checks, cli, demo, tree_encoding
 
 from conftest import RunsCode, free_port
 
@@ -44,10 +44,10 @@ def _expected_units(path: Path, k=100, lmbda=600.0):
 
 def test_shard_covers_every_item_once():
     items = list(range(11))
-    parts = [cli.shard(items, r, 3) for r in range(3)]
+    parts = [tree_encoding.shard(items, r, 3) for r in range(3)]
     assert sorted(sum(parts, [])) == items and parts[1] == [1, 4, 7, 10]
     with pytest.raises(ValueError):
-        cli.shard(items, 3, 3)
+        tree_encoding.shard(items, 3, 3)
 
 
 def test_encode_writes_units_skips_broken_files_and_resumes(corpus, tmp_path, capsys):
@@ -342,7 +342,7 @@ def test_demo_falls_back_to_random_weights_and_writes_outputs(tmp_path, capsys, 
     weight_free = [name for name in written if re.fullmatch(r"weightfree_lambda_\d+\.wav", name)]
     assert written == sorted(["demo.png", "original.wav", "resynthesis_0.wav", "resynthesis_1.wav", "units.txt",
                               "rate_distortion.png", "weightfree_logmel.wav", *weight_free])  # fmt: skip
-    assert len(weight_free) == len(cli.DEMO_UNITS_PER_SECOND)
+    assert len(weight_free) == len(demo.DEMO_UNITS_PER_SECOND)
     assert "WEIGHT-FREE resynthesis: no model weights at all" in out and "come from these random models" in out
     units = (tmp_path / "demo" / "units.txt").read_text().split()
     assert units and all(u.startswith("u") and 0 <= int(u[1:]) < 100 for u in units)

@@ -187,3 +187,22 @@ def test_random_tiny_matches_the_official_format_and_gives_varied_durations(monk
         assert finished == [True]
         assert len(alignment.codec_counts.unique()) >= 5  # neither always the maximum nor always zero
         assert 1.0 <= alignment.codec_counts.float().mean() <= 6.0
+
+
+def test_the_inference_prompt_begins_the_training_example_and_generation_replays_the_rest(ellav, monkeypatch):
+    """Training and inference share one sequence format (as in the original ``encode_train`` / ``encode_infer``): the
+    prompt is the first n + 2 ids of the training example of n deduplicated units, and when the model predicts the
+    example's next token at every step, generation's forcing (the next unit after each EOP, the end after the n-th)
+    writes the example up to its last EOP."""
+    from dpslm_utils import ellav as family
+
+    for case in torch.load(FIXTURES / "ellav_train_fixture.pt", weights_only=True)["cases"]:
+        example = family.ellav_example(case["frame_units"], case["codes"], ellav.tokenizer)
+        n = len(ellav.deduplicated_units(case["frame_units"]))
+        assert torch.equal(ellav.encode(case["frame_units"]), example.ids[: n + 2])
+        rest = example.ids[n + 2 :].tolist()
+        position = iter(range(len(rest)))
+        monkeypatch.setattr(family, "sample", lambda *args, **kwargs: torch.tensor([rest[next(position)]]))
+        tokens, finished = ellav.generate_tokens(case["frame_units"], max_tokens=len(rest), max_codec_tokens_per_phone=1000)
+        last_eop = len(rest) - 1 - rest[::-1].index(ellav.eop_id)
+        assert finished.tolist() == [True] and tokens[0].tolist() == rest[:last_eop]

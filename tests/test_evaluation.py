@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dpslm_utils import UnitLM, cli, evaluation
+from dpslm_utils.audio import load_mono
 from dpslm_utils.corpora import slm21_stand_in_dir
 from dpslm_utils.evaluation import (
     bootstrap_interval,
@@ -528,7 +529,7 @@ def test_zerospeech_uses_the_papers_search_unless_told_otherwise(tmp_path, monke
     from dpslm_utils import UnitEncoder
 
     encoder = UnitEncoder.from_pretrained(100, 600, "cpu", num_neighbors=5)
-    wav = evaluation._read_mono(dataset / "lexical" / "dev" / "lexdev02gbn.flac")
+    wav = load_mono(dataset / "lexical" / "dev" / "lexdev02gbn.flac")
     cached = np.load(tmp_path / "paper" / "units" / "lexical" / "dev" / "lexdev02gbn.npy")
     assert cached.tolist() == encoder.encode(*wav).units.tolist()
 
@@ -663,7 +664,7 @@ def test_abx_features_are_computed_again_for_changed_audio_or_another_encoder(ra
     shutil.copy(SLM21 / "lexical" / "dev" / "lexdev04gbn.flac", audio / "a.flac")
     evaluation.abx_representations([audio / "a.flac"], encoder, tmp_path / "features", progress=False)
     after = np.load(folders["wavlm"] / "a.npy")
-    expected = encoder.encoder(*evaluation._read_mono(audio / "a.flac"), layer=11).numpy()
+    expected = encoder.encoder(*load_mono(audio / "a.flac"), layer=11).numpy()
     assert after.shape != before.shape and np.allclose(after, expected, atol=1e-5)
     coarse = UnitEncoder.from_pretrained(100, 50000, "cpu")
     evaluation.abx_representations([audio / "a.flac"], coarse, tmp_path / "features", progress=False)

@@ -1,23 +1,29 @@
 """fast=True: the reduced-precision CPU path stays close to the originals' outputs (fixtures) with
 stated tolerances, is chosen per model and device, and passes through the pipeline loaders."""
 
+import copy
+import io
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import FIXTURES, load_fixture
 from dpslm_utils import ELLAV, UnitEncoder, UnitLM, WavLMEncoder
+from dpslm_utils.ellav import official_checkpoint as ellav_checkpoint
 from dpslm_utils.fast import (
+    KV_CACHE_DTYPE,
     MANY_ROWS,
     REDUCE_RANGE,
     Int8Linear,
     choose_format,
-    int8_linear,
+    kv_cache_dtype,
     make_fast,
     quantize_linears,
 )
 from dpslm_utils.random_tiny import random_transformer
-from dpslm_utils.transformer import ModelArgs, prefill
+from dpslm_utils.transformer import ModelArgs, StackedLinear, prefill
+from dpslm_utils.ulm import official_checkpoint as ulm_checkpoint
 
 FORMATS = ["int8", "bfloat16"]
 # Tolerances measured on the fixtures (tiny random models) with margin; see benchmarks/README.md.
@@ -51,7 +57,8 @@ def test_int8_linear_rounds_each_weight_to_its_row_scale():
         expected = linear(x)
     relative_error = (quantized(x) - expected).norm() / expected.norm()
     assert quantized(x).shape == (5, 3, 64) and relative_error < 0.02
-    assert torch.equal(int8_linear(linear)(x), quantized(x))  # as the models hold it, compiled
+    uncompiled = torch.ops.quantized.linear_dynamic(x, quantized.packed, REDUCE_RANGE)
+    assert torch.equal(quantized(x), uncompiled)  # the layer runs its product compiled: the same numbers
 
 
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
@@ -70,7 +77,7 @@ def test_int8_kernels_for_few_and_many_rows_compute_the_same_products():
 @pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="one int8 kernel only")
 def test_int8_weight_for_inspection_is_the_memory_that_the_many_rows_kernel_keeps():
     """No third copy of the int8 weights: ``weight`` is the tensor oneDNN's pack holds (and unpacks)."""
-    quantized = int8_linear(nn.Linear(256, 64))
+    quantized = Int8Linear(nn.Linear(256, 64))
     kept = torch.ops.quantized.linear_unpack(quantized.packed_for_many_rows)[0]
     assert quantized.weight.data_ptr() == kept.data_ptr() and torch.equal(quantized.weight, kept.int_repr())
 
@@ -81,7 +88,7 @@ def test_int8_decoding_with_its_bfloat16_cache_stays_close_to_the_original():
     ulm = UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt", fast="int8")
     for units, logits in zip(fixture["inputs"]["units"], fixture["expected"]["logits"]):
         ids = ulm.tokenize(units)
-        cache = ulm.transformer.new_cache(1, len(ids))
+        cache = ulm.transformer.new_cache(1, len(ids), kv_cache_dtype(ulm.fast))
         assert cache.keys.dtype == torch.bfloat16
         with torch.inference_mode():
             steps = [ulm.transformer(ids[None, i : i + 1], torch.tensor([i]), cache)[0, 0] for i in range(len(units))]
@@ -90,26 +97,122 @@ def test_int8_decoding_with_its_bfloat16_cache_stays_close_to_the_original():
         assert (stepwise.argmax(-1) == logits.argmax(-1)).float().mean() >= 0.9  # measured: 0.95-0.96
 
 
+def linear_with(weight: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight = nn.Parameter(weight)
+    return linear
+
+
+class SeparateInt8(nn.Module):
+    """The layers of a :class:`StackedLinear`, each quantized on its own, outputs side by side."""
+
+    def __init__(self, stacked: StackedLinear):
+        super().__init__()
+        rows = stacked.weight.detach().split(list(stacked.parts.values()))
+        self.layers = nn.ModuleList(Int8Linear(linear_with(weight)) for weight in rows)
+
+    def forward(self, x):
+        return torch.cat([layer(x) for layer in self.layers], dim=-1)
+
+
 def test_fused_projections_equal_the_separate_int8_layers():
     """Stacked rows keep their own scales and share one activation quantization: the same int32 sums."""
     args = ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, norm_eps=1e-6,
                      vocab_size=50, rope_theta=1e4)  # fmt: skip
     model = random_transformer(args, output_bias=True, seed=0)
-    separate = quantize_linears(random_transformer(args, output_bias=True, seed=0))
+    separate = random_transformer(args, output_bias=True, seed=0)
+    for block in separate.layers:
+        block.attention.wqkv = SeparateInt8(block.attention.wqkv)
+        block.feed_forward.w13 = SeparateInt8(block.feed_forward.w13)
+    quantize_linears(separate)
     assert make_fast(model, "int8", weight_bound=True) == "int8"
     block = model.layers[0]
-    assert block.attention.wqkv.original_name == block.feed_forward.w13.original_name == "Int8Linear"
+    assert isinstance(block.attention.wqkv, Int8Linear) and isinstance(block.feed_forward.w13, Int8Linear)
     assert not hasattr(block.attention, "wq") and not hasattr(block.feed_forward, "w1")
     x = torch.randn(3, 5, 64)
-    for fused, layers in ((block.attention.wqkv, ("wq", "wk", "wv")), (block.feed_forward.w13, ("w1", "w3"))):
-        parent = separate.layers[0].attention if layers[0] == "wq" else separate.layers[0].feed_forward
-        expected = [getattr(parent, layer)(x) for layer in layers]
-        got = fused(x).split([out.shape[-1] for out in expected], dim=-1)
-        for got_one, expected_one in zip(got, expected, strict=True):
-            torch.testing.assert_close(got_one, expected_one, atol=1e-6, rtol=0)
+    for fused, layers in ((block.attention.wqkv, separate.layers[0].attention.wqkv.layers),
+                          (block.feed_forward.w13, separate.layers[0].feed_forward.w13.layers)):  # fmt: skip
+        got = fused(x).split([layer.out_features for layer in layers], dim=-1)
+        for got_one, layer in zip(got, layers, strict=True):
+            torch.testing.assert_close(got_one, layer(x), atol=1e-6, rtol=0)
     tokens = torch.randint(0, 50, (2, 7))
     with torch.inference_mode():
         torch.testing.assert_close(model(tokens), separate(tokens), atol=1e-5, rtol=0)
+
+
+def test_int8_layer_saves_and_loads_the_state_dict_of_a_linear():
+    """Its state dict is the float layer's (dequantized); loading one quantizes it, with nn.Linear's checks."""
+    torch.manual_seed(0)
+    linear, other = nn.Linear(256, 64), nn.Linear(256, 64)
+    quantized = Int8Linear(linear)
+    state = quantized.state_dict()
+    assert list(state) == ["weight", "bias"] and state["weight"].dtype == torch.float32
+    assert torch.equal(state["weight"], quantized.weight.float() * quantized.scale[:, None])
+    assert ((state["weight"] - linear.weight).abs() <= quantized.scale[:, None] / 2 + 1e-7).all()
+    quantized.load_state_dict(other.state_dict())
+    x = torch.randn(3, 256)
+    assert torch.equal(quantized(x), Int8Linear(other)(x))
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        quantized.load_state_dict(nn.Linear(128, 64).state_dict())
+    with pytest.raises(RuntimeError, match='Missing key\\(s\\) in state_dict: "bias"'):
+        quantized.load_state_dict({"weight": other.weight})
+    assert torch.equal(quantized(x), Int8Linear(other)(x))  # the refused loads changed nothing
+
+
+FAMILIES = {  # loader, official fixture, official_checkpoint of a loaded model, the weights' key in the file
+    "unit LM": (UnitLM, "ulm_tiny.pt", lambda m: ulm_checkpoint(m.transformer), "model_state_dict"),
+    "ELLA-V": (ELLAV, "ellav_tiny.pt", lambda m: ellav_checkpoint(m.transformer, m.tokenizer), "model_state"),
+}
+
+
+@pytest.mark.parametrize("fast", FORMATS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fast_model_saves_an_official_checkpoint_that_loads_back(family, fast, tmp_path):
+    """int8 weights are written dequantized (float32), bfloat16 ones as they are; loading the file (int8:
+    with fast="int8") gives back the same fast model, number for number."""
+    load, fixture, official_checkpoint, weights = FAMILIES[family]
+    model = load.from_checkpoint(FIXTURES / fixture, fast=fast)
+    torch.save(official_checkpoint(model), tmp_path / "saved.pt")
+    saved, official = torch.load(tmp_path / "saved.pt", weights_only=True), load_fixture(fixture)
+    assert list(saved) == list(official) and list(saved["model_args"]) == list(official["model_args"])
+    assert [(name, t.shape) for name, t in saved[weights].items()] == [(name, t.shape) for name, t in official[weights].items()]
+    assert {t.dtype for t in saved[weights].values()} == {torch.float32 if fast == "int8" else torch.bfloat16}
+    again = load.from_checkpoint(tmp_path / "saved.pt", fast="int8" if fast == "int8" else False)
+    tokens = torch.arange(40)[None] % model.transformer.args.vocab_size  # many rows and one row: both int8 kernels
+    with torch.inference_mode():
+        assert torch.equal(again.transformer(tokens), model.transformer(tokens))
+        assert torch.equal(again.transformer(tokens[:, :1]), model.transformer(tokens[:, :1]))
+    if fast == "int8":  # and the float32 weights are the int8 ones times their scales
+        quantized = model.transformer.output
+        dequantized = load.from_checkpoint(tmp_path / "saved.pt").transformer.output.weight
+        assert torch.equal(dequantized, quantized.weight.float() * quantized.scale[:, None])
+
+
+@pytest.mark.parametrize("fast", FORMATS)
+def test_a_fast_model_pickles_whole(fast):
+    model = UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt", fast=fast)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for again in (torch.load(buffer, weights_only=False), copy.deepcopy(model)):
+        assert again.fast == fast
+        units = torch.arange(60) % model.k  # prefill and scoring: the many-rows int8 kernel
+        assert torch.equal(again.logits(units), model.logits(units))
+        assert torch.equal(again.generate([1, 2], 5, seed=0)[0], model.generate([1, 2], 5, seed=0)[0])  # few rows
+    if fast == "int8" and "onednn" in torch.backends.quantized.supported_engines:  # packed again for both kernels
+        layer = again.transformer.layers[0].attention.wqkv
+        kept = torch.ops.quantized.linear_unpack(layer.packed_for_many_rows)[0]
+        assert layer.packed is not layer.packed_for_many_rows and layer.weight.data_ptr() == kept.data_ptr()
+
+
+@pytest.mark.parametrize("load, fixture", [(UnitLM, "ulm_tiny.pt"), (ELLAV, "ellav_tiny.pt")])
+def test_generation_makes_its_kv_cache_in_the_format_s_dtype(load, fixture, monkeypatch):
+    for fast, dtype in (("int8", KV_CACHE_DTYPE), ("bfloat16", torch.bfloat16), (False, torch.float32)):
+        model = load.from_checkpoint(FIXTURES / fixture, fast=fast)
+        made, new_cache = [], model.transformer.new_cache
+        monkeypatch.setattr(model.transformer, "new_cache", lambda *args: made.append(new_cache(*args)) or made[-1])
+        model.generate([1, 2, 3], 4) if load is UnitLM else model.generate([1, 2, 3], max_tokens=4)
+        assert [cache.keys.dtype for cache in made] == [dtype]
 
 
 def test_int8_needs_float32_weights():

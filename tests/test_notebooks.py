@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import re
 from pathlib import Path
 
@@ -132,3 +133,43 @@ def test_check_cells_test_what_the_learner_defines(path):
         assert name not in notebook_names, f"`{name}` is bound by the notebook itself (or a solution), not the learner"
         assert name not in dpslm._EXPORTS, f"`{name}` is the package's, not the learner's"
         assert self_checked.get(name, -1) > position, f"no solution cell after the check passes its own `{name}`"
+
+
+def test_notebook_09_removes_its_work_folder_when_the_kernel_shuts_down(tmp_path):
+    """Its setup cell (imports + the folder every file of the notebook goes to) in a real kernel; a
+    JupyterLab shutdown or restart is a shutdown request, after which nothing may stay in TMPDIR."""
+    jupyter_client = pytest.importorskip("jupyter_client")
+    path = next(path for path in NOTEBOOKS if path.name.startswith("09_"))
+    (setup,) = [text for kind, text, _ in cells(path) if kind == "code" and "\nwork = " in "\n" + text]
+    manager = jupyter_client.KernelManager(kernel_name="python3")
+    manager.start_kernel(env={**os.environ, "TMPDIR": str(tmp_path), "DPSLM_WEIGHTS": "random-tiny"})
+    client = manager.client()
+    try:
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        reply = client.execute_interactive(setup + "\n(work / 'units').mkdir()", timeout=120)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert len(list(tmp_path.glob("dpslm_09_*"))) == 1
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    assert not list(tmp_path.glob("dpslm_09_*"))
+
+
+def _markdown_text(nodes):
+    """Every plain-text piece of a parsed Markdown tree (mistune's AST, as nbconvert parses cells)."""
+    for node in nodes:
+        if node.get("type") == "text":
+            yield node["raw"]
+        yield from _markdown_text(node.get("children", []))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_markdown_code_spans_render_whole(path):
+    """A backtick left in the rendered text is a broken code span, e.g. one wrapped onto a line that
+    starts with `+ 1`` and so renders as a bullet."""
+    mistune = pytest.importorskip("mistune")
+    parse = mistune.create_markdown(renderer=None)
+    broken = [(cell["id"], text) for kind, source, cell in cells(path) if kind == "markdown"
+              for text in _markdown_text(parse(source)) if "`" in text]
+    assert not broken, f"code spans that do not render (cell id, rendered text): {broken}"

@@ -92,6 +92,25 @@ def test_plot_dp_table_outlines_the_path():
         plots.plot_dp_table(cost, units[:5])
 
 
+def test_plot_durations_counts_segments_in_whole_numbers():
+    ax = plots.plot_durations(torch.tensor([1, 1, 2, 3, 3, 3]), frame_rate=50.0)  # at most 3 per bin
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    assert [p.get_height() for p in ax.patches if p.get_height() > 0] == [2, 1, 3]  # 20, 40 and 60 ms
+
+
+def test_mark_span_shades_the_span_and_points_at_it():
+    ax = plots.plot_spectrogram(torch.randn(16000), 16000)
+    plots.mark_span(ax, 0.40, 0.44)
+    (band,) = ax.patches
+    corners = band.get_path().transformed(band.get_patch_transform()).vertices
+    assert (corners[:, 0].min(), corners[:, 0].max()) == pytest.approx((0.40, 0.44))
+    assert band.get_alpha() >= 0.4 and band.get_linewidth() > 0  # alpha 0.25 without edges hid a 40 ms span
+    (marker,) = ax.get_lines()
+    assert marker.get_xdata()[0] == pytest.approx(0.42) and marker.get_marker() == "v" and not marker.get_clip_on()
+
+
 def test_plot_segmentation_stack_one_panel_per_setting_with_its_boundaries():
     wav = torch.randn(16000) * 0.1
     frame_units = {"λ = 0": torch.tensor([1, 2, 2, 3] * 12 + [3]), "λ = big": torch.tensor([5] * 25 + [6] * 24)}

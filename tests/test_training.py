@@ -5,6 +5,8 @@ import logging
 import math
 import os
 import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import dpslm_utils
-from dpslm_utils import datasets, distributed, training
+from dpslm_utils import datasets, distributed, ellav, training, ulm
+from dpslm_utils.batches import PackedBatch
 from dpslm_utils.ellav import unit_tokenizer
 from dpslm_utils.settings_record import SettingsMismatch, check_settings
 
@@ -27,10 +30,10 @@ TINY = dict(dim=32, n_layers=2, head_dim=16, hidden_dim=64, n_heads=2, n_kv_head
 
 def test_tokens_and_chunks_match_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")
-    tokenized = [datasets.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
+    tokenized = [ulm.tokenize_units(torch.tensor(u)) for u in fixture["utterances_framewise"]]
     for ours, theirs in zip(tokenized, fixture["tokenized"], strict=True):
         assert torch.equal(ours, theirs)
-    corpus = datasets.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
+    corpus = ulm.UnitCorpus.from_utterances(tokenized, fixture["chapters"])
     for case in fixture["chunks"]:  # incl. chunks that stop at a chapter boundary and at the corpus end
         assert torch.equal(corpus.chunk(case["index"], case["start"], case["chunk_size"]), case["ids"])
 
@@ -38,7 +41,7 @@ def test_tokens_and_chunks_match_the_original():
 def test_packed_batch_loss_matches_the_original():
     fixture = load_fixture("ulm_train_fixture.pt")["batch"]
     items = fixture["items"]
-    batch = datasets.PackedBatch.pack(items, [datasets.chunk_loss_mask(len(i)) for i in items])
+    batch = PackedBatch.pack(items, [ulm.chunk_loss_mask(len(i)) for i in items])
     assert torch.equal(batch.src_ids, fixture["src_ids"]) and torch.equal(batch.tgt_ids, fixture["tgt_ids"])
     assert torch.equal(batch.loss_mask, fixture["loss_mask"]) and batch.seqlens == fixture["seqlens"]
     model = dpslm_utils.UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt").transformer
@@ -64,9 +67,9 @@ def test_ellav_examples_match_the_original_encode_train():
     fixture = load_fixture("ellav_train_fixture.pt")
     tokenizer = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt").tokenizer
     for case in fixture["cases"]:  # case 2 holds a codec id >= 4096: UNK
-        example = datasets.ellav_example(case["frame_units"], case["codes"], tokenizer)
+        example = ellav.ellav_example(case["frame_units"], case["codes"], tokenizer)
         assert torch.equal(example.ids, case["ids"]) and torch.equal(example.loss_mask, case["loss_mask"])
-        numbers = datasets.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
+        numbers = ellav.ellav_example([int(u[1:]) for u in case["frame_units"]], case["codes"], tokenizer)
         assert torch.equal(numbers.ids, case["ids"])  # framewise ints give the same example
     # The quirk: the lowest unit id (u0) is predicted by the loss, every other unit is user input.
     u0, u1 = tokenizer["token_to_id_dict"]["u0"], tokenizer["token_to_id_dict"]["u1"]
@@ -80,8 +83,8 @@ def test_ellav_batch_loss_matches_the_original():
     fixture = load_fixture("ellav_train_fixture.pt")
     model = dpslm_utils.ELLAV.from_checkpoint(FIXTURES / "ellav_tiny.pt")
     cases = [fixture["cases"][i] for i in fixture["batch"]["case_indices"]]
-    examples = [datasets.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
-    batch = datasets.PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
+    examples = [ellav.ellav_example(c["frame_units"], c["codes"], model.tokenizer) for c in cases]
+    batch = PackedBatch.pack([e.ids for e in examples], [e.loss_mask for e in examples])
     assert torch.equal(batch.src_ids, fixture["batch"]["src_ids"]) and batch.seqlens == fixture["batch"]["seqlens"]
     loss, _ = training._PackedLoss(model.transformer, model.tokenizer["UNK_id"])(
         batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens
@@ -269,6 +272,100 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(tmp_pa
     _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
     with pytest.raises(ValueError, match=r"saved by a run on 2 process\(es\), this one has 1: .*--nproc-per-node 2"):
         _small_run(tmp_path / "units", tmp_path / "ddp", max_steps=6, grad_accum=1, device="cpu")  # the same run, alone
+
+
+def _short_utterances(root) -> None:
+    """Every file its own chapter and every other file one unit long: some micro-batches of one item have no chunk
+    of 2 ids or more (a chunk that starts at the last id of such a file is dropped)."""
+    rng = np.random.default_rng(0)
+    for f in range(8):
+        units = np.concatenate([rng.permutation(16), rng.permutation(16)])[: 1 if f % 2 else 30]
+        datasets.save_units(root / "units" / f"c{f}" / "u.npy", torch.from_numpy(units), torch.full((len(units),), 3))
+    for f in range(2):
+        datasets.save_units(root / "val" / f"v{f}.npy", torch.from_numpy(rng.permutation(16)[:12]), torch.full((12,), 3))
+
+
+def _short_run(root, out, **overrides):
+    return _small_run(root / "units", out, val_dir=root / "val", batch_size=1, max_steps=6, **overrides)
+
+
+def _ddp_short_rank(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    _short_run(Path(root), out, grad_accum=1, device="cpu")
+
+
+def test_a_micro_batch_without_a_chunk_still_trains_on_every_rank(tmp_path, monkeypatch):
+    """A micro-batch whose chunks are all too short packs one uncounted input (was torch.cat([]), which killed the
+    run, and under DDP the rank): two gloo processes still equal one process with twice the accumulation."""
+    _short_utterances(tmp_path)
+    pack, packed = PackedBatch.pack.__func__, []
+    monkeypatch.setattr(PackedBatch, "pack", classmethod(lambda cls, s, m: packed.append(len(s)) or pack(cls, s, m)))
+    single = _short_run(tmp_path, tmp_path / "single", grad_accum=2)
+    assert 0 in packed  # a micro-batch without a chunk happened
+    assert [m["step"] for m in single.metrics] == list(range(1, 7))
+    assert all(math.isfinite(m["train_loss"]) for m in single.metrics)
+    monkeypatch.undo()
+    torch.multiprocessing.spawn(_ddp_short_rank, args=(free_port(), str(tmp_path), str(tmp_path / "ddp")), nprocs=2)
+    _assert_same_training(single, dpslm_utils.TrainingRun(tmp_path / "ddp"), loss_rel=1e-5, weights_atol=1e-5)
+
+
+def test_an_empty_micro_batch_gives_every_parameter_a_zero_gradient():
+    """What DDP needs of every rank at a gradient synchronisation, and what the loss must not see."""
+    batch = PackedBatch.pack([], [])
+    assert batch.seqlens == [1] and batch.num_tokens == 1 and not batch.loss_mask.any()
+    model = dpslm_utils.UnitLM.from_checkpoint(FIXTURES / "ulm_tiny.pt").transformer
+    loss, count = training._PackedLoss(model, -100)(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+    loss.backward()
+    assert loss.item() == 0.0 and int(count) == 0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def _ddp_failing_rank(rank: int, port: int, units: str, out: str, failure: str) -> None:
+    """One rank of a two-process run in which rank 0 alone fails; writes what this rank raised to OUT/../rank{rank}.txt."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if failure == "save" and rank == 0:  # the disk is full at the first save, for rank 0 (the one that writes)
+        import errno
+
+        from dpslm_utils import checkpoints
+
+        def full_disk(tmp):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        training.save_atomically = lambda obj, path: checkpoints.write_atomically(path, full_disk)
+    try:
+        _small_run(units, out, max_steps=4, grad_accum=1, device="cpu")
+        outcome = "finished"
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"
+    Path(out).with_name(f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("failure", ["lock", "save"])
+def test_when_rank_0_fails_every_rank_stops_with_its_reason(tmp_path, failure):
+    """Rank 0 fails alone, before the first barrier (the folder is locked by another run) or while saving: the other
+    rank raises the same error at once (it used to wait at the next collective: a lost connection, or a hang)."""
+    import fcntl
+
+    markov_units(tmp_path / "units", files=12, length=40)
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / "train.lock", "a+") as lock:
+        if failure == "lock":
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run holds the folder
+        context = torch.multiprocessing.spawn(_ddp_failing_rank, nprocs=2, join=False,
+                                              args=(free_port(), str(tmp_path / "units"), str(tmp_path / "run"), failure))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not context.join(timeout=1) and time.monotonic() < deadline:
+            pass
+        hung = [p.pid for p in context.processes if p.is_alive()]
+        for p in context.processes:
+            p.kill()
+    assert not hung, "a rank waited for rank 0 for 2 minutes"
+    expected = {"lock": r"ValueError: another training run \(.*\) is writing to .*run: wait for it to end.*",
+                "save": r"OSError: \[Errno 28\] could not write .*train_state.pt: No space left on device"}[failure]  # fmt: skip
+    for rank in (0, 1):
+        assert re.fullmatch(expected, (tmp_path / f"rank{rank}.txt").read_text()), rank
 
 
 def test_plot_training_draws_train_and_validation_curves(tmp_path):

@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dpslm_utils.transformer import (
     ModelArgs,
     RMSNorm,
+    StackedLinear,
     Transformer,
     apply_rotary,
     attention,
@@ -98,6 +100,50 @@ def test_padded_batch_equals_the_original_packed_unit_lm_batch():
     expected = fixture["batch_logits"].split(fixture["batch_seqlens"])
     for row, (length, want) in enumerate(zip(fixture["batch_seqlens"], expected)):
         torch.testing.assert_close(logits[row, :length], want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stacked_layers_compute_exactly_as_the_separate_layers(dtype):
+    """The stacked projections round as the originals' separate ones, bit for bit."""
+    torch.manual_seed(0)
+    layers = {name: nn.Linear(64, rows, bias=False).to(dtype) for name, rows in (("wq", 64), ("wk", 32), ("wv", 32))}
+    stacked = StackedLinear(**layers)
+    assert stacked.parts == {"wq": 64, "wk": 32, "wv": 32} and stacked.weight.shape == (128, 64)
+    x = torch.randn(3, 7, 64, dtype=dtype)
+    assert torch.equal(stacked(x), torch.cat([layer(x) for layer in layers.values()], dim=-1))
+    with pytest.raises(ValueError, match="bias-free"):
+        StackedLinear(w1=nn.Linear(4, 4), w3=nn.Linear(4, 4, bias=False))
+
+
+def test_a_fresh_decoder_draws_its_weights_as_the_originals_layer_by_layer():
+    """PyTorch's default initialisation, drawn in the originals' order of layers (w1, w2, w3: w2 between the
+    two stacked ones), so a training run starts from the weights the originals' code would draw."""
+    torch.manual_seed(0)
+    state = Transformer(ARGS, output_bias=True).state_dict()
+    torch.manual_seed(0)
+    dim, q, kv, hidden = ARGS.dim, ARGS.n_heads * ARGS.head_dim, ARGS.n_kv_heads * ARGS.head_dim, ARGS.hidden_dim
+    expected = {"tok_embeddings.weight": nn.Embedding(ARGS.vocab_size, dim).weight}
+    for i in range(ARGS.n_layers):
+        for name, (rows, columns) in {"attention.wq": (q, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
+                                      "attention.wo": (dim, q), "feed_forward.w1": (hidden, dim),
+                                      "feed_forward.w2": (dim, hidden), "feed_forward.w3": (hidden, dim)}.items():  # fmt: skip
+            expected[f"layers.{i}.{name}.weight"] = nn.Linear(columns, rows, bias=False).weight
+    output = nn.Linear(dim, ARGS.vocab_size)
+    expected |= {"output.weight": output.weight, "output.bias": output.bias}
+    for name, weight in expected.items():
+        assert torch.equal(state[name], weight), name
+
+
+def test_state_dict_holds_the_checkpoint_tensors_in_order():
+    """Stacked inside, the original layers outside: the same keys in the same order, each its own tensor."""
+    checkpoint = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
+    weights = checkpoint["model_state_dict"]
+    model = Transformer.from_state_dict(checkpoint["model_args"], weights, output_bias=False)
+    assert "wqkv.weight" in dict(model.layers[0].attention.named_parameters())
+    state = model.state_dict()
+    assert list(state) == list(weights)
+    assert all(torch.equal(state[name], weights[name]) for name in weights)
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in state.values())  # no views
 
 
 def test_from_state_dict_is_strict(model):

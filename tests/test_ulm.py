@@ -145,3 +145,21 @@ def test_from_pretrained_rejects_unreleased_combinations():
         UnitLM.from_pretrained(100, 700)
     with pytest.raises(ValueError, match="60k"):
         UnitLM.from_pretrained(100, 600, hours="60k")
+
+
+def test_a_training_utterance_is_what_inference_reads_and_its_loss_is_the_mean_surprisal(ulm):
+    """Training and inference share one format: the tokens of a framewise utterance are the model's tokens of its
+    deduplicated units, and the validation loss of the whole utterance is the mean surprisal of its units but the first."""
+    from dpslm_utils import training
+    from dpslm_utils.batches import PackedBatch
+    from dpslm_utils.ulm import chunk_loss_mask, tokenize_units
+
+    fixture = torch.load(FIXTURES / "ulm_train_fixture.pt", weights_only=True)
+    for frame_units in fixture["utterances_framewise"]:
+        units = torch.unique_consecutive(torch.as_tensor(frame_units))
+        ids = tokenize_units(frame_units)
+        assert torch.equal(ids, ulm.tokenize(units))
+        batch = PackedBatch.pack([ids], [chunk_loss_mask(len(ids))])
+        loss, count = training._PackedLoss(ulm.transformer, -100)(batch.src_ids, batch.tgt_ids, batch.loss_mask, batch.seqlens)
+        assert int(count) == len(units) - 1
+        torch.testing.assert_close(loss, ulm.surprisal(units)[1:].mean(), rtol=1e-5, atol=1e-6)

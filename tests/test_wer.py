@@ -353,11 +353,11 @@ def test_cli_say_never_writes_an_empty_file(random_tiny, tmp_path, capsys, monke
 def test_cli_say_speaks_long_text_in_chunks(random_tiny, tmp_path, capsys, monkeypatch):
     sentence = "The quick brown fox jumps over the lazy dog, and she sells seashells by the sea shore. "
     text = sentence * 90  # 5,131 phones: in one ELLA-V call, more than its 65,536 tokens (13 per phone)
-    args = cli.build_parser(all_options=False).parse_args(["say", text, str(tmp_path / "long.wav")])
-    cli.check_say(args)  # no model is loaded
+    args = cli.build_parser().parse_args(["say", text, str(tmp_path / "long.wav")])
+    plan = cli.check_say(args)  # no model is loaded
     assert len(phones.text_to_phones(sentence, silences=True)) == 1 + 57  # SIL, then 57 phones to its final SIL
-    assert [len(chunk) for chunk in args.chunks] == [1 + 3 * 57] * 30  # four sentences would be 229 > 200
-    assert all(chunk == phones.text_to_phones(sentence * 3, silences=True) for chunk in args.chunks)
+    assert [len(chunk) for chunk in plan.chunks] == [1 + 3 * 57] * 30  # four sentences would be 229 > 200
+    assert all(chunk == phones.text_to_phones(sentence * 3, silences=True) for chunk in plan.chunks)
 
     monkeypatch.setattr(phones, "MAX_PHONES_PER_CHUNK", 12)  # small chunks keep the run short
     out = tmp_path / "hello.wav"

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import ipywidgets  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -39,7 +40,31 @@ def codebooks(monkeypatch):
 
 def boundary_lines(explorer):
     ax = explorer.figure.axes[0]
-    return [line for line in ax.get_lines() if np.ptp(line.get_xdata()) == 0]
+    return [line for line in ax.get_lines() if len(line.get_xdata()) > 1 and np.ptp(line.get_xdata()) == 0]
+
+
+class Shown:
+    """Stands in for a display handle: keeps what was last shown."""
+
+    def __init__(self):
+        self.content = None
+
+    def update(self, content):
+        self.content = content
+
+
+def shown(explorer):
+    """Replace the explorer's display handles with :class:`Shown` ones; returns them by name."""
+    explorer._handles = {name: Shown() for name in explorer._handles}
+    return explorer._handles
+
+
+def cut_descriptions(explorer):
+    """Controls whose description or button text would be cut off: a fixed label width, a fixed button width."""
+    controls = [w for box in explorer.controls.children for w in box.children]
+    return [w.description for w in controls
+            if (isinstance(w, ipywidgets.Button) and w.layout.width != "auto")
+            or (not isinstance(w, ipywidgets.Button) and w.style.description_width != "initial")]
 
 
 def test_default_view_is_drawn_without_callbacks(codebooks):
@@ -114,11 +139,133 @@ def test_segment_audio_is_the_chosen_segments_samples(codebooks):
     assert explorer.segment_slider.value <= explorer.segment_slider.max
 
 
+def test_audible_repeats_a_short_clip_with_gaps_to_one_second():
+    clip = torch.arange(1, 641, dtype=torch.float32)  # 40 ms at 16 kHz
+    heard, repeats = widgets.audible(clip, 16000)
+    assert repeats == 5 and heard.numel() == 5 * 640 + 4 * 4000 >= 16000  # 5 x 40 ms, 4 gaps of 250 ms
+    assert torch.equal(heard[:640], clip) and torch.equal(heard[-640:], clip)
+    assert torch.count_nonzero(heard) == 5 * 640
+    long = torch.ones(20000)
+    assert widgets.audible(long, 16000)[1] == 1 and torch.equal(widgets.audible(long, 16000)[0], long)
+
+
+def test_the_segment_player_lasts_at_least_a_second_and_says_how_often_it_repeats(codebooks):
+    explorer = widgets.dpdp_explorer(0.1 * torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
+    handles = shown(explorer)
+    explorer.segment_slider.value = 1
+    _, durations = deduplicate(explorer.units)
+    clip_ms = 20 * int(durations[1])
+    assert clip_ms < 1000
+    player = handles["audio"].content
+    assert len(player.data) > 44 + 2 * 16000  # a WAV of at least 1 s of 16-bit samples
+    assert f"{clip_ms} ms, played " in handles["segment"].content.data
+
+
+def test_the_chosen_segment_is_marked_where_it_is(codebooks):
+    explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=100, ks=(100,))
+    explorer.segment_slider.value = 1
+    _, durations = deduplicate(explorer.units)
+    start, end = int(durations[0]) / 50, int(durations[:2].sum()) / 50
+    ax = explorer.figure.axes[0]
+    (band,) = ax.patches
+    corners = band.get_path().transformed(band.get_patch_transform()).vertices
+    assert (corners[:, 0].min(), corners[:, 0].max()) == pytest.approx((start, end)) and band.get_alpha() >= 0.4
+    (marker,) = [line for line in ax.get_lines() if line.get_marker() == "v"]
+    assert marker.get_xdata()[0] == pytest.approx((start + end) / 2)
+
+
+def test_no_control_cuts_its_description(codebooks, factory):
+    dpdp_explorer = widgets.DPDPExplorer(torch.zeros(1, 12800), 16000, FakeEncoder(), k=100, lmbda=100, ks=(100,))
+    assert cut_descriptions(dpdp_explorer) == []
+    assert cut_descriptions(k_lambda_explorer(factory, word_features=torch.zeros(3, 4),
+                                              nonword_features=torch.zeros(3, 4))) == []
+    assert all(box.layout.flex_flow == "row wrap" for box in dpdp_explorer.controls.children)  # wrap, never squeeze
+
+
 def test_show_displays_controls_figure_and_summary(codebooks, capsys):
-    explorer = widgets.dpdp_explorer(torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
-    assert set(explorer._handles) == {"figure", "summary", "segment", "audio"}
+    explorer = widgets.dpdp_explorer(0.1 * torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
+    assert set(explorer._handles) == {"figure", "summary", "segment", "audio", "weight_free", "weight_free_audio"}
     explorer.lmbda_slider.value = 300  # updates the displayed outputs in place, no error outside a notebook
     assert widgets.figure_png(explorer.figure).startswith(b"\x89PNG")
+    quiet = widgets.dpdp_explorer(0.1 * torch.randn(1, 12800), 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,),
+                                  weight_free=False)
+    assert set(quiet._handles) == {"figure", "summary", "segment", "audio"} and quiet.voice is None
+
+
+# -- weight-free resynthesis (notebooks 02 and 07) --------------------------------------------
+
+
+def speech(seconds=None):
+    """The bundled example sentence at 16 kHz ``[1, samples]``, or its first ``seconds``."""
+    from dpslm_utils import example_audio, resample
+
+    wav, sr = example_audio("librispeech", official=False)
+    wav = resample(wav, sr, 16000)
+    return wav if seconds is None else wav[:, : round(16000 * seconds)]
+
+
+def rms(wav):
+    return float(wav.square().mean().sqrt())
+
+
+def test_weight_free_voice_picks_the_share_of_its_kmeans_rate_and_speaks_it():
+    from dpslm_utils import resynthesize_units
+
+    voice = widgets.WeightFreeVoice(speech(), 16000, lambdas=(10000, 100, 1000))
+    assert [p.lmbda for p in voice.points] == [0, 100, 1000, 10000]  # λ = 0 added, sorted
+    rates, distortions = ([getattr(p, name) for p in voice.points] for name in ("units_per_second", "distortion"))
+    assert np.all(np.diff(rates) < 0) and np.all(np.diff(distortions) > 0)  # coarser units lose more
+    assert voice.at_share(1.0).lmbda == 0 and voice.at_share(0.0).lmbda == 10000
+    for share in (0.3, 0.5, 0.8):
+        chosen, target = voice.at_share(share), share * rates[0]
+        assert all(abs(chosen.units_per_second - target) <= abs(rate - target) for rate in rates)
+    assert voice.at_share(0.5, rate="bits_per_second").bits_per_second == pytest.approx(
+        min((p.bits_per_second for p in voice.points), key=lambda b: abs(b - 0.5 * voice.points[0].bits_per_second)))
+    with pytest.raises(ValueError, match="units_per_second"):
+        voice.at_share(0.5, rate="seconds")
+
+    units, durations = deduplicate(dpdp(voice.features, voice.codebook, 1000))
+    assert all(torch.equal(a, b) for a, b in zip(voice.units(1000), (units, durations)))
+    spoken = voice.speak(1000)
+    assert torch.equal(spoken, resynthesize_units(units, durations, voice.codebook, voice.encoder))
+    assert spoken.numel() == 320 * voice.features.shape[0] and rms(spoken) > 0.01  # the whole sentence, audible
+    assert voice.speak(1000) is spoken  # computed once per λ
+
+
+def test_dpdp_explorer_speaks_weight_free_units_that_coarsen_with_lambda(codebooks):
+    wav = speech(seconds=0.8)  # FakeEncoder's 40 frames
+    explorer = widgets.dpdp_explorer(wav, 16000, FakeEncoder(), k=100, lmbda=0, ks=(100,))
+    handles = shown(explorer)
+    fine = explorer.weight_free_point
+    assert fine.lmbda == 0 and "keep 100% of their k-means rate" in explorer.weight_free_label
+
+    explorer.lmbda_slider.value = 5000
+    coarse, features = explorer.weight_free_point, FakeEncoder()(None, None)
+    share = (bitrate(dpdp(features, widgets.load_codebook(100), 5000), 50).units_per_second
+             / bitrate(dpdp(features, widgets.load_codebook(100), 0), 50).units_per_second)
+    target = share * fine.units_per_second
+    assert share < 0.5 and all(abs(coarse.units_per_second - target) <= abs(p.units_per_second - target)
+                               for p in explorer.voice.points)
+    assert coarse.units_per_second < fine.units_per_second and coarse.distortion > fine.distortion
+    assert len(explorer.voice.units(coarse.lmbda)[0]) < len(explorer.voice.units(fine.lmbda)[0])
+
+    label = explorer.weight_free_label
+    assert label.startswith("**weight-free resynthesis**, for comparison") and "k = 100, λ = 5000" in label
+    assert f"keep {share:.0%} of their k-means rate" in label and f"{coarse.units_per_second:.1f} units/s" in label
+    assert "no neural vocoder" in label and "Griffin-Lim" in label
+    assert handles["weight_free"].content.data == label
+    heard = explorer.weight_free_audio()
+    assert torch.equal(heard, explorer.voice.speak(coarse.lmbda)) and heard.numel() == 12800 and rms(heard) > 0.01
+    assert handles["weight_free_audio"].content.data.startswith(b"RIFF")
+    assert len(handles["weight_free_audio"].content.data) == 44 + 2 * 12800  # 16-bit WAV of the whole 0.8 s
+
+
+def test_players_put_labelled_players_side_by_side():
+    cells = [widgets.player(torch.randn(1, 800), 16000, f"clip {i}<br>x") for i in range(3)]
+    row = widgets.players(cells)
+    assert row.count("<audio") == 3 and row.count("data:audio/wav;base64,") == 3 and "flex-wrap:wrap" in row
+    assert row.count(f"<audio style='width:{widgets.PLAYER_WIDTH_PX}px'") == 3  # two a row at 1024 px (test_browser)
+    assert all(f"clip {i}<br>x" in row for i in range(3))
 
 
 # -- notebook 07: KLambdaExplorer -------------------------------------------------------------
@@ -214,6 +361,22 @@ def test_resynthesize_speaks_the_deduplicated_units_with_the_chosen_sampling(cod
     assert explorer.synthesis_figure is not None  # back to a spoken pair: its rendition is shown again
 
 
+def test_a_pair_without_rendition_clears_the_previous_pairs_player(codebooks, factory):
+    explorer = widgets.k_lambda_explorer(torch.randn(1, 12800), 16000, FakeEncoder()(None, None), k=200, lmbda=0,
+                                         voice_factory=factory)
+    handles = shown(explorer)
+    explorer.resynthesize()
+    assert "B: resynthesis with k = 200, λ = 0" in handles["status"].content.data
+    assert handles["audio"].content.data.startswith(b"RIFF")  # the rendition's WAV
+    explorer.keep_as_a()
+    explorer.lmbda_dropdown.value = 700
+    assert "Press **resynthesize**" in handles["status"].content.data
+    assert handles["audio"].content.data == "" and handles["synthesis"].content.data == ""  # no stale B under the hint
+    assert handles["a_audio"].content.data.startswith(b"RIFF") and "A: k = 200, λ = 0" in handles["a_label"].content.data
+    explorer.lmbda_dropdown.value = 0  # back to the spoken pair: its player again
+    assert handles["audio"].content.data.startswith(b"RIFF")
+
+
 def test_at_most_max_loaded_voices_are_kept(codebooks, factory):
     explorer = k_lambda_explorer(factory, k=200, lmbda=0, max_loaded=2)
     for lmbda in (0, 700, 1500, 0):
@@ -283,6 +446,7 @@ def test_dpdp_explorer_with_the_real_random_tiny_encoder_and_codebooks(random_ti
     _, durations = deduplicate(explorer.units)
     explorer.segment_slider.value = explorer.segment_slider.max
     assert explorer.segment_audio().shape[-1] == pytest.approx(320 * int(durations[-1]), abs=1)
+    assert explorer.random_weights and "no weights at all (the units above are random)" in explorer.weight_free_label
 
 
 def test_k_lambda_explorer_with_the_real_random_tiny_models(random_tiny, monkeypatch):
