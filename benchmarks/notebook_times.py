@@ -50,10 +50,9 @@ PAIRS_PER_NOTEBOOK: dict[str, list[tuple[int, int]]] = {
     "06": [DEFAULT_PAIR],
     "07": list(registry.VALID_COMBINATIONS),
     "08": [(500, lmbda) for lmbda in registry.VALID_LAMBDAS[500]],
-    "09": [(100, lmbda) for lmbda in (0, 1500, 3000)],
 }
 """The (k, λ) pairs whose unit LM and ELLA-V a notebook loads; every notebook gets WavLM Large,
-all codebooks and both WavTokenizers."""
+all codebooks and both WavTokenizers (09 trains its own unit LMs and loads none)."""
 PHONE_NOTEBOOKS = {"08"}
 PRIORITY = ["00", "01", "02", "03", "05", "06", "04", "08", "09", "07"]
 

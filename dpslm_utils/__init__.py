@@ -71,6 +71,9 @@ _EXPORTS: dict[str, str] = {
     "pair_accuracy": "evaluation",
     "PairAccuracy": "evaluation",
     "bootstrap_interval": "evaluation",
+    "paired_bootstrap_interval": "evaluation",
+    "unit_phone_purity": "evaluation",
+    "phone_normalized_mutual_information": "evaluation",
     "score_files": "evaluation",
     "evaluate_zerospeech": "evaluation",
     "abx_error_rates": "evaluation",
@@ -107,6 +110,9 @@ _EXPORTS: dict[str, str] = {
     "load_toy_language": "toy_language",
     "ToyLanguage": "toy_language",
     "PhoneAlignment": "toy_language",
+    # toy_experiment.py: notebook 09's experiment (features -> codebooks -> rates -> unit LMs -> pair accuracy)
+    "ToyExperimentConfig": "toy_experiment",
+    "run_toy_experiment": "toy_experiment",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -262,6 +262,67 @@ def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, num_sa
     return float(low), float(high)
 
 
+def paired_bootstrap_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                              num_samples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval ``(low, high)`` of ``mean(a) − mean(b)``, where ``a[i]`` and ``b[i]``
+    measure the same item (e.g. two models' scores of item i).
+
+    Each resample draws items, and keeps both of an item's values together: the interval of the mean
+    of the differences ``a[i] − b[i]``. What the two share (an easy item is easy for both) cancels, so
+    it is narrower than two separate intervals would suggest whenever the values are positively correlated.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal shapes (one value per item in each), got {list(a.shape)} and "
+                         f"{list(b.shape)}")
+    return bootstrap_interval(a - b, confidence, num_samples, seed)
+
+
+# -- units against phones -------------------------------------------------------------------------------
+
+
+def _unit_phone_counts(frame_units: Sequence, frame_phones: Sequence) -> np.ndarray:
+    """Joint counts ``[units, phones]`` of frames: how often unit u and phone p label the same frame."""
+    units, phones = np.asarray(frame_units), np.asarray(frame_phones)
+    if units.ndim != 1 or units.shape != phones.shape or len(units) == 0:
+        raise ValueError(f"frame_units and frame_phones must be equally long, non-empty 1-D sequences (one label per "
+                         f"frame), got shapes {list(units.shape)} and {list(phones.shape)}")
+    _, unit_ids = np.unique(units, return_inverse=True)
+    _, phone_ids = np.unique(phones, return_inverse=True)
+    counts = np.zeros((unit_ids.max() + 1, phone_ids.max() + 1), dtype=np.int64)
+    np.add.at(counts, (unit_ids, phone_ids), 1)
+    return counts
+
+
+def unit_phone_purity(frame_units: Sequence, frame_phones: Sequence) -> float:
+    """Phone purity of units (Hsu et al., HuBERT, 2021): the share of frames whose phone is the most
+    frequent phone of their unit, i.e. the accuracy of reading each unit as its majority phone.
+
+    ``frame_units`` ``[T]`` and ``frame_phones`` ``[T]`` label the same frames (any hashable labels,
+    e.g. :meth:`~dpslm_utils.PhoneAlignment.frame_labels`). 1 when every unit covers one phone only; a
+    single unit for everything gives the share of the most frequent phone.
+    """
+    counts = _unit_phone_counts(frame_units, frame_phones)
+    return float(counts.max(axis=1).sum() / counts.sum())
+
+
+def phone_normalized_mutual_information(frame_units: Sequence, frame_phones: Sequence) -> float:
+    """Phone-normalized mutual information (PNMI; Hsu et al., 2021): ``I(phone; unit) / H(phone)``.
+
+    The share of the uncertainty about a frame's phone that knowing its unit removes: 1 when the unit
+    determines the phone, 0 when units and phones are independent. Frames as in :func:`unit_phone_purity`;
+    needs at least two phones (``H(phone) > 0``).
+    """
+    joint = _unit_phone_counts(frame_units, frame_phones) / len(frame_units)
+    p_unit, p_phone = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    if joint.shape[1] < 2:
+        raise ValueError("PNMI needs frames of at least two phones: with one phone, H(phone) = 0")
+    seen = joint > 0
+    mutual = float((joint[seen] * np.log(joint[seen] / (p_unit @ p_phone)[seen])).sum())
+    entropy = float(-(p_phone * np.log(p_phone)).sum())
+    return max(0.0, mutual / entropy)  # ≥ 0 up to rounding
+
+
 # -- scoring with a unit LM ---------------------------------------------------------------------------
 
 

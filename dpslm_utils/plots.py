@@ -630,3 +630,54 @@ def plot_training(runs, ax: plt.Axes | None = None, x: str = "step", title: str 
            title=title)  # fmt: skip
     ax.legend(fontsize=8)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 09: the toy experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_toy_experiment(conditions, axes=None, tasks: tuple[str, ...] = ("lexical", "syntactic")) -> np.ndarray:
+    """Accuracy of each :class:`~dpslm_utils.toy_experiment.Condition` against bitrate (left, last stage,
+    95 % bootstrap intervals) and against the seconds of speech seen in training (right, every stage):
+    one row per task, one line per (features, k), the phone LM in black, chance dashed.
+
+    Never stamped RANDOM WEIGHTS: the experiment runs on weight-free features or the released WavLM only.
+    """
+    if axes is None:
+        _, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), layout="constrained", squeeze=False)
+    groups: dict[tuple, list] = {}
+    for condition in conditions:
+        groups.setdefault((condition.features, condition.k), []).append(condition)
+    for row, task in zip(axes, tasks):
+        by_rate, by_speech = row
+        for i, ((features, k), members) in enumerate(groups.items()):
+            phones = features == "phones"
+            style = dict(color="k", marker="*", ms=11) if phones else dict(color=f"C{i}", marker="os^v"[i % 4])
+            label = "phone LM (topline)" if phones else f"{features}, k = {k}"
+            members = sorted(members, key=lambda c: c.rate.bits_per_second)
+            x = np.array([c.rate.bits_per_second for c in members])
+            y = np.array([c.final.accuracy(task) for c in members])
+            intervals = np.array([c.final.interval(task) for c in members]).T
+            by_rate.errorbar(x, 100 * y, yerr=100 * np.abs(intervals - y), capsize=3, label=label, **style)
+            for c, xi, yi in zip(members, x, y):
+                if not phones:
+                    by_rate.annotate(f"{c.target:g}/s", (xi, 100 * yi), textcoords="offset points", xytext=(4, 4),
+                                     fontsize=7, color=style["color"])
+            for j, c in enumerate(members):
+                by_speech.plot([s.seconds / 60 for s in c.stages], [100 * s.accuracy(task) for s in c.stages],
+                               ls="--" if phones else "-", alpha=1 if phones else 0.5 + 0.5 * j / max(1, len(members) - 1),
+                               label=label if phones else f"{label}, {c.target:g} units/s", **style)
+        for ax in row:
+            ax.axhline(50, color="gray", ls=":", lw=1)
+            ax.set_ylabel(f"{task} accuracy (%)")
+            ax.grid(alpha=0.3)
+        by_rate.set(xscale="log", xlabel="bitrate of the training units (bits/s)", title=f"{task}: accuracy vs bitrate (95 % CI)")
+        by_rate.xaxis.set_major_formatter(plt.ScalarFormatter())  # 20, 50, 100 rather than 2×10¹
+        by_rate.xaxis.set_minor_formatter(plt.NullFormatter())
+        by_speech.set(xscale="log", xlabel="speech seen in training (minutes)", title=f"{task}: accuracy during training")
+        by_speech.xaxis.set_major_formatter(plt.ScalarFormatter())
+        by_speech.xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[0][0].legend(fontsize=7)
+    axes[0][1].legend(fontsize=6, ncol=2)
+    return axes

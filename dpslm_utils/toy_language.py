@@ -320,3 +320,27 @@ def write_word_abx_items(path: str | os.PathLike, root: str | os.PathLike | None
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_phone_abx_items(path: str | os.PathLike, split: str = "validation", root: str | os.PathLike | None = None
+                          ) -> Path:
+    """An ABX ``.item`` file of every phone token of a split's recordings (``"train"`` or ``"validation"``),
+    from espeak-ng's own segmentation (:class:`PhoneAlignment`): its onset and offset, the phones before
+    and after it in the utterance (``#`` at either end) and its voice as the speaker.
+
+    A real phone ABX: is a token of /d/ closer to another /d/ than to a /b/ (said by the same voice in the
+    same context, with ``context_mode="within"``, or in any context with ``"any"``)?
+    """
+    corpus = load_toy_language(root)
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    lines = ["#file onset offset #phone prev-phone next-phone speaker"]
+    for utterance in getattr(corpus, split):
+        alignment = utterance.alignment
+        phones = ("#", *alignment.phones, "#")
+        for i, (start, end) in enumerate(zip(alignment.starts, alignment.ends), start=1):
+            lines.append(f"{utterance.path.stem} {start:.4f} {end:.4f} {phones[i]} {phones[i - 1]} {phones[i + 1]} "
+                         f"{utterance.voice}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path

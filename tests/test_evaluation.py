@@ -20,8 +20,11 @@ from dpslm_utils.evaluation import (
     evaluate_zerospeech,
     lexical_accuracy,
     pair_accuracy,
+    paired_bootstrap_interval,
+    phone_normalized_mutual_information,
     read_gold,
     syntactic_accuracy,
+    unit_phone_purity,
 )
 from dpslm_utils.pipeline import EncodedSpeech
 from dpslm_utils.settings_record import SettingsMismatch
@@ -128,6 +131,61 @@ def test_bootstrap_interval_matches_the_normal_approximation():
     assert bootstrap_interval([0.7] * 10) == pytest.approx((0.7, 0.7))
     with pytest.raises(ValueError, match="non-empty"):
         bootstrap_interval([])
+
+
+def test_paired_bootstrap_interval_of_a_constant_difference_is_that_difference():
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 2, size=50).astype(float)
+    assert paired_bootstrap_interval(b + 0.25, b) == pytest.approx((0.25, 0.25))  # every item moves by 0.25
+    assert paired_bootstrap_interval(b, b) == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"equal shapes .* got \[3\] and \[2\]"):
+        paired_bootstrap_interval([1, 0, 1], [1, 0])
+
+
+def test_paired_bootstrap_interval_is_antisymmetric_and_matches_the_normal_approximation():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.3, 1.0, size=2000), rng.normal(0.0, 1.0, size=2000)
+    low, high = paired_bootstrap_interval(a, b, num_samples=4000)
+    minus_high, minus_low = paired_bootstrap_interval(b, a, num_samples=4000)
+    assert (low, high) == pytest.approx((-minus_low, -minus_high))  # the same resamples, negated
+    standard_error = np.std(a - b) / np.sqrt(len(a))  # closed form for the mean of independent differences
+    assert (low + high) / 2 == pytest.approx(np.mean(a - b), abs=0.2 * standard_error)
+    assert (high - low) / 2 == pytest.approx(1.96 * standard_error, rel=0.1)
+
+
+def test_pairing_removes_what_two_scores_of_one_item_share():
+    """Item difficulty shared by both models cancels in the paired interval but not in two separate ones."""
+    rng = np.random.default_rng(2)
+    difficulty = rng.normal(0.0, 1.0, size=200)
+    a, b = difficulty + 0.2 + rng.normal(0, 0.1, size=200), difficulty + rng.normal(0, 0.1, size=200)
+    paired_low, paired_high = paired_bootstrap_interval(a, b)
+    (a_low, a_high), (b_low, b_high) = bootstrap_interval(a), bootstrap_interval(b)
+    assert paired_low > 0  # the 0.2 is resolved when the items are paired ...
+    assert a_low < b_high  # ... while the two separate intervals overlap
+    assert paired_high - paired_low < 0.2 * ((a_high - a_low) + (b_high - b_low))
+
+
+def test_unit_phone_purity_on_hand_counted_frames():
+    units, phones = [0, 0, 0, 1, 1, 2], ["a", "a", "b", "b", "b", "c"]
+    assert unit_phone_purity(units, phones) == pytest.approx(5 / 6)  # unit 0 -> a (2 of 3), 1 -> b (2), 2 -> c (1)
+    assert unit_phone_purity([7, 7, 3, 3, 9, 9], list("aabbcc")) == 1.0  # any one-to-one renaming
+    assert unit_phone_purity([0] * 6, list("aaabbc")) == pytest.approx(3 / 6)  # one unit: the commonest phone's share
+    with pytest.raises(ValueError, match="equally long.*shapes \\[3\\] and \\[2\\]"):
+        unit_phone_purity([0, 1, 2], ["a", "b"])
+
+
+def test_phone_normalized_mutual_information_in_closed_form():
+    def entropy(*p):
+        return -sum(x * math.log(x) for x in p if x > 0)
+
+    assert phone_normalized_mutual_information([5, 5, 1, 1], list("aabb")) == pytest.approx(1.0)  # unit = phone
+    assert phone_normalized_mutual_information(list(range(6)), list("aabbcc")) == pytest.approx(1.0)  # finer units
+    assert phone_normalized_mutual_information([0, 0, 1, 1], list("abab")) == pytest.approx(0.0, abs=1e-12)  # independent
+    # unit 0 covers a, a; unit 1 covers a, b: I = H(phone) − H(phone | unit) = H(3/4, 1/4) − ½ H(½, ½)
+    expected = (entropy(0.75, 0.25) - 0.5 * entropy(0.5, 0.5)) / entropy(0.75, 0.25)
+    assert phone_normalized_mutual_information([0, 0, 1, 1], list("aaab")) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at least two phones"):
+        phone_normalized_mutual_information([0, 1], ["a", "a"])
 
 
 # -- scoring with a unit LM ---------------------------------------------------------------------------

@@ -187,7 +187,7 @@ LAYERS = (
     ("wavlm",), ("codebooks",), ("quantize",), ("transformer",), ("ulm", "ellav"), ("wavtokenizer",), ("pipeline",),
     ("features", "rates"),
     ("phones", "training", "evaluation", "wer", "tree_encoding"),
-    ("plots", "exercises", "random_tiny"),
+    ("plots", "exercises", "random_tiny", "toy_experiment"),
     ("widgets", "demo"),
     ("cli",),
     ("__main__", "__init__"),
