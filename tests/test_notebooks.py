@@ -205,6 +205,13 @@ def test_the_worked_example_counts_its_switches():
     assert f"switches unit {words[switches]} times in eight frames ({words[switches + 1]} segments)" in text
 
 
+def test_the_count_of_released_codebooks():
+    from dpslm_utils import registry
+
+    words = {4: "four", 5: "five", 6: "six"}
+    header = markdown_of(notebook("02"))[0][1]
+    assert f"the {words[len(registry.CODEBOOK_SIZES)]} codebooks" in header
+
 def test_notebook_03_compares_the_big_unit_lm_as_its_file_names_say():
     from dpslm_utils import registry
 
