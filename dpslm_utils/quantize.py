@@ -337,9 +337,15 @@ def bitrate(utterances: Tensor | Sequence[Tensor], frame_rate: float = 50.0) -> 
     if num_frames == 0:
         raise ValueError("no frames: the bitrate of zero seconds of audio is undefined")
     segments = torch.cat([torch.unique_consecutive(units.cpu()) for units in utterances])
+    return segments_bitrate(segments, num_frames / frame_rate)
+
+
+def segments_bitrate(segments: Tensor, seconds: float) -> Bitrate:
+    """Bitrate of units ``[N]`` that are already segments (deduplicated, or phones of any duration) spoken over
+    ``seconds`` of audio: :func:`bitrate`'s definition, for units that are not 50 Hz frames."""
     probabilities = torch.unique(segments, return_counts=True)[1].double() / segments.numel()
     entropy = float((probabilities * probabilities.reciprocal().log2()).sum())  # Σ p log₂(1/p)
-    units_per_second = segments.numel() / (num_frames / frame_rate)
+    units_per_second = segments.numel() / seconds
     return Bitrate(units_per_second, entropy, units_per_second * entropy)
 
 

@@ -42,7 +42,7 @@ from .datasets import save_units
 from .evaluation import (TASKS, bootstrap_interval, lexical_accuracy, paired_bootstrap_interval,
                          phone_normalized_mutual_information, read_gold, syntactic_accuracy, unit_phone_purity)
 from .features import FRAME_RATE, feature_encoder
-from .quantize import Bitrate, deduplicate, dpdp_batch
+from .quantize import Bitrate, deduplicate, dpdp_batch, segments_bitrate
 from .rates import lambda_for_rate
 from .toy_language import PHONES, ToyLanguage, load_toy_language
 from .training import train_ulm
@@ -216,13 +216,9 @@ def quantize_corpus(features: dict[str, dict[str, Tensor]], codebook: Tensor, lm
 
 
 def unit_bitrate(units: SplitUnits, seconds: float) -> Bitrate:
-    """Units per second, entropy (bits per unit) and bits per second of deduplicated units over ``seconds``
-    of audio: :func:`~dpslm_utils.bitrate`'s definition, for units that are not 50 Hz frames (phones)."""
-    sequences = torch.cat([u for u, _ in units.values()])
-    probabilities = torch.unique(sequences, return_counts=True)[1].double() / len(sequences)
-    entropy = float(-(probabilities * probabilities.log2()).sum())
-    per_second = len(sequences) / seconds
-    return Bitrate(per_second, entropy, per_second * entropy)
+    """Units per second, entropy (bits per unit) and bits per second of one split's deduplicated units over
+    ``seconds`` of audio (:func:`~dpslm_utils.quantize.segments_bitrate`)."""
+    return segments_bitrate(torch.cat([u for u, _ in units.values()]), seconds)
 
 
 def phone_agreement(corpus: ToyLanguage, train_units: SplitUnits) -> tuple[float, float]:
@@ -368,11 +364,11 @@ def describe_findings(conditions: list[Condition]) -> str:
         cells = [f"{task} {100 * c.final.accuracy(task):.1f} % [{100 * c.final.interval(task)[0]:.0f}, "
                  f"{100 * c.final.interval(task)[1]:.0f}], {chance_verdict(*c.final.interval(task))}" for task in TASKS]
         lines.append(f"- {c.name} ({c.rate.bits_per_second:.0f} bits/s): " + "; ".join(cells))
-    by_name = {c.name: c for c in conditions}
+    by_name, differences = {c.name: c for c in conditions}, paired_differences(conditions)
     lines += ["", "**Coarser against finer units** (same features and k; difference in accuracy points, paired "
               "95 % interval over the same items):", ""]
     agree = disagree = 0
-    for d in paired_differences(conditions):
+    for d in differences:
         a, b = by_name[d.a], by_name[d.b]
         if a.features != b.features:
             continue
@@ -404,7 +400,7 @@ def describe_findings(conditions: list[Condition]) -> str:
     features = sorted({c.features for c in conditions} - {PHONE_FEATURES})
     if len(features) > 1:
         lines += ["", f"**{features[0]} against {features[1]}** at the same k and rate:", ""]
-        for d in paired_differences(conditions):
+        for d in differences:
             a, b = by_name[d.a], by_name[d.b]
             if a.features != b.features:
                 lines.append(f"- {d.task}, k={a.k}, {a.target:g} units/s: {a.features} − {b.features} = "
