@@ -15,7 +15,9 @@ import numbers
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 MAX_SEED = 2**63 - 1
 """Seeds are integers in ``0..MAX_SEED`` (``seed + i`` then still fits torch's 64-bit generator)."""
@@ -150,6 +152,19 @@ def check_writable(out_dir: Path) -> None:
             pass
     except OSError as e:
         raise OSError(f"cannot write to {out_dir}: {e.strerror or e}") from e
+
+
+def clashes(items: Iterable, key: Callable[[Any], Hashable]) -> list[str]:
+    """The groups of ``items`` that share a ``key``, each written ``"a and b"``, in the order first seen."""
+    groups: dict[Hashable, list[str]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(str(item))
+    return [" and ".join(group) for group in groups.values() if len(group) > 1]
+
+
+def first_few(items: Sequence[str], limit: int) -> str:
+    """``items`` joined by ``"; "``: the first ``limit``, then how many there are in all."""
+    return "; ".join(items[:limit]) + (f"; ... ({len(items)} in all)" if len(items) > limit else "")
 
 
 def as_units(units, k: int, name: str = "units", allow_empty: bool = False):

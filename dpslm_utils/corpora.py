@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import Unreachable, cache_dir, copy_response, open_url
+from .checks import first_few
 
 DATA_ENV = "DPSLM_DATA"
 
@@ -147,8 +148,7 @@ def _extract(archive: Path, folder: Path) -> None:
             raise DownloadError(f"{archive} is neither a zip nor a tar archive")
         conflicts = _merge_conflicts(staging, folder)
         if conflicts:
-            shown = "; ".join(conflicts[:5]) + (f"; ... ({len(conflicts)} in all)" if len(conflicts) > 5 else "")
-            raise DownloadError(f"not unpacking {archive.name}: {shown}. Nothing in {folder} was changed: move those "
+            raise DownloadError(f"not unpacking {archive.name}: {first_few(conflicts, 5)}. Nothing in {folder} was changed: move those "
                                 f"entries away, or unpack into another folder (--dir)")
         _merge_tree(staging, folder)
         marker.write_text("")

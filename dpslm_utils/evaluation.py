@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import load_mono
-from .checks import AUDIO_SUFFIXES, import_optional
+from .checks import AUDIO_SUFFIXES, clashes, first_few, import_optional
 from .checkpoints import using_random_weights, write_atomically
 from .datasets import save_array
 from .pipeline import FEATURE_LAYER
@@ -384,13 +384,9 @@ def encoder_identity(encoder) -> dict:
 
 def check_distinct_stems(paths: Sequence[Path]) -> None:
     """Refuse (ValueError) audio files that share a stem (``x.wav`` and ``x.flac``): results are keyed by it."""
-    by_stem: dict[str, list[str]] = defaultdict(list)
-    for path in paths:
-        by_stem[path.stem].append(str(path))
-    clashes = [" and ".join(group) for group in by_stem.values() if len(group) > 1]
-    if clashes:
-        raise ValueError(f"audio files must have distinct names (stems), results are keyed by them: "
-                         f"{'; '.join(clashes[:3])}" + (f"; ... ({len(clashes)} in all)" if len(clashes) > 3 else ""))
+    shared = clashes(paths, key=lambda path: path.stem)
+    if shared:
+        raise ValueError(f"audio files must have distinct names (stems), results are keyed by them: {first_few(shared, 3)}")
 
 
 def encode_files(paths: Sequence[str | os.PathLike], encoder, *, batch_size: int = 8,

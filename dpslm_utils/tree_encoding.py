@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import registry
-from .checks import AUDIO_SUFFIXES, check_creatable, check_file, check_folder, check_int, check_real, check_writable
+from .checks import AUDIO_SUFFIXES, check_creatable, clashes, first_few, check_file, check_folder, check_int, check_real, check_writable
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -133,13 +133,9 @@ def audio_files(in_dir: str | os.PathLike) -> list[Path]:
 
 def check_unique_stems(files: Sequence[Path], in_dir: Path) -> None:
     """Outputs are named by the input's path without its audio suffix: refuse inputs that would share one."""
-    by_stem: dict[Path, list[Path]] = {}
-    for f in files:
-        by_stem.setdefault(f.relative_to(in_dir).with_suffix(""), []).append(f.relative_to(in_dir))
-    clashes = [" and ".join(map(str, group)) for group in by_stem.values() if len(group) > 1]
-    if clashes:
-        shown = "; ".join(clashes[:5]) + (f"; ... ({len(clashes)} in all)" if len(clashes) > 5 else "")
-        raise ValueError(f"inputs that differ only in their suffix would write the same outputs: {shown}. "
+    shared = clashes([f.relative_to(in_dir) for f in files], key=lambda relative: relative.with_suffix(""))
+    if shared:
+        raise ValueError(f"inputs that differ only in their suffix would write the same outputs: {first_few(shared, 5)}. "
                          "Rename or move one of each")
 
 
