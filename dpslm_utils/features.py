@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .checks import MAX_SEED, check_int
 from .codebooks import check_vectors
-from .wavlm import HOP_LENGTH, RECEPTIVE_FIELD, SAMPLE_RATE, WavLMEncoder, num_frames, padded_waveform
+from .wavlm import HOP_LENGTH, RECEPTIVE_FIELD, SAMPLE_RATE, WavLMEncoder, each_waveform, num_frames, padded_waveform
 
 FRAME_RATE = SAMPLE_RATE // HOP_LENGTH
 """Frames per second of every encoder (50)."""
@@ -104,15 +104,7 @@ class FeatureEncoder:
 
     def batch(self, wavs: list[Tensor | np.ndarray], sample_rate: int) -> list[Tensor]:
         """Features ``[T_i, D]`` of several waveforms (one sample rate), each equal to the one-at-a-time result."""
-        if not isinstance(wavs, (list, tuple)) or not wavs:
-            raise ValueError("wavs must be a non-empty list of waveforms")
-        features = []
-        for i, wav in enumerate(wavs):
-            try:
-                features.append(self(wav, sample_rate))
-            except ValueError as e:  # say which one, so that a caller can skip it
-                raise ValueError(f"wavs[{i}]: {e}" if len(wavs) > 1 else str(e)) from e
-        return features
+        return each_waveform(wavs, lambda wav: self(wav, sample_rate))
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -105,16 +106,24 @@ def num_frames(num_samples: int, sample_rate: int = SAMPLE_RATE) -> int:
 
 
 def padded_waveform(wav: Tensor | np.ndarray, sample_rate: int, device: torch.device | str | None = None,
-                    reader: str = "WavLM") -> Tensor:
+                    reader: str = "WavLM", max_seconds: float | None = None) -> Tensor:
     """The waveform that 50 Hz frames are read from ``[samples + 80]``: mono float32 resampled to 16 kHz,
     with 40 zeros padded on both sides (no normalisation). Frame t then covers the 400 samples
     ``[320 t − 40, 320 t + 360)`` of the 16 kHz audio: :func:`num_frames` frames in all. Too short for
-    one frame (under 320 samples at 16 kHz) or not mono: a ValueError that names ``reader``."""
+    one frame (under 320 samples at 16 kHz), not mono, or longer than ``max_seconds`` (checked before
+    resampling): a ValueError that names ``reader``."""
     wav, sample_rate = as_waveform(wav), check_sample_rate(sample_rate)
     if wav.shape[0] != 1:
         raise ValueError(
             f"expected mono audio, got {wav.shape[0]} channels (shape {list(wav.shape)}); "
             "mix it down first with dpslm_utils.to_mono(wav)"
+        )
+    seconds = wav.shape[-1] / sample_rate
+    if max_seconds is not None and seconds > max_seconds:
+        raise ValueError(
+            f"the audio is {seconds:.1f} s long; {reader} accepts at most {max_seconds:g} s per utterance "
+            f"(attention memory grows with the square of the length). Split it, or raise "
+            f"encoder.max_seconds if you have the memory"
         )
     wav = resample(wav.to(device), sample_rate, SAMPLE_RATE)[0]
     if num_frames(wav.shape[-1]) == 0:
@@ -124,6 +133,20 @@ def padded_waveform(wav: Tensor | np.ndarray, sample_rate: int, device: torch.de
             f"{min_samples} samples ({1000 * min_samples // SAMPLE_RATE} ms) for one frame"
         )
     return nn.functional.pad(wav, (EDGE_PADDING, EDGE_PADDING))
+
+
+def each_waveform(wavs: list[Tensor | np.ndarray], work: Callable[[Tensor | np.ndarray], Any]) -> list:
+    """``[work(wav) for wav in wavs]``; ValueError for an empty ``wavs``, and one that says which wav (``wavs[i]:``)
+    was refused, so that a caller can skip it."""
+    if not isinstance(wavs, (list, tuple)) or not wavs:
+        raise ValueError("wavs must be a non-empty list of waveforms")
+    results = []
+    for i, wav in enumerate(wavs):
+        try:
+            results.append(work(wav))
+        except ValueError as e:
+            raise ValueError(f"wavs[{i}]: {e}" if len(wavs) > 1 else str(e)) from e
+    return results
 
 
 class WavLMEncoder(nn.Module):
@@ -204,15 +227,8 @@ class WavLMEncoder(nn.Module):
         with the "default" conv extractor (Base-style) run one waveform at a time instead: its
         GroupNorm normalises over time and would see the padding.
         """
-        if not isinstance(wavs, (list, tuple)) or not wavs:
-            raise ValueError("wavs must be a non-empty list of waveforms")
+        inputs = each_waveform(wavs, lambda wav: self.preprocess(wav, sample_rate))
         self._check_layer(layer)
-        inputs = []
-        for i, wav in enumerate(wavs):
-            try:
-                inputs.append(self.preprocess(wav, sample_rate))
-            except ValueError as e:  # say which one, so that a caller can skip it
-                raise ValueError(f"wavs[{i}]: {e}" if len(wavs) > 1 else str(e)) from e
         groups = [[x] for x in inputs] if self.config["extractor_mode"] == "default" else [inputs]
         features = []
         for group in groups:
@@ -225,15 +241,7 @@ class WavLMEncoder(nn.Module):
     def preprocess(self, wav: Tensor | np.ndarray, sample_rate: int) -> Tensor:
         """The waveform the conv stack receives ``[samples]``: :func:`padded_waveform` on the encoder's
         device. Audio longer than ``max_seconds`` (default :data:`MAX_SECONDS`) is refused with a ValueError."""
-        wav, sample_rate = as_waveform(wav), check_sample_rate(sample_rate)
-        seconds = wav.shape[-1] / sample_rate
-        if seconds > self.max_seconds:
-            raise ValueError(
-                f"the audio is {seconds:.1f} s long; WavLM accepts at most {self.max_seconds:g} s per utterance "
-                f"(attention memory grows with the square of the length). Split it, or raise "
-                f"encoder.max_seconds if you have the memory"
-            )
-        return padded_waveform(wav, sample_rate, self.device)
+        return padded_waveform(wav, sample_rate, self.device, max_seconds=self.max_seconds)
 
     def _hidden_states(self, wav: Tensor, lengths: Tensor, layer: int | None) -> tuple[Tensor, Tensor]:
         """``wav [B, samples]`` with valid ``lengths [B]`` -> ``(features [B, frames, dim], frames [B])``."""

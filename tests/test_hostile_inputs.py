@@ -37,6 +37,14 @@ def test_wavlm_refuses_audio_beyond_its_documented_maximum(encoder):
         encoder.max_seconds = wavlm.MAX_SECONDS
 
 
+def test_wavlm_checks_a_waveform_once_mono_before_length(encoder):
+    with pytest.warns(UserWarning, match="peak amplitude") as caught:  # checked once: one warning, not two
+        encoder(torch.full((1, 16000), 12000.0), 16000)
+    assert len(caught) == 1
+    with pytest.raises(ValueError, match="expected mono audio, got 2 channels"):  # not "the audio is 61.0 s long"
+        encoder(torch.zeros(2, 16000 * 61), 16000)
+
+
 def test_device_names_are_normalised(monkeypatch):
     assert {pipeline.resolve_device(d) for d in ("cpu", "cpu:0", torch.device("cpu"))} == {"cpu"}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
