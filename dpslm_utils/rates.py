@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .checks import check_real
 from .codebooks import squared_distances
-from .quantize import bitrate, dpdp_batch
+from .quantize import bitrate, dpdp_batch, dpdp_cost
 
 MAX_BISECTIONS = 200
 """Bisection steps :func:`lambda_for_rate` takes at most (each halves the λ interval on a log scale)."""
@@ -57,7 +57,7 @@ def rate_distortion(
     points = []
     for lmbda in lambdas:
         units = dpdp_batch(utterances, codebook, lmbda, num_neighbors)
-        squared_error = sum(float((x.double() - codebook[u].double()).square().sum()) for x, u in zip(utterances, units))
+        squared_error = sum(dpdp_cost(x, codebook, u, lmbda)[0] for x, u in zip(utterances, units))
         rate = bitrate(units, frame_rate)
         points.append(RatePoint(float(lmbda), rate.units_per_second, rate.entropy_bits, rate.bits_per_second,
                                 squared_error / (frames * codebook.shape[1])))  # fmt: skip
