@@ -44,7 +44,7 @@ from .evaluation import (TASKS, bootstrap_interval, lexical_accuracy, paired_boo
 from .features import FRAME_RATE, feature_encoder
 from .quantize import Bitrate, deduplicate, dpdp_batch, segments_bitrate
 from .rates import lambda_for_rate
-from .toy_language import PHONES, ToyLanguage, load_toy_language
+from .toy_language import PHONES, SAMPLE_RATE, ToyLanguage, load_toy_language
 from .training import train_ulm
 from .ulm import UnitLM
 
@@ -204,7 +204,7 @@ def encode_corpus(corpus: ToyLanguage, encoder, splits: tuple[str, ...] = CORPUS
         for begin in range(0, len(paths), batch_size):
             batch = paths[begin:begin + batch_size]
             wavs = [load_mono(p)[0] for p in batch]
-            encoded.update({p.stem: f for p, f in zip(batch, encoder.batch(wavs, 16000))})
+            encoded.update({p.stem: f for p, f in zip(batch, encoder.batch(wavs, SAMPLE_RATE))})
         features[split] = {p.stem: encoded[p.stem] for p in files[split]}
     return features
 
@@ -268,8 +268,13 @@ def phone_condition(corpus: ToyLanguage) -> Condition:
     units = {"train": {u.path.stem: units_of(u.alignment) for u in corpus.train},
              "validation": {u.path.stem: units_of(u.alignment) for u in corpus.validation}}
     units |= {task: {stem: units_of(a) for stem, a in corpus.test_alignments(task).items()} for task in TASKS}
-    seconds = sum(u.alignment.num_samples for u in corpus.train) / 16000
-    return Condition(PHONE_FEATURES, len(PHONES), None, None, unit_bitrate(units["train"], seconds), None, None, units)
+    rate = unit_bitrate(units["train"], train_seconds(corpus))
+    return Condition(PHONE_FEATURES, len(PHONES), None, None, rate, None, None, units)
+
+
+def train_seconds(corpus: ToyLanguage) -> float:
+    """Seconds of training speech, from the alignments' sample counts."""
+    return sum(u.alignment.num_samples for u in corpus.train) / SAMPLE_RATE
 
 
 # -- train and score --------------------------------------------------------------------------------------
@@ -300,7 +305,7 @@ def train_and_score(condition: Condition, corpus: ToyLanguage, work_dir: Path, c
             save_units(folder / "units" / split / f"{stem}.npy", units, durations)
     golds = golds or read_golds(corpus)
     train_tokens = sum(len(u) + 1 for u, _ in condition.units["train"].values())  # BOS + units per utterance
-    seconds_per_token = sum(u.alignment.num_samples for u in corpus.train) / 16000 / train_tokens
+    seconds_per_token = train_seconds(corpus) / train_tokens
     condition.stages, condition.run_dir = [], folder / "run"
     for steps in config.stages:
         run = train_ulm(folder / "units" / "train", condition.run_dir, k=condition.k, preset="tiny",
@@ -359,10 +364,13 @@ def describe_findings(conditions: list[Condition]) -> str:
     """What this run measured, in Markdown: each model's final accuracies against chance, and each
     coarser-vs-finer comparison against the paper's direction (coarser units, higher accuracy at a lower
     bitrate). Every number is formatted from ``conditions``."""
+    def cell(stage: Stage, task: str) -> str:
+        low, high = stage.interval(task)
+        return f"{task} {100 * stage.accuracy(task):.1f} % [{100 * low:.0f}, {100 * high:.0f}], {chance_verdict(low, high)}"
+
     lines = ["**Accuracy after the last stage** (95 % bootstrap interval over items):", ""]
     for c in conditions:
-        cells = [f"{task} {100 * c.final.accuracy(task):.1f} % [{100 * c.final.interval(task)[0]:.0f}, "
-                 f"{100 * c.final.interval(task)[1]:.0f}], {chance_verdict(*c.final.interval(task))}" for task in TASKS]
+        cells = [cell(c.final, task) for task in TASKS]
         lines.append(f"- {c.name} ({c.rate.bits_per_second:.0f} bits/s): " + "; ".join(cells))
     by_name, differences = {c.name: c for c in conditions}, paired_differences(conditions)
     lines += ["", "**Coarser against finer units** (same features and k; difference in accuracy points, paired "
