@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import dpslm_utils as dpslm
-from dpslm_utils.audio import BUNDLED_EXAMPLES, bundled_example
+from dpslm_utils.audio import BUNDLED_EXAMPLES, bundled_example, load_mono
 from dpslm_utils.codebooks import SHIPPED_CODEBOOKS, save_codebook
 
 FEATURES, K, SEED, ITERATIONS = "fbank", 100, 0, 100
@@ -25,9 +25,8 @@ OUT = Path(dpslm.__file__).parent / "feature_codebooks" / SHIPPED_CODEBOOKS[FEAT
 
 def training_audio() -> list[tuple[torch.Tensor, int]]:
     """``(wav [1, samples], sample_rate)`` of the bundled examples, then of the toy language's training split."""
-    recordings = [bundled_example(name) for name in sorted(BUNDLED_EXAMPLES)]
-    recordings += [dpslm.load_audio(utterance.path) for utterance in dpslm.load_toy_language().train]
-    return [(dpslm.to_mono(wav), sr) for wav, sr in recordings]
+    examples = [(dpslm.to_mono(wav), sr) for wav, sr in map(bundled_example, sorted(BUNDLED_EXAMPLES))]
+    return examples + [load_mono(utterance.path) for utterance in dpslm.load_toy_language().train]
 
 
 def make_codebook() -> tuple[torch.Tensor, dict]:
