@@ -161,9 +161,9 @@ def example_audio(name: str = "librispeech", official: bool = True) -> tuple[tor
     if official and name not in _UNREACHABLE:
         try:
             path = download(OFFICIAL_EXAMPLES[name], progress=False)
-            wav, sr = load_audio(path)
+            wav, sr = load_mono(path)
             log.info("example %r: the official recording %s", name, path.name)
-            return to_mono(wav), sr
+            return wav, sr
         except CheckpointError as e:  # no network, or an unwritable cache
             _UNREACHABLE.add(name)
             log.warning("example %r: the official recording could not be fetched (%s); using the bundled "

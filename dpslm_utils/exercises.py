@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .audio import example_audio, load_mono, to_mono
+from .audio import example_audio, load_mono
 from .checkpoints import using_random_weights
 
 _MISSING = object()
@@ -117,8 +117,7 @@ def your_recording(path: str | Path, example: str) -> tuple[torch.Tensor, int]:
         print(f"your recording {path}: {wav.shape[-1] / sample_rate:.2f} s at {sample_rate} Hz")
         return wav, sample_rate
     print(f"{path} not found: using the example recording {example!r} instead (record yours, then run this again)")
-    wav, sample_rate = example_audio(example)
-    return to_mono(wav), sample_rate
+    return example_audio(example)  # mono
 
 
 def solution_runs(cost: str, run: bool = False) -> bool:
