@@ -135,13 +135,14 @@ def check_folder(folder: str | os.PathLike) -> None:
         raise FileNotFoundError(f"{folder} does not exist")
 
 
-def check_creatable(out_dir: Path) -> None:
-    """Raise NotADirectoryError if ``out_dir`` is (or lies under) something that is not a folder. Creates nothing."""
+def check_creatable(out_dir: Path) -> Path:
+    """The nearest existing folder of ``out_dir`` and its parents; NotADirectoryError if ``out_dir`` is (or lies
+    under) something that is not a folder. Creates nothing."""
     for folder in (out_dir, *out_dir.parents):
         if folder.exists():
             if not folder.is_dir():
                 raise NotADirectoryError(f"cannot use {out_dir} as output folder: {folder} is not a folder")
-            return
+            return folder
 
 
 def check_writable(out_dir: Path) -> None:

@@ -81,8 +81,7 @@ def check_can_create(out_dir: Path) -> None:
     so a refusal after it leaves no empty output folder: the test folder it makes is removed at once."""
     import tempfile
 
-    check_creatable(out_dir)
-    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    existing = check_creatable(out_dir)
     try:
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as e:
@@ -330,7 +329,7 @@ def check_resynthesize(args: argparse.Namespace) -> ResynthesizePlan:
     check_seed(args.seed)
     out_folder = Path(args.out_prefix).parent
     check_creatable(out_folder)
-    check_file(args.input, "audio file")
+    check_file(args.input, "audio file")  # before check_input_audio imports torch
     wav, sr = check_input_audio(args.input)
     check_writable(out_folder)
     return ResynthesizePlan(wav, sr, args.out_prefix, k, lmbda, args.n, args.temperature, args.top_p, args.seed, args.device)
