@@ -452,7 +452,8 @@ def _train(config: dict, run: TrainingRun, task: Task, dist: Distributed, progre
                 _stop_unless_finite("validation loss", record["val_loss"], at, run)
                 if record["val_loss"] < at.best_val_loss:
                     at.best_val_loss, at.best_step = record["val_loss"], at.step
-                snapshot = _state(at, dist, fingerprint, model, optimizer)  # what the save commits
+                rng = _gather_rng(dist)  # a collective: every rank takes part
+                snapshot = _state(at, dist, fingerprint, rng, model, optimizer) if dist.is_main else None  # rank 0 saves
             on_main(dist, _log_and_save, run, record, snapshot, task, model, config, bar)
             at.saved_step = at.step if evaluate else at.saved_step
             window = _Window()
@@ -527,10 +528,10 @@ def _log_and_save(run: TrainingRun, record: dict, state: dict | None, task: Task
             bar.write(f"step {record['step']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}")
 
 
-def _state(at: _Progress, dist: Distributed, fingerprint: str, model: Transformer, optimizer) -> dict:
-    """What ``train_state.pt`` commits (:data:`STATE_KEYS`); gathers every rank's random state (a collective)."""
+def _state(at: _Progress, dist: Distributed, fingerprint: str, rng: list[dict], model: Transformer, optimizer) -> dict:
+    """What ``train_state.pt`` commits (:data:`STATE_KEYS`), with every rank's random state ``rng``."""
     return {"step": at.step, "tokens": at.tokens, "best_val_loss": at.best_val_loss, "best_step": at.best_step,
-            "world_size": dist.world_size, "data_fingerprint": fingerprint, "rng": _gather_rng(dist),
+            "world_size": dist.world_size, "data_fingerprint": fingerprint, "rng": rng,
             "model": _on_cpu(model.state_dict()), "optimizer": optimizer.state_dict()}  # fmt: skip
 
 
