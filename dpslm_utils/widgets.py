@@ -289,6 +289,7 @@ class DPDPExplorer:
         if self.voice is not None:
             self._match_weight_free(rate.units_per_second)
         self._draw_and_play()
+        self._publish_weight_free()
 
     def _match_weight_free(self, units_per_second: float) -> None:
         """Choose the log-mel units with the current units' share of their k-means rate, and say what they are."""
@@ -340,7 +341,11 @@ class DPDPExplorer:
                                          f"{1000 * (end - start) / self.frame_rate:.0f} ms"
                                          f"{f', played {repeats}×' if repeats > 1 else ''}):"))
         self._update("audio", Audio(heard.numpy(), rate=self.sample_rate))
-        if self.voice is not None:
+
+    def _publish_weight_free(self) -> None:
+        """Put the weight-free label and player into the displayed outputs (if shown). They change with k, λ
+        and the search, not with the segment: a segment move leaves the player (and whoever listens) alone."""
+        if self._handles and self.voice is not None:
             self._update("weight_free", Markdown(self.weight_free_label))
             self._update("weight_free_audio", Audio(self.weight_free_audio().numpy(), rate=self.voice.sample_rate))
 
@@ -366,6 +371,7 @@ class DPDPExplorer:
             self._handles[name] = DisplayHandle()
             self._handles[name].display(Markdown(""))
         self._publish()
+        self._publish_weight_free()
         return self
 
 

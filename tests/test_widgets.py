@@ -259,6 +259,13 @@ def test_dpdp_explorer_speaks_weight_free_units_that_coarsen_with_lambda(codeboo
     assert handles["weight_free_audio"].content.data.startswith(b"RIFF")
     assert len(handles["weight_free_audio"].content.data) == 44 + 2 * 12800  # 16-bit WAV of the whole 0.8 s
 
+    explorer.lmbda_slider.value = 0  # one segment per frame again
+    player, segment_player = handles["weight_free_audio"].content, handles["audio"].content
+    assert explorer.segment_slider.max >= 1
+    explorer.segment_slider.value = 1 - explorer.segment_slider.value
+    assert handles["audio"].content is not segment_player  # the segment's player follows the slider,
+    assert handles["weight_free_audio"].content is player  # the whole utterance's is left playing
+
 
 def test_players_put_labelled_players_side_by_side():
     cells = [widgets.player(torch.randn(1, 800), 16000, f"clip {i}<br>x") for i in range(3)]
