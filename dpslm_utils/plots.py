@@ -670,14 +670,12 @@ def plot_toy_experiment(conditions, axes=None, tasks: tuple[str, ...] = ("lexica
                                label=label if phones else f"{label}, {c.target:g} units/s", **style)
         for ax in row:
             ax.axhline(50, color="gray", ls=":", lw=1)
-            ax.set_ylabel(f"{task} accuracy (%)")
+            ax.set(xscale="log", ylabel=f"{task} accuracy (%)")
+            ax.xaxis.set_major_formatter(plt.ScalarFormatter())  # 20, 50, 100 rather than 2×10¹
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
             ax.grid(alpha=0.3)
-        by_rate.set(xscale="log", xlabel="bitrate of the training units (bits/s)", title=f"{task}: accuracy vs bitrate (95 % CI)")
-        by_rate.xaxis.set_major_formatter(plt.ScalarFormatter())  # 20, 50, 100 rather than 2×10¹
-        by_rate.xaxis.set_minor_formatter(plt.NullFormatter())
-        by_speech.set(xscale="log", xlabel="speech seen in training (minutes)", title=f"{task}: accuracy during training")
-        by_speech.xaxis.set_major_formatter(plt.ScalarFormatter())
-        by_speech.xaxis.set_minor_formatter(plt.NullFormatter())
+        by_rate.set(xlabel="bitrate of the training units (bits/s)", title=f"{task}: accuracy vs bitrate (95 % CI)")
+        by_speech.set(xlabel="speech seen in training (minutes)", title=f"{task}: accuracy during training")
     axes[0][0].legend(fontsize=7)
     axes[0][1].legend(fontsize=6, ncol=2)
     return axes
