@@ -1,6 +1,7 @@
 """Code structure: random-tiny scaffolding in one module, one from_pretrained sequence, one repr format."""
 
 import ast
+import functools
 import importlib
 import inspect
 import os
@@ -21,31 +22,19 @@ from dpslm_utils import checkpoints, random_tiny, registry
 STAGE_MODULES = ("transformer", "wavlm", "codebooks", "quantize", "ulm", "ellav", "wavtokenizer")
 
 
-def _imported_modules(module) -> set[str]:
-    tree = ast.parse(inspect.getsource(module))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            names.add(("." * node.level) + (node.module or ""))
-            names.update("." * node.level + alias.name for alias in node.names if not node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
 @pytest.mark.parametrize("name", STAGE_MODULES)
 def test_stage_modules_hold_no_random_tiny_scaffolding(name):
     module = importlib.import_module(f"dpslm_utils.{name}")
     source = inspect.getsource(module)
     leftovers = [attr for attr in vars(module) if attr.upper().startswith("RANDOM_TINY") or "write_random" in attr]
     assert not leftovers, f"{name}.py still defines random-tiny scaffolding: {leftovers}"
-    assert "random_tiny" not in _imported_modules(module) and ".random_tiny" not in _imported_modules(module)
+    assert "random_tiny" not in _import_graph()[name]
     assert "fork_rng" not in source, f"{name}.py builds seeded random weights; that belongs in random_tiny.py"
 
 
 def test_codebooks_module_does_not_reach_back_into_wavlm_or_the_recordings():
-    imported = _imported_modules(importlib.import_module("dpslm_utils.codebooks"))
-    assert not {".wavlm", ".audio", ".pipeline"} & imported, imported
+    imported = set(_import_graph()["codebooks"])
+    assert not {"wavlm", "audio", "pipeline"} & imported, imported
 
 
 def test_one_writer_per_checkpoint_family_and_a_clear_error_for_others(tmp_path):
@@ -154,8 +143,8 @@ def test_docstrings_state_what_and_why_not_history_or_benchmark_notes():
 
 
 def test_datasets_reads_files_and_knows_no_model_family():
-    imported = _imported_modules(importlib.import_module("dpslm_utils.datasets"))
-    assert not {".ulm", ".ellav", ".phones", ".batches", ".transformer", ".training"} & imported, imported
+    imported = set(_import_graph()["datasets"])
+    assert not {"ulm", "ellav", "phones", "batches", "transformer", "training"} & imported, imported
 
 
 def test_each_model_family_gives_the_training_loop_every_member_of_its_task():
@@ -221,6 +210,7 @@ def _imported(node: ast.AST, modules: set[str]) -> list[str]:
     return []
 
 
+@functools.cache
 def _import_graph() -> dict[str, dict[str, int]]:
     """Module -> {module of the package it imports: line of the first such import}, deferred imports (inside
     functions) included: every ``dpslm_utils/*.py``, read with ``ast``."""
