@@ -1,5 +1,6 @@
 """Shared test helpers: fixture paths and an isolated cache per test session."""
 
+import json
 import socket
 from pathlib import Path
 
@@ -12,6 +13,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def load_fixture(name: str):
     """Load ``tests/fixtures/<name>`` the way the fixture README prescribes."""
     return torch.load(FIXTURES / name, map_location="cpu", weights_only=True)
+
+
+def notebook_cells(path: Path) -> list[tuple[str, str, dict]]:
+    """``(cell_type, source text, cell)`` of every cell of the notebook at ``path``."""
+    return [(cell["cell_type"], "".join(cell["source"]), cell) for cell in json.loads(path.read_text())["cells"]]
 
 
 def free_port() -> int:

