@@ -1,7 +1,6 @@
 """ELLA-V: prompts, prefill logits and every generate() output of the original, alignment, errors."""
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,9 @@ from dpslm_utils.ellav import ELLAV
 from dpslm_utils.random_tiny import write_ellav
 from dpslm_utils.transformer import pad_right, prefill
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE = torch.load(FIXTURES / "ellav_fixture.pt", weights_only=True)
+from conftest import FIXTURES, load_fixture
+
+FIXTURE = load_fixture("ellav_fixture.pt")
 PROMPTS = FIXTURE["inputs"]["prompts"]
 EXPECTED = FIXTURE["expected"]
 CONFIGS = {config["name"]: config for config in FIXTURE["inputs"]["generate_configs"]}
@@ -170,7 +170,7 @@ def test_other_checkpoint_families_are_rejected(name):
 def test_random_tiny_matches_the_official_format_and_gives_varied_durations(monkeypatch, tmp_path):
     write_ellav(tmp_path / "tiny.pt", k=50)
     written = torch.load(tmp_path / "tiny.pt", weights_only=True)
-    official = torch.load(FIXTURES / "ellav_tiny.pt", weights_only=True)
+    official = load_fixture("ellav_tiny.pt")
     assert written["tokenizer"] == official["tokenizer"]  # built as the original unit-training script does
     assert written["model_args"] == official["model_args"]
     shapes = [{name: tensor.shape for name, tensor in c["model_state"].items()} for c in (written, official)]
@@ -196,7 +196,7 @@ def test_the_inference_prompt_begins_the_training_example_and_generation_replays
     writes the example up to its last EOP."""
     from dpslm_utils import ellav as family
 
-    for case in torch.load(FIXTURES / "ellav_train_fixture.pt", weights_only=True)["cases"]:
+    for case in load_fixture("ellav_train_fixture.pt")["cases"]:
         example = family.ellav_example(case["frame_units"], case["codes"], ellav.tokenizer)
         n = len(ellav.deduplicated_units(case["frame_units"]))
         assert torch.equal(ellav.encode(case["frame_units"]), example.ids[: n + 2])

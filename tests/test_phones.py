@@ -1,7 +1,5 @@
 """Phone toplines: the phone LM and phone ELLA-V against the originals' outputs, text -> ARPAbet, text to speech."""
 
-from pathlib import Path
-
 import sys
 
 import pytest
@@ -14,8 +12,9 @@ from dpslm_utils.ellav import ELLAV
 from dpslm_utils.phones import PhoneLM, PhoneTTS, phone_chunks, text_to_phone_chunks, text_to_phones
 from dpslm_utils.pipeline import Synthesis
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE = torch.load(FIXTURES / "phone_fixture.pt", weights_only=True)
+from conftest import FIXTURES, load_fixture
+
+FIXTURE = load_fixture("phone_fixture.pt")
 PLM_CASES, ELLAV_CASES = FIXTURE["plm"], FIXTURE["ellav"]
 
 

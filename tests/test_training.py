@@ -196,7 +196,7 @@ def test_tiny_unit_lm_learns_a_markov_source_to_its_entropy(tmp_path):
     assert len(val) == 2 and val[-1] < entropy + 0.08, val  # uniform guessing would be ln 16 = 2.77
     assert run.config["data"]["train_files"] == 47 and run.config["data"]["val_files"] == 1
     ulm = dpslm_utils.UnitLM.from_checkpoint(run.best_checkpoint)
-    official = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
+    official = load_fixture("ulm_tiny.pt")
     saved = torch.load(run.best_checkpoint, weights_only=True)
     assert list(saved) == list(official) and list(saved["model_args"]) == list(official["model_args"])
     assert saved["model_state_dict"].keys() == official["model_state_dict"].keys()

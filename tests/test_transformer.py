@@ -1,7 +1,6 @@
 """The shared decoder: conventions (RMSNorm, RoPE pairs, GQA mapping), the KV cache, and sampling."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,8 @@ from dpslm_utils.transformer import (
 )
 from dpslm_utils.random_tiny import TRANSFORMER_DIMS, random_transformer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+from conftest import load_fixture
+
 ARGS = ModelArgs(**TRANSFORMER_DIMS, vocab_size=37)
 
 
@@ -90,8 +90,8 @@ def test_grouped_query_head_h_reads_kv_head_h_div_group_size():
 
 
 def test_padded_batch_equals_the_original_packed_unit_lm_batch():
-    checkpoint = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
-    fixture = torch.load(FIXTURES / "ulm_fixture.pt", weights_only=True)["expected"]
+    checkpoint = load_fixture("ulm_tiny.pt")
+    fixture = load_fixture("ulm_fixture.pt")["expected"]
     ulm = Transformer.from_state_dict(checkpoint["model_args"], checkpoint["model_state_dict"], output_bias=False)
     packed = fixture["batch_input_ids"].split(fixture["batch_seqlens"])
     tokens = torch.nn.utils.rnn.pad_sequence(list(packed), batch_first=True)
@@ -136,7 +136,7 @@ def test_a_fresh_decoder_draws_its_weights_as_the_originals_layer_by_layer():
 
 def test_state_dict_holds_the_checkpoint_tensors_in_order():
     """Stacked inside, the original layers outside: the same keys in the same order, each its own tensor."""
-    checkpoint = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
+    checkpoint = load_fixture("ulm_tiny.pt")
     weights = checkpoint["model_state_dict"]
     model = Transformer.from_state_dict(checkpoint["model_args"], weights, output_bias=False)
     assert "wqkv.weight" in dict(model.layers[0].attention.named_parameters())

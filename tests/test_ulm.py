@@ -1,6 +1,5 @@
 """Unit LM: fixture log-likelihoods and logits from the original Mistral-ULM, generation, errors."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,9 @@ from dpslm_utils import checkpoints
 from dpslm_utils.checkpoints import CheckpointError
 from dpslm_utils.ulm import UnitLM
 
-FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE = torch.load(FIXTURES / "ulm_fixture.pt", weights_only=True)
+from conftest import FIXTURES, load_fixture
+
+FIXTURE = load_fixture("ulm_fixture.pt")
 UNITS = FIXTURE["inputs"]["units"]
 EXPECTED = FIXTURE["expected"]
 
@@ -134,7 +134,7 @@ def test_random_tiny_is_seeded_in_the_official_format_and_flagged(monkeypatch, t
 
     write_unit_lm(tmp_path / "tiny.pt", k=100)
     written = torch.load(tmp_path / "tiny.pt", weights_only=True)
-    official = torch.load(FIXTURES / "ulm_tiny.pt", weights_only=True)
+    official = load_fixture("ulm_tiny.pt")
     assert written.keys() == official.keys()
     assert written["model_args"].keys() == official["model_args"].keys()
     assert written["model_state_dict"].keys() == official["model_state_dict"].keys()
@@ -154,7 +154,7 @@ def test_a_training_utterance_is_what_inference_reads_and_its_loss_is_the_mean_s
     from dpslm_utils.batches import PackedBatch
     from dpslm_utils.ulm import chunk_loss_mask, tokenize_units
 
-    fixture = torch.load(FIXTURES / "ulm_train_fixture.pt", weights_only=True)
+    fixture = load_fixture("ulm_train_fixture.pt")
     for frame_units in fixture["utterances_framewise"]:
         units = torch.unique_consecutive(torch.as_tensor(frame_units))
         ids = tokenize_units(frame_units)
