@@ -20,6 +20,13 @@ def notebook_cells(path: Path) -> list[tuple[str, str, dict]]:
     return [(cell["cell_type"], "".join(cell["source"]), cell) for cell in json.loads(path.read_text())["cells"]]
 
 
+def cli_subcommands() -> dict:
+    """``dpslm``'s subcommands: name -> the argparse parser of each."""
+    from dpslm_utils import cli
+
+    return cli.build_parser()._subparsers._group_actions[0].choices
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (for torch.distributed rendezvous in tests)."""
     with socket.socket() as s:

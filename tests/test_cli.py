@@ -16,7 +16,7 @@ import torch
 import dpslm_utils
 from dpslm_utils import checks, cli, demo, tree_encoding
 
-from conftest import RunsCode, free_port
+from conftest import RunsCode, cli_subcommands, free_port
 
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
@@ -187,8 +187,7 @@ def test_an_unsupported_device_is_refused_by_every_command_first(tmp_path, capsy
         "zerospeech": ["zerospeech", inp, out, *model], "abx": ["abx", inp, inp, out, *model],
         "train-codebook": ["train-codebook", inp, out + "/c.pt", "--k", "10", "--features", "mfcc"],
     }  # fmt: skip
-    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
-    with_device = {name for name, p in subcommands.items() if any("--device" in a.option_strings for a in p._actions)}
+    with_device = {name for name, p in cli_subcommands().items() if any("--device" in a.option_strings for a in p._actions)}
     assert set(commands) == with_device  # a new command with --device must be added here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for device, message in (("mps", "mps is not supported; use cpu or cuda"), ("xpu:0", "xpu is not supported"),

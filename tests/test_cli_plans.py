@@ -15,13 +15,11 @@ import soundfile
 import dpslm_utils
 from dpslm_utils import cli, tree_encoding
 
+from conftest import cli_subcommands
+
 pytestmark = pytest.mark.usefixtures("random_tiny")
 
 CLI_SOURCE = Path(cli.__file__).read_text()
-
-
-def _subcommands() -> dict:
-    return cli.build_parser()._subparsers._group_actions[0].choices
 
 
 @pytest.fixture
@@ -35,7 +33,7 @@ def small_corpus(tmp_path):
 
 
 def test_every_command_checks_its_arguments_into_a_frozen_plan():
-    commands = _subcommands()
+    commands = cli_subcommands()
     assert len(commands) == 13
     for name, parser in commands.items():
         check, run = parser._defaults["check"], parser._defaults["run"]
