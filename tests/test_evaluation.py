@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpslm_utils import UnitLM, cli, evaluation
+from dpslm_utils import PAPER_NUM_NEIGHBORS, UnitLM, cli, evaluation
 from dpslm_utils.audio import load_mono
 from dpslm_utils.corpora import slm21_stand_in_dir
 from dpslm_utils.evaluation import (
@@ -515,7 +515,7 @@ def test_zerospeech_uses_the_papers_search_unless_told_otherwise(tmp_path, monke
     dataset = copy_slm21(tmp_path, "lexical")
     record = lambda out: json.loads((out / "dpslm_settings.json").read_text())  # noqa: E731
     assert cli.main(["zerospeech", str(dataset), str(tmp_path / "paper"), "--k", "100", "--lmbda", "600", "--quiet"]) == 0
-    assert record(tmp_path / "paper")["num_neighbors"] == evaluation_paper_neighbors(100) == 5
+    assert record(tmp_path / "paper")["num_neighbors"] == PAPER_NUM_NEIGHBORS[100] == 5
     assert cli.main(["zerospeech", str(dataset), str(tmp_path / "exact"), "--k", "100", "--lmbda", "600", "--quiet",
                      "--exact-search"]) == 0
     assert record(tmp_path / "exact")["num_neighbors"] is None
@@ -532,12 +532,6 @@ def test_zerospeech_uses_the_papers_search_unless_told_otherwise(tmp_path, monke
     wav = load_mono(dataset / "lexical" / "dev" / "lexdev02gbn.flac")
     cached = np.load(tmp_path / "paper" / "units" / "lexical" / "dev" / "lexdev02gbn.npy")
     assert cached.tolist() == encoder.encode(*wav).units.tolist()
-
-
-def evaluation_paper_neighbors(k):
-    from dpslm_utils import PAPER_NUM_NEIGHBORS
-
-    return PAPER_NUM_NEIGHBORS[k]
 
 
 def unwritable_folder(tmp_path) -> Path:
@@ -672,11 +666,9 @@ def test_abx_features_are_computed_again_for_changed_audio_or_another_encoder(ra
     assert units.tolist() == coarse.quantizer(torch.from_numpy(expected))[1].tolist()
 
 
-def test_abx_command_checks_the_item_file_and_audio_before_models_load(tmp_path, capsys):
+def test_abx_command_checks_the_item_file_and_audio_before_models_load(toy_items, tmp_path, capsys):
     pytest.importorskip("zrc_abx2")
-    from dpslm_utils.toy_language import TOY_LANGUAGE_DIR, write_word_abx_items
-
-    item_file = write_word_abx_items(tmp_path / "words.item")
+    item_file, _ = toy_items
     audio = TOY_LANGUAGE_DIR / "lexical" / "dev"
     assert cli.main(["abx", str(item_file), str(audio), str(tmp_path / "out")]) == 2
     assert "gives no within-speaker ABX triplets" in capsys.readouterr().err
