@@ -258,9 +258,14 @@ def test_resuming_gives_the_uninterrupted_run(tmp_path, caplog):
     assert [m["step"] for m in restarted.metrics] == [1, 2, 3] and restarted.config["lr"] == 1e-2
 
 
-def _ddp_rank(rank: int, port: int, units: str, out: str) -> None:
+def _become_rank(rank: int, port: int) -> None:
+    """Make this spawned process rank ``rank`` of a two-process torchrun-style run on ``port`` (one thread)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _ddp_rank(rank: int, port: int, units: str, out: str) -> None:
+    _become_rank(rank, port)
     _small_run(units, out, max_steps=4, grad_accum=1, device="cpu")
 
 
@@ -290,8 +295,7 @@ def _short_run(root, out, **overrides):
 
 
 def _ddp_short_rank(rank: int, port: int, root: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _become_rank(rank, port)
     _short_run(Path(root), out, grad_accum=1, device="cpu")
 
 
@@ -323,8 +327,7 @@ def test_an_empty_micro_batch_gives_every_parameter_a_zero_gradient():
 
 def _ddp_failing_rank(rank: int, port: int, units: str, out: str, failure: str) -> None:
     """One rank of a two-process run in which rank 0 alone fails; writes what this rank raised to OUT/../rank{rank}.txt."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _become_rank(rank, port)
     if failure == "save" and rank == 0:  # the disk is full at the first save, for rank 0 (the one that writes)
         import errno
 
